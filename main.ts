@@ -1,0 +1,118 @@
+/**
+ * sluice: a rate-limiting and traffic-shaping HTTP gateway.
+ *
+ *   deno task start                    serve config/gateway.yaml (or SLUICE_CONFIG)
+ *   main.ts --config FILE              serve FILE
+ *   main.ts --check FILE               validate FILE: exit 0, or print every error and exit 1
+ *
+ * @module
+ */
+import { ConfigError, formatIssue, loadConfig } from "./src/config/load_config.ts";
+import { Gateway } from "./src/gateway.ts";
+import { Logger, parseLogLevel } from "./src/log.ts";
+import { BUILTIN_PLUGINS } from "./src/plugins/mod.ts";
+
+const DEFAULT_CONFIG = "config/gateway.yaml";
+
+const USAGE = `Usage: main.ts [--config FILE] [--check FILE]
+  --config FILE   the config file (default: $SLUICE_CONFIG or ${DEFAULT_CONFIG})
+  --check FILE    validate FILE and exit: 0 when valid, 1 with every error
+  --help          this text`;
+
+interface Args {
+  config?: string;
+  check?: string;
+  help: boolean;
+}
+
+function parseArgs(argv: readonly string[]): Args {
+  const args: Args = { help: false };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const [flag, inline] = arg.includes("=") ? arg.split(/=(.*)/s, 2) : [arg, undefined];
+    const value = () => {
+      const next = inline ?? argv[++i];
+      if (next === undefined) throw new Error(`Missing value for ${flag}`);
+      return next;
+    };
+    switch (flag) {
+      case "--config":
+      case "-c":
+        args.config = value();
+        break;
+      case "--check":
+      case "-t":
+        args.check = value();
+        break;
+      case "--help":
+      case "-h":
+        args.help = true;
+        break;
+      default:
+        throw new Error(`Unknown argument "${arg}"`);
+    }
+  }
+  return args;
+}
+
+async function check(file: string): Promise<number> {
+  try {
+    const loaded = await loadConfig(file, { plugins: BUILTIN_PLUGINS });
+    console.log(
+      `${loaded.file}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? "" : "s"})`,
+    );
+    return 0;
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    for (const issue of error.issues) console.error(formatIssue(error.file, issue));
+    console.error(
+      `${error.file}: ${error.issues.length} error${error.issues.length === 1 ? "" : "s"}`,
+    );
+    return 1;
+  }
+}
+
+async function serve(file: string, log: Logger): Promise<number> {
+  let gateway: Gateway;
+  try {
+    gateway = await Gateway.start({ configFile: file, logger: log });
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      log.error("cannot start: the config has errors", {
+        file: error.file,
+        errors: error.issues.map((issue) => formatIssue(error.file, issue)),
+      });
+      return 1;
+    }
+    log.error("cannot start", { error });
+    return 1;
+  }
+  const { promise: stopped, resolve } = Promise.withResolvers<number>();
+  const stop = (signal: string) => {
+    log.info("signal received", { signal });
+    gateway.shutdown().then(() => resolve(0), () => resolve(1));
+  };
+  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+  Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
+  Deno.addSignalListener("SIGHUP", () => {
+    gateway.reload("SIGHUP").catch(() => {});
+  });
+  return await stopped;
+}
+
+if (import.meta.main) {
+  const log = new Logger(parseLogLevel(Deno.env.get("LOG_LEVEL")));
+  let args: Args;
+  try {
+    args = parseArgs(Deno.args);
+  } catch (error) {
+    console.error(`${(error as Error).message}\n${USAGE}`);
+    Deno.exit(2);
+  }
+  if (args.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  if (args.check !== undefined) Deno.exit(await check(args.check));
+  Deno.exit(await serve(args.config ?? Deno.env.get("SLUICE_CONFIG") ?? DEFAULT_CONFIG, log));
+}

@@ -1,0 +1,47 @@
+/**
+ * The public API of sluice for plugin authors and embedders.
+ *
+ * @example A plugin
+ * ```ts
+ * import { definePlugin, problem } from "./mod.ts";
+ * import { z } from "zod";
+ *
+ * export default definePlugin({
+ *   name: "maintenance",
+ *   options: z.object({ enabled: z.boolean().default(false) }),
+ *   create({ enabled }) {
+ *     return function maintenance(_ctx, next) {
+ *       if (enabled) return problem(503, { detail: "Back soon", retryAfterSeconds: 60 });
+ *       return next();
+ *     };
+ *   },
+ * });
+ * ```
+ *
+ * @module
+ */
+export {
+  type ClientIdentity,
+  ContextKey,
+  definePlugin,
+  type GatewayServices,
+  type Handler,
+  type KeepOptions,
+  type Next,
+  type PluginContext,
+  type PluginDefinition,
+  type RequestContext,
+  type RouteInfo,
+  type UpstreamInfo,
+} from "./src/plugin.ts";
+export { isGatewayAnswer, problem, PROBLEM_TYPE_BASE, type ProblemOptions } from "./src/problem.ts";
+export { duration, rate } from "./src/config/schema.ts";
+export type { Rate } from "./src/config/duration.ts";
+export {
+  Gateway,
+  type GatewayOptions,
+  type ReloadFailure,
+  type ReloadResult,
+} from "./src/gateway.ts";
+export { type LogFields, Logger, type LogLevel, type LogSink } from "./src/log.ts";
+export type { Metrics } from "./src/metrics.ts";

@@ -1,0 +1,104 @@
+/**
+ * The admin listener: `/health`, `/ready`, `/metrics`, `/status`,
+ * `POST /reload`. Bearer `admin.token` when set, except `/health` and `/ready`.
+ */
+import type { Gateway } from "./gateway.ts";
+import { problem, PROBLEM_TYPE_BASE } from "./problem.ts";
+
+const OPEN_PATHS = new Set(["/health", "/ready"]);
+
+function json(body: unknown, status = 200): Response {
+  return new Response(JSON.stringify(body, null, 2), {
+    status,
+    headers: { "content-type": "application/json", "cache-control": "no-store" },
+  });
+}
+
+/** Compares in time that depends only on the lengths. */
+function safeEqual(a: string, b: string): boolean {
+  const left = new TextEncoder().encode(a);
+  const right = new TextEncoder().encode(b);
+  let diff = left.length ^ right.length;
+  for (let i = 0; i < left.length; i++) {
+    diff |= left[i]! ^ (right[i % Math.max(1, right.length)] ?? 0);
+  }
+  return diff === 0;
+}
+
+function authorized(request: Request, token: string): boolean {
+  if (!token) return true;
+  const header = request.headers.get("authorization") ?? "";
+  const match = /^bearer\s+(.+)$/i.exec(header);
+  return match !== null && safeEqual(match[1]!.trim(), token);
+}
+
+/** The status document `/status` serves. */
+export function statusDocument(gateway: Gateway): Record<string, unknown> {
+  const pipeline = gateway.pipeline;
+  const config = pipeline.loaded.config;
+  return {
+    version: pipeline.version,
+    loaded_at: pipeline.loadedAt.toISOString(),
+    started_at: gateway.startedAt.toISOString(),
+    config_file: pipeline.loaded.file,
+    config_digest: pipeline.loaded.digest.slice(0, 16),
+    inflight: gateway.inflight,
+    store: { kind: config.store.kind, state: "up" },
+    routes: pipeline.routes.map((route) => ({
+      name: route.info.name,
+      match: pipeline.loaded.routes.find((r) => r.name === route.info.name)?.match ?? {},
+      upstream: route.info.upstream?.url ?? null,
+      pipeline: route.steps,
+    })),
+    last_reload_error: gateway.lastFailure ?? null,
+  };
+}
+
+/** The admin listener's request handler. */
+export function adminHandler(gateway: Gateway): (request: Request) => Promise<Response> {
+  return async function admin(request) {
+    const url = new URL(request.url);
+    const path = url.pathname;
+    if (!OPEN_PATHS.has(path) && !authorized(request, gateway.adminToken)) {
+      return problem(401, {
+        type: `${PROBLEM_TYPE_BASE}admin-unauthorized`,
+        detail: "The admin API needs Authorization: Bearer <admin.token>",
+        headers: { "www-authenticate": 'Bearer realm="sluice-admin"' },
+      });
+    }
+    const method = request.method;
+    const allow = (methods: string[]) =>
+      methods.includes(method) ? undefined : problem(405, {
+        detail: `${path} answers ${methods.join(", ")}`,
+        headers: { allow: methods.join(", ") },
+      });
+    switch (path) {
+      case "/health":
+        return allow(["GET", "HEAD"]) ?? json({ status: "ok" });
+      case "/ready": {
+        return allow(["GET", "HEAD"]) ??
+          json({ status: "ready", version: gateway.pipeline.version });
+      }
+      case "/metrics":
+        return allow(["GET"]) ?? new Response(await gateway.metrics.render(), {
+          headers: { "content-type": gateway.metrics.contentType },
+        });
+      case "/status":
+        return allow(["GET"]) ?? json(statusDocument(gateway));
+      case "/reload": {
+        const denied = allow(["POST"]);
+        if (denied) return denied;
+        const result = await gateway.reload("api");
+        if (result.ok) return json({ ok: true, version: result.version });
+        return problem(422, {
+          type: `${PROBLEM_TYPE_BASE}reload-failed`,
+          title: "Reload failed",
+          detail: "The config has errors; the running pipeline keeps serving",
+          extensions: { version: result.version, errors: result.errors },
+        });
+      }
+      default:
+        return problem(404, { detail: `The admin API has no ${path}` });
+    }
+  };
+}

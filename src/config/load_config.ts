@@ -1,0 +1,450 @@
+/**
+ * Loads a config file: YAML with line numbers, `${VAR}` interpolation, schema
+ * validation, and each pipeline entry validated by its plugin's own schema
+ * (custom plugins are imported here). Every error names its YAML path and line.
+ */
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, Scalar } from "yaml";
+import type { Document, Node } from "yaml";
+import type { z } from "zod";
+import { configSchema, type GatewayConfig, type RouteConfig } from "./schema.ts";
+import {
+  type EnvLookup,
+  hasPlaceholder,
+  interpolate,
+  InterpolationError,
+  isWholePlaceholder,
+  processEnv,
+} from "./interpolate.ts";
+import { isPluginDefinition, type PluginDefinition } from "../plugin.ts";
+
+/** One problem found in a config file. */
+export interface ConfigIssue {
+  /** The YAML path, such as `routes[0].upstream.timeout`. */
+  path: string;
+  /** 1-based line, when the place is in the file. */
+  line?: number;
+  /** 1-based column. */
+  column?: number;
+  /** What is wrong and what to write instead. */
+  message: string;
+}
+
+/** Raised when a config file cannot be used; `issues` holds every problem found. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  constructor(readonly file: string, readonly issues: ConfigIssue[], options?: ErrorOptions) {
+    super(
+      `Cannot load config ${file}: ${issues.length} error${issues.length === 1 ? "" : "s"}\n` +
+        issues.map((issue) => formatIssue(file, issue)).join("\n"),
+      options,
+    );
+  }
+}
+
+/** `file:line:column path: message`, the form `--check` prints. */
+export function formatIssue(file: string, issue: ConfigIssue): string {
+  const where = issue.line === undefined ? file : `${file}:${issue.line}:${issue.column ?? 1}`;
+  return `${where} ${issue.path || "(root)"}: ${issue.message}`;
+}
+
+/** A pipeline entry resolved to its plugin, with validated options. */
+export interface ResolvedEntry {
+  /** The plugin's name. */
+  readonly name: string;
+  /** The plugin. */
+  readonly definition: PluginDefinition;
+  /** The options after the plugin's schema (defaults applied). */
+  readonly options: unknown;
+  /** The options as written, for deciding whether state may be kept across a swap. */
+  readonly rawOptions: unknown;
+  /** For a custom plugin: its absolute file path and a digest of its source. */
+  readonly module?: { readonly path: string; readonly digest: string };
+  /** Where the entry is: `routes[0].pipeline[2]`. */
+  readonly yamlPath: string;
+}
+
+/** A route with its resolved pipeline. */
+export interface ResolvedRoute extends Omit<RouteConfig, "pipeline"> {
+  readonly pipeline: readonly ResolvedEntry[];
+}
+
+/** A loaded, valid config. */
+export interface LoadedConfig {
+  /** The absolute path of the file. */
+  readonly file: string;
+  /** Everything but the routes' pipelines, validated, with defaults. */
+  readonly config: Omit<GatewayConfig, "routes">;
+  /** The routes, in match order, with resolved pipelines. */
+  readonly routes: readonly ResolvedRoute[];
+  /** A digest of the file and every custom plugin it names. */
+  readonly digest: string;
+  /** Every custom plugin file it names (to watch). */
+  readonly pluginFiles: readonly string[];
+}
+
+/** Options for {@linkcode loadConfig}. */
+export interface LoadConfigOptions {
+  /** The built-in plugins by name. */
+  plugins: ReadonlyMap<string, PluginDefinition>;
+  /** Where `${VAR}` reads from. @default the process environment */
+  env?: EnvLookup;
+}
+
+type PathSegment = string | number;
+
+/** Formats `["routes", 0, "name"]` as `routes[0].name`. */
+export function formatPath(path: readonly PathSegment[]): string {
+  let out = "";
+  for (const segment of path) {
+    if (typeof segment === "number") out += `[${segment}]`;
+    else out += out === "" ? segment : `.${segment}`;
+  }
+  return out;
+}
+
+/** Reads, validates and resolves a config file; throws {@linkcode ConfigError} listing every problem. */
+export async function loadConfig(file: string, options: LoadConfigOptions): Promise<LoadedConfig> {
+  const path = absolutePath(file);
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    throw new ConfigError(path, [{
+      path: "",
+      message: `Cannot read the file: ${(error as Error).message}`,
+    }], { cause: error });
+  }
+  return await loadConfigText(text, path, options);
+}
+
+/** As {@linkcode loadConfig}, for text already read; `file` places relative plugin paths. */
+export async function loadConfigText(
+  text: string,
+  file: string,
+  options: LoadConfigOptions,
+): Promise<LoadedConfig> {
+  const path = absolutePath(file);
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const issues: ConfigIssue[] = doc.errors.map((error) => {
+    const pos = error.linePos?.[0];
+    return {
+      path: "",
+      line: pos?.line,
+      column: pos?.col,
+      message: `Invalid YAML: ${error.message.split("\n")[0]}`,
+    };
+  });
+  if (issues.length > 0) throw new ConfigError(path, issues);
+
+  const locate = (segments: readonly PathSegment[], atKey = false) =>
+    locateNode(doc, lineCounter, segments, atKey);
+  interpolateDocument(doc, options.env ?? processEnv, locate, issues);
+  if (issues.length > 0) throw new ConfigError(path, issues);
+
+  const raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  const parsed = configSchema.safeParse(withoutNulls(raw));
+  if (!parsed.success) {
+    throw new ConfigError(path, zodIssues(parsed.error.issues, [], locate));
+  }
+  const { routes = [], ...rest } = parsed.data;
+  const rawRoutes = (raw as { routes?: { pipeline?: unknown[] }[] }).routes ?? [];
+  const pluginFiles = new Set<string>();
+  const digests: string[] = [];
+  const resolvedRoutes: ResolvedRoute[] = [];
+  for (const [routeIndex, route] of routes.entries()) {
+    const rawPipeline = rawRoutes[routeIndex]?.pipeline ?? [];
+    const pipeline: ResolvedEntry[] = [];
+    for (const [entryIndex, entry] of rawPipeline.entries()) {
+      const at: PathSegment[] = ["routes", routeIndex, "pipeline", entryIndex];
+      const resolved = await resolveEntry(entry, at, path, options.plugins, locate, issues);
+      if (!resolved) continue;
+      if (resolved.module) {
+        pluginFiles.add(resolved.module.path);
+        digests.push(resolved.module.digest);
+      }
+      if (resolved.name === "proxy" && !route.upstream) {
+        issues.push({
+          ...locate(at),
+          path: formatPath(at),
+          message:
+            `The proxy plugin needs an upstream: add upstream: { url: http://host:port } to route "${route.name}"`,
+        });
+      }
+      pipeline.push(resolved);
+    }
+    resolvedRoutes.push({ ...route, pipeline });
+  }
+  if (issues.length > 0) throw new ConfigError(path, issues);
+  return {
+    file: path,
+    config: rest,
+    routes: resolvedRoutes,
+    digest: await sha256Hex(text + "\n" + digests.join("\n")),
+    pluginFiles: [...pluginFiles],
+  };
+}
+
+async function resolveEntry(
+  entry: unknown,
+  at: PathSegment[],
+  configFile: string,
+  plugins: ReadonlyMap<string, PluginDefinition>,
+  locate: (segments: readonly PathSegment[], atKey?: boolean) => Partial<ConfigIssue>,
+  issues: ConfigIssue[],
+): Promise<ResolvedEntry | undefined> {
+  const fail = (segments: PathSegment[], message: string, atKey = false) => {
+    issues.push({ ...locate(segments, atKey), path: formatPath(segments), message });
+    return undefined;
+  };
+  if (typeof entry !== "object" || entry === null || Array.isArray(entry)) {
+    return fail(at, "A pipeline entry names one plugin, such as `- proxy: {}`");
+  }
+  const record = entry as Record<string, unknown>;
+  const keys = Object.keys(record);
+  const builtinNames = [...plugins.keys()].join(", ");
+  if ("plugin" in record) {
+    const extra = keys.filter((key) => key !== "plugin" && key !== "with");
+    if (extra.length > 0) {
+      return fail(
+        [...at, extra[0]!],
+        `Unrecognized key "${extra[0]}": a custom plugin entry has only plugin and with`,
+        true,
+      );
+    }
+    const spec = record.plugin;
+    if (typeof spec !== "string" || spec === "") {
+      return fail(
+        [...at, "plugin"],
+        "Expected the path of a plugin module, such as ./plugins/examples/request_id.ts",
+      );
+    }
+    const loaded = await importPlugin(spec, configFile);
+    if ("error" in loaded) return fail([...at, "plugin"], loaded.error);
+    const raw = record.with ?? {};
+    const parsed = loaded.definition.options.safeParse(raw);
+    if (!parsed.success) {
+      issues.push(...zodIssues(parsed.error.issues, [...at, "with"], locate));
+      return undefined;
+    }
+    return {
+      name: loaded.definition.name,
+      definition: loaded.definition,
+      options: parsed.data,
+      rawOptions: raw,
+      module: { path: loaded.path, digest: loaded.digest },
+      yamlPath: formatPath(at),
+    };
+  }
+  if (keys.length !== 1) {
+    return fail(
+      at,
+      keys.length === 0
+        ? "A pipeline entry names one plugin, such as `- proxy: {}`"
+        : `A pipeline entry names one plugin, this one names ${keys.length} (${
+          keys.join(", ")
+        }): write each as its own entry`,
+    );
+  }
+  const name = keys[0]!;
+  const definition = plugins.get(name);
+  if (!definition) {
+    return fail(
+      [...at, name],
+      `Unknown plugin "${name}": the built-in plugins are ${builtinNames}; a custom plugin is written as plugin: ./path.ts`,
+      true,
+    );
+  }
+  const raw = record[name] ?? {};
+  const parsed = definition.options.safeParse(raw);
+  if (!parsed.success) {
+    issues.push(...zodIssues(parsed.error.issues, [...at, name], locate));
+    return undefined;
+  }
+  return { name, definition, options: parsed.data, rawOptions: raw, yamlPath: formatPath(at) };
+}
+
+interface LoadedPlugin {
+  definition: PluginDefinition;
+  path: string;
+  digest: string;
+}
+
+const moduleCache = new Map<string, PluginDefinition>();
+
+/** Imports a custom plugin module, fresh whenever its source changed. */
+async function importPlugin(
+  spec: string,
+  configFile: string,
+): Promise<LoadedPlugin | { error: string }> {
+  const url = new URL(spec, `file://${configFile}`);
+  if (url.protocol !== "file:") {
+    return { error: `Cannot load plugin "${spec}": only local files can be plugins` };
+  }
+  const path = decodeURIComponent(url.pathname);
+  let source: string;
+  try {
+    source = await Deno.readTextFile(path);
+  } catch (error) {
+    return { error: `Cannot load plugin "${spec}": ${(error as Error).message}` };
+  }
+  const digest = (await sha256Hex(source)).slice(0, 16);
+  const cacheKey = `${path}#${digest}`;
+  let definition = moduleCache.get(cacheKey);
+  if (!definition) {
+    let module: Record<string, unknown>;
+    try {
+      module = await import(`${url.href}?v=${digest}`);
+    } catch (error) {
+      return { error: `Cannot load plugin "${spec}": ${firstLine(error)}` };
+    }
+    if (!("default" in module)) {
+      return { error: `Cannot load plugin "${spec}": the module has no default export` };
+    }
+    if (!isPluginDefinition(module.default)) {
+      return {
+        error:
+          `Cannot load plugin "${spec}": the default export is not a plugin; export default definePlugin({ name, options, create })`,
+      };
+    }
+    definition = module.default;
+    moduleCache.set(cacheKey, definition);
+  }
+  return { definition, path, digest };
+}
+
+function firstLine(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split("\n")[0] ?? message;
+}
+
+function zodIssues(
+  zodIssueList: readonly z.core.$ZodIssue[],
+  prefix: readonly PathSegment[],
+  locate: (segments: readonly PathSegment[], atKey?: boolean) => Partial<ConfigIssue>,
+): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
+  for (const issue of zodIssueList) {
+    const segments = [...prefix, ...issue.path.map((p) => typeof p === "symbol" ? String(p) : p)];
+    if (issue.code === "unrecognized_keys") {
+      for (const key of issue.keys) {
+        const at = [...segments, key];
+        out.push({
+          ...locate(at, true),
+          path: formatPath(at),
+          message: `Unrecognized key "${key}"`,
+        });
+      }
+      continue;
+    }
+    if (issue.code === "invalid_union" && issue.errors.length > 0) {
+      out.push({ ...locate(segments), path: formatPath(segments), message: issue.message });
+      continue;
+    }
+    out.push({ ...locate(segments), path: formatPath(segments), message: issue.message });
+  }
+  return out;
+}
+
+/** Finds the line and column of a path, or of its nearest ancestor present in the file. */
+function locateNode(
+  doc: Document,
+  lineCounter: LineCounter,
+  segments: readonly PathSegment[],
+  atKey: boolean,
+): { line?: number; column?: number } {
+  let node: unknown = doc.contents;
+  let best: [number, number] | undefined = rangeOf(node);
+  for (let i = 0; i < segments.length; i++) {
+    const segment = segments[i]!;
+    const last = i === segments.length - 1;
+    if (isMap(node)) {
+      const pair = node.items.find((item) =>
+        isScalar(item.key) && String(item.key.value) === String(segment)
+      );
+      if (!pair) break;
+      const keyRange = rangeOf(pair.key);
+      if (last && atKey && keyRange) {
+        best = keyRange;
+        break;
+      }
+      node = pair.value;
+      best = rangeOf(node) ?? keyRange ?? best;
+    } else if (isSeq(node) && typeof segment === "number") {
+      node = node.items[segment];
+      if (node === undefined) break;
+      best = rangeOf(node) ?? best;
+    } else {
+      break;
+    }
+  }
+  if (!best) return {};
+  const pos = lineCounter.linePos(best[0]);
+  return { line: pos.line, column: pos.col };
+}
+
+function rangeOf(node: unknown): [number, number] | undefined {
+  const range = (node as Node | undefined)?.range;
+  return range ? [range[0], range[1]] : undefined;
+}
+
+function interpolateDocument(
+  doc: Document,
+  env: EnvLookup,
+  locate: (segments: readonly PathSegment[]) => Partial<ConfigIssue>,
+  issues: ConfigIssue[],
+): void {
+  const walk = (node: unknown, path: PathSegment[]) => {
+    if (isMap(node)) {
+      for (const pair of node.items) {
+        const key = isScalar(pair.key) ? String(pair.key.value) : "?";
+        walk(pair.value, [...path, key]);
+      }
+    } else if (isSeq(node)) {
+      node.items.forEach((item, index) => walk(item, [...path, index]));
+    } else if (isScalar(node) && typeof node.value === "string" && hasPlaceholder(node.value)) {
+      const original = node.value;
+      try {
+        const value = interpolate(original, env);
+        node.value = node.type === Scalar.PLAIN && isWholePlaceholder(original)
+          ? retype(value)
+          : value;
+      } catch (error) {
+        if (!(error instanceof InterpolationError)) throw error;
+        issues.push({ ...locate(path), path: formatPath(path), message: error.message });
+      }
+    }
+  };
+  walk(doc.contents, []);
+}
+
+function retype(value: string): string | number | boolean {
+  if (/^-?\d+(\.\d+)?$/.test(value)) return Number(value);
+  if (value === "true") return true;
+  if (value === "false") return false;
+  return value;
+}
+
+/** Drops null members (a key written with no value counts as absent, so defaults apply). */
+function withoutNulls(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutNulls);
+  if (typeof value === "object" && value !== null) {
+    const out: Record<string, unknown> = {};
+    for (const [key, member] of Object.entries(value)) {
+      if (member !== null) out[key] = withoutNulls(member);
+    }
+    return out;
+  }
+  return value;
+}
+
+function absolutePath(file: string): string {
+  if (file.startsWith("/")) return file;
+  return `${Deno.cwd()}/${file}`.replace(/\/\.\//g, "/");
+}
+
+/** Hex SHA-256 of a text. */
+export async function sha256Hex(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (byte) => byte.toString(16).padStart(2, "0")).join("");
+}

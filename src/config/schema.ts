@@ -1,0 +1,186 @@
+/**
+ * The config file's schema (zod). The same schema validates the file and
+ * generates `config/schema.json`. Plugin options are validated in a second
+ * pass by each plugin's own schema (see `load_config.ts`).
+ */
+import { z } from "zod";
+import { parseDuration, parseRate } from "./duration.ts";
+import { parseCidr } from "../net/cidr.ts";
+
+const DURATION_PATTERN = "^\\d+(\\.\\d+)?(ms|s|m|h|d)$";
+const RATE_PATTERN = "^\\d+(\\.\\d+)?/(s|m|h|d)$";
+
+/**
+ * A duration such as `250ms`, `10s`, `1m`, `1h` or `1d`, parsed to milliseconds.
+ *
+ * @example
+ * ```ts
+ * import { duration } from "./schema.ts";
+ * duration().parse("10s"); // 10000
+ * ```
+ */
+export function duration() {
+  return z.string({ error: "Expected a duration such as 250ms, 10s, 1m, 1h or 1d" })
+    .regex(new RegExp(DURATION_PATTERN), {
+      error: (issue) =>
+        `Invalid duration "${issue.input}": write a number followed by ms, s, m, h or d, such as 250ms or 10s`,
+    })
+    .transform((text) => parseDuration(text));
+}
+
+/**
+ * A rate such as `50/s`, `600/m` or `1000/h`, parsed to `{ count, periodMs }`.
+ *
+ * @example
+ * ```ts
+ * import { rate } from "./schema.ts";
+ * rate().parse("50/s"); // { count: 50, periodMs: 1000 }
+ * ```
+ */
+export function rate() {
+  return z.string({ error: "Expected a rate such as 50/s, 600/m or 1000/h" })
+    .regex(new RegExp(RATE_PATTERN), {
+      error: (issue) =>
+        `Invalid rate "${issue.input}": write a count, a slash and s, m, h or d, such as 50/s or 600/m`,
+    })
+    .transform((text) => parseRate(text));
+}
+
+const port = z.number().int().min(0).max(65535);
+
+const httpUrl = z.string().refine((text) => {
+  try {
+    const url = new URL(text);
+    return url.protocol === "http:" || url.protocol === "https:";
+  } catch {
+    return false;
+  }
+}, {
+  error: (issue) => `Invalid upstream URL "${issue.input}": write http://host:port or https://host`,
+});
+
+const redisUrl = z.string().refine((text) => {
+  if (text === "") return true;
+  try {
+    const url = new URL(text);
+    return url.protocol === "redis:" || url.protocol === "rediss:";
+  } catch {
+    return false;
+  }
+}, { error: (issue) => `Invalid Redis URL "${issue.input}": write redis://host:port/db` });
+
+const cidr = z.string().superRefine((text, ctx) => {
+  try {
+    parseCidr(text);
+  } catch (error) {
+    ctx.addIssue({ code: "custom", message: (error as Error).message });
+  }
+});
+
+const METHODS = [
+  "GET",
+  "HEAD",
+  "POST",
+  "PUT",
+  "PATCH",
+  "DELETE",
+  "OPTIONS",
+  "TRACE",
+  "CONNECT",
+] as const;
+
+const tierSchema = z.strictObject({
+  limit: z.number().int().positive(),
+  window: duration(),
+});
+
+const keyEntrySchema = z.union([
+  z.strictObject({
+    key: z.string().min(1),
+    tier: z.string().min(1),
+    name: z.string().optional(),
+  }),
+  z.strictObject({ file: z.string().min(1) }),
+  z.strictObject({ redis_hash: z.string().min(1) }),
+], { error: "Expected { key, tier, name }, { file } or { redis_hash }" });
+
+/** One pipeline entry before its plugin validates it: `{ <plugin>: options }` or `{ plugin: ./file.ts, with: options }`. */
+export const pipelineEntrySchema = z.record(z.string(), z.unknown(), {
+  error: "A pipeline entry names one plugin, such as `- proxy: {}`",
+});
+
+const routeSchema = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, {
+    error: "A route name is letters, digits, dots, dashes and underscores",
+  }),
+  match: z.strictObject({
+    path_prefix: z.string().startsWith("/", { error: "path_prefix must start with /" }).optional(),
+    methods: z.array(z.enum(METHODS)).min(1).optional(),
+    host: z.string().min(1).optional(),
+  }).default({}),
+  strip_prefix: z.boolean().default(false),
+  preserve_host: z.boolean().default(false),
+  upstream: z.strictObject({
+    url: httpUrl,
+    timeout: duration().default(30_000),
+  }).optional(),
+  pipeline: z.array(pipelineEntrySchema).default([]),
+});
+
+/** The whole config file. */
+export const configSchema = z.strictObject({
+  listen: z.strictObject({
+    port: port.default(8080),
+    hostname: z.string().default("0.0.0.0"),
+  }).default({ port: 8080, hostname: "0.0.0.0" }),
+  admin: z.strictObject({
+    port: port.default(9090),
+    hostname: z.string().default("127.0.0.1"),
+    token: z.string().default(""),
+  }).default({ port: 9090, hostname: "127.0.0.1", token: "" }),
+  store: z.strictObject({
+    kind: z.enum(["memory", "redis", "redis-cluster"]).default("memory"),
+    url: redisUrl.optional(),
+    nodes: z.array(redisUrl).optional(),
+    timeout: duration().default(100),
+    on_failure: z.enum(["allow", "deny", "local"]).default("local"),
+  }).default({ kind: "memory", timeout: 100, on_failure: "local" }),
+  shutdown: z.strictObject({
+    grace: duration().default(10_000),
+  }).default({ grace: 10_000 }),
+  trusted_proxies: z.array(cidr).default([]),
+  tiers: z.record(z.string(), tierSchema).default({}),
+  keys: z.array(keyEntrySchema).default([]),
+  routes: z.array(routeSchema).default([]),
+}).superRefine((config, ctx) => {
+  const seen = new Map<string, number>();
+  (config.routes ?? []).forEach((route, index) => {
+    const first = seen.get(route.name);
+    if (first !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["routes", index, "name"],
+        message:
+          `Route name "${route.name}" is already used by routes[${first}]: names must be unique`,
+      });
+    } else {
+      seen.set(route.name, index);
+    }
+  });
+});
+
+/** The config after validation and defaults, durations in milliseconds. */
+export type GatewayConfig = z.output<typeof configSchema>;
+/** One route of {@linkcode GatewayConfig}. */
+export type RouteConfig = z.output<typeof routeSchema>;
+
+/** The JSON Schema of the config file, for editor completion (`config/schema.json`). */
+export function configJsonSchema(): Record<string, unknown> {
+  const schema = z.toJSONSchema(configSchema, { io: "input", unrepresentable: "any" });
+  return {
+    ...schema,
+    title: "sluice gateway config",
+    description:
+      "config/gateway.yaml: listeners, store, tiers, keys and routes with their plugin pipelines.",
+  };
+}

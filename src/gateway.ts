@@ -1,0 +1,457 @@
+/**
+ * The gateway: the listener, the handler switcher that runs each request on
+ * the pipeline current when it arrived, reloads that build the next pipeline
+ * beside the running one, the admin listener and graceful shutdown.
+ */
+import {
+  ConfigError,
+  type ConfigIssue,
+  loadConfig,
+  type LoadedConfig,
+} from "./config/load_config.ts";
+import type { EnvLookup } from "./config/interpolate.ts";
+import { processEnv } from "./config/interpolate.ts";
+import { Logger } from "./log.ts";
+import { Metrics } from "./metrics.ts";
+import { CidrSet, normalizeIp } from "./net/cidr.ts";
+import { buildPipeline, Context, type Pipeline, PipelineBuildError } from "./pipeline.ts";
+import type { GatewayServices } from "./plugin.ts";
+import { BUILTIN_PLUGINS } from "./plugins/mod.ts";
+import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "./problem.ts";
+import { StateRegistry } from "./state_registry.ts";
+import { FileWatcher } from "./watcher.ts";
+import { adminHandler } from "./admin.ts";
+
+/** Options for {@linkcode Gateway.start}. */
+export interface GatewayOptions {
+  /** The config file. */
+  configFile: string;
+  /** Where `${VAR}` and the env overrides (`PORT`, `ADMIN_TOKEN`) read from. @default the process environment */
+  env?: EnvLookup;
+  /** The logger. @default JSON lines on stdout at `info` */
+  logger?: Logger;
+  /** The upstream HTTP client. @default `fetch` with a keep-alive client that may set `Host` */
+  fetch?: (input: string, init: RequestInit) => Promise<Response>;
+  /** Overrides `listen.port` (0 picks a free port). */
+  port?: number;
+  /** Overrides `listen.hostname`. */
+  hostname?: string;
+  /** Overrides `admin.port` (0 picks a free port). */
+  adminPort?: number;
+  /** Watch the config and plugin files. @default true */
+  watch?: boolean;
+  /** The watch debounce in milliseconds. @default 150 */
+  debounceMs?: number;
+  /** Add process metrics to `/metrics`. @default true */
+  processMetrics?: boolean;
+}
+
+/** What a reload did. */
+export interface ReloadResult {
+  ok: boolean;
+  /** The version serving after the reload. */
+  version: number;
+  /** False when nothing had changed (watch-triggered reloads only). */
+  changed: boolean;
+  errors?: ConfigIssue[];
+}
+
+/** The last reload that failed, as `/status` shows it. */
+export interface ReloadFailure {
+  at: string;
+  trigger: string;
+  file: string;
+  errors: ConfigIssue[];
+}
+
+const REQUEST_ID_RE = /^[\x21-\x7e]{1,200}$/;
+
+/** A running gateway. */
+export class Gateway {
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly configFile: string;
+  #env: EnvLookup;
+  #pipeline: Pipeline;
+  #state: StateRegistry;
+  #server!: Deno.HttpServer<Deno.NetAddr>;
+  #admin!: Deno.HttpServer<Deno.NetAddr>;
+  #fetch: (input: string, init: RequestInit) => Promise<Response>;
+  #httpClient: Deno.HttpClient | undefined;
+  #watcher: FileWatcher | undefined;
+  #reloadChain: Promise<unknown> = Promise.resolve();
+  #lastFailure: ReloadFailure | undefined;
+  #inflight = 0;
+  #closing: Promise<void> | undefined;
+  #startedAt = new Date();
+
+  private constructor(
+    init: {
+      configFile: string;
+      env: EnvLookup;
+      log: Logger;
+      metrics: Metrics;
+      pipeline: Pipeline;
+      state: StateRegistry;
+      fetch: (input: string, init: RequestInit) => Promise<Response>;
+      httpClient?: Deno.HttpClient;
+    },
+  ) {
+    this.configFile = init.configFile;
+    this.#env = init.env;
+    this.log = init.log;
+    this.metrics = init.metrics;
+    this.#pipeline = init.pipeline;
+    this.#state = init.state;
+    this.#fetch = init.fetch;
+    this.#httpClient = init.httpClient;
+  }
+
+  /** Loads the config, builds the first pipeline and starts both listeners; throws {@linkcode ConfigError} for a bad config. */
+  static async start(options: GatewayOptions): Promise<Gateway> {
+    const env = options.env ?? processEnv;
+    const log = options.logger ?? new Logger();
+    const metrics = new Metrics({ processMetrics: options.processMetrics });
+    const loaded = await loadConfig(options.configFile, { plugins: BUILTIN_PLUGINS, env });
+    let httpClient: Deno.HttpClient | undefined;
+    let upstreamFetch = options.fetch;
+    if (!upstreamFetch) {
+      const client = Deno.createHttpClient({ allowHost: true });
+      httpClient = client;
+      upstreamFetch = (input, init) => fetch(input, { ...init, client });
+    }
+    const state = new StateRegistry();
+    const trusted = new CidrSet(loaded.config.trusted_proxies);
+    const build = state.begin();
+    let pipeline: Pipeline;
+    try {
+      pipeline = await buildPipeline(loaded, {
+        version: 1,
+        services: makeServices(metrics, trusted, upstreamFetch),
+        trusted,
+        state: build,
+        log,
+      });
+    } catch (error) {
+      build.abort();
+      httpClient?.close();
+      if (error instanceof PipelineBuildError) {
+        throw new ConfigError(loaded.file, [{ path: error.yamlPath, message: error.message }], {
+          cause: error,
+        });
+      }
+      throw error;
+    }
+    build.commit();
+    const gateway = new Gateway({
+      configFile: loaded.file,
+      env,
+      log,
+      metrics,
+      pipeline,
+      state,
+      fetch: upstreamFetch,
+      httpClient,
+    });
+    metrics.configReloads.inc({ result: "ok" });
+    gateway.#listen(loaded, options);
+    if (options.watch ?? true) {
+      gateway.#watcher = new FileWatcher(() => {
+        gateway.reload("watch").catch(() => {});
+      }, options.debounceMs);
+      gateway.#watcher.watch([loaded.file, ...loaded.pluginFiles]);
+    }
+    log.info("gateway started", {
+      listen: `${gateway.addr.hostname}:${gateway.addr.port}`,
+      admin: `${gateway.adminAddr.hostname}:${gateway.adminAddr.port}`,
+      config: loaded.file,
+      version: pipeline.version,
+      routes: pipeline.routes.length,
+    });
+    return gateway;
+  }
+
+  #listen(loaded: LoadedConfig, options: GatewayOptions): void {
+    const envPort = this.#env("PORT");
+    const port = options.port ?? (envPort ? Number(envPort) : loaded.config.listen.port);
+    const hostname = options.hostname ?? loaded.config.listen.hostname;
+    this.#server = Deno.serve({
+      port,
+      hostname,
+      onListen: () => {},
+      onError: (error) => {
+        this.log.error("request failed", { error });
+        return problem(500, { detail: "The gateway failed while answering this request" });
+      },
+    }, (request, info) => this.handle(request, info.remoteAddr.hostname));
+    const admin = loaded.config.admin;
+    try {
+      this.#admin = Deno.serve({
+        port: options.adminPort ?? admin.port,
+        hostname: admin.hostname,
+        onListen: () => {},
+      }, adminHandler(this));
+    } catch (error) {
+      this.#server.shutdown();
+      throw error;
+    }
+  }
+
+  /** The main listener's address. */
+  get addr(): Deno.NetAddr {
+    return this.#server.addr;
+  }
+
+  /** The admin listener's address. */
+  get adminAddr(): Deno.NetAddr {
+    return this.#admin.addr;
+  }
+
+  /** The pipeline serving new requests. */
+  get pipeline(): Pipeline {
+    return this.#pipeline;
+  }
+
+  /** The last failed reload, until a reload succeeds. */
+  get lastFailure(): ReloadFailure | undefined {
+    return this.#lastFailure;
+  }
+
+  /** Requests being handled now (until their response headers). */
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /** When the gateway started. */
+  get startedAt(): Date {
+    return this.#startedAt;
+  }
+
+  /** The admin token in force: `admin.token`, or `ADMIN_TOKEN` when the file sets none. */
+  get adminToken(): string {
+    return this.#pipeline.loaded.config.admin.token || this.#env("ADMIN_TOKEN") || "";
+  }
+
+  /** The state keys kept for plugins (for tests and `/status`). */
+  stateKeys(): string[] {
+    return this.#state.keys();
+  }
+
+  /** Answers one request: reads the current pipeline once and runs to the end on it. */
+  async handle(request: Request, remoteAddress: string): Promise<Response> {
+    const pipeline = this.#pipeline;
+    const started = performance.now();
+    this.#inflight++;
+    let routeName = "";
+    let response: Response;
+    try {
+      let url: URL;
+      try {
+        url = new URL(request.url);
+      } catch {
+        response = problem(400, { detail: "The request URL is not valid" });
+        return response;
+      }
+      const route = pipeline.match(request.method, request.headers.get("host"), url.pathname);
+      if (!route) {
+        response = problem(404, {
+          type: `${PROBLEM_TYPE_BASE}no-route`,
+          title: "No route",
+          detail: `No route matches ${request.method} ${url.pathname}`,
+        });
+        return response;
+      }
+      routeName = route.info.name;
+      const incomingId = request.headers.get("x-request-id");
+      const requestId = incomingId && REQUEST_ID_RE.test(incomingId)
+        ? incomingId
+        : crypto.randomUUID();
+      const remoteAddr = normalizeIp(remoteAddress);
+      const ctx = new Context(
+        request,
+        url,
+        route.info,
+        remoteAddr,
+        pipeline.trusted.has(remoteAddr),
+        requestId,
+      );
+      try {
+        response = await route.run(ctx);
+      } catch (error) {
+        this.log.error("plugin failed", { route: routeName, request_id: requestId, error });
+        response = problem(500, {
+          type: `${PROBLEM_TYPE_BASE}plugin-failed`,
+          title: "Plugin failed",
+          detail: "A plugin of this route failed; the gateway log has the details",
+        });
+      }
+      try {
+        if (!response.headers.has("x-request-id")) response.headers.set("x-request-id", requestId);
+      } catch {
+        // A plugin returned a response with immutable headers.
+      }
+      if (this.log.enabled("debug")) {
+        this.log.debug("request", {
+          route: routeName,
+          method: request.method,
+          path: url.pathname,
+          status: response.status,
+          duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
+          client: ctx.client?.id,
+          request_id: requestId,
+        });
+      }
+      return response;
+    } finally {
+      this.#inflight--;
+      const outcome = outcomeOf(response!);
+      this.metrics.requests.labels(routeName, outcome).inc();
+      if (routeName) {
+        this.metrics.requestDuration.labels(routeName).observe(
+          (performance.now() - started) / 1000,
+        );
+      }
+    }
+  }
+
+  /**
+   * Loads the config again and swaps in the new pipeline. A bad file or a
+   * plugin that fails to load leaves the running pipeline serving. Reloads
+   * run one at a time.
+   */
+  reload(trigger: string): Promise<ReloadResult> {
+    const run = this.#reloadChain.then(() => this.#reload(trigger));
+    this.#reloadChain = run.catch(() => {});
+    return run;
+  }
+
+  async #reload(trigger: string): Promise<ReloadResult> {
+    const current = this.#pipeline;
+    let loaded: LoadedConfig;
+    try {
+      loaded = await loadConfig(this.configFile, { plugins: BUILTIN_PLUGINS, env: this.#env });
+    } catch (error) {
+      const issues = error instanceof ConfigError
+        ? error.issues
+        : [{ path: "", message: String((error as Error)?.message ?? error) }];
+      return this.#fail(trigger, issues);
+    }
+    this.#watcher?.watch([loaded.file, ...loaded.pluginFiles]);
+    if (trigger === "watch" && loaded.digest === current.loaded.digest) {
+      return { ok: true, version: current.version, changed: false };
+    }
+    const trusted = new CidrSet(loaded.config.trusted_proxies);
+    const build = this.#state.begin();
+    let next: Pipeline;
+    try {
+      next = await buildPipeline(loaded, {
+        version: current.version + 1,
+        services: makeServices(this.metrics, trusted, this.#fetch),
+        trusted,
+        state: build,
+        log: this.log,
+      });
+    } catch (error) {
+      build.abort();
+      const yamlPath = error instanceof PipelineBuildError ? error.yamlPath : "";
+      return this.#fail(trigger, [{
+        path: yamlPath,
+        message: String((error as Error)?.message ?? error),
+      }]);
+    }
+    // The swap: one assignment. Requests in flight keep the pipeline they read.
+    this.#pipeline = next;
+    build.commit();
+    this.#lastFailure = undefined;
+    this.metrics.configReloads.inc({ result: "ok" });
+    const restartNeeded = [
+      ["listen", current.loaded.config.listen, loaded.config.listen],
+      ["admin.port", current.loaded.config.admin.port, loaded.config.admin.port],
+      ["admin.hostname", current.loaded.config.admin.hostname, loaded.config.admin.hostname],
+    ].filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([name]) => name);
+    if (restartNeeded.length > 0) {
+      this.log.warn("config changes that need a restart were not applied", { keys: restartNeeded });
+    }
+    this.log.info("config reloaded", {
+      trigger,
+      version: next.version,
+      routes: next.routes.length,
+    });
+    return { ok: true, version: next.version, changed: true };
+  }
+
+  #fail(trigger: string, errors: ConfigIssue[]): ReloadResult {
+    this.metrics.configReloads.inc({ result: "error" });
+    this.#lastFailure = { at: new Date().toISOString(), trigger, file: this.configFile, errors };
+    this.log.error("config reload failed; the running pipeline keeps serving", {
+      trigger,
+      file: this.configFile,
+      version: this.#pipeline.version,
+      errors,
+    });
+    return { ok: false, version: this.#pipeline.version, changed: false, errors };
+  }
+
+  /**
+   * Stops accepting, lets requests in flight finish within the grace period
+   * (`shutdown.grace`), then closes the admin listener. Resolves true when
+   * every request finished in time.
+   */
+  shutdown(graceMs?: number): Promise<void> {
+    this.#closing ??= this.#shutdown(graceMs ?? this.#pipeline.loaded.config.shutdown.grace);
+    return this.#closing;
+  }
+
+  async #shutdown(graceMs: number): Promise<void> {
+    this.#watcher?.close();
+    this.log.info("shutting down", { inflight: this.#inflight, grace_ms: graceMs });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const inTime = await Promise.race([
+      this.#server.shutdown().then(() => true),
+      new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), graceMs)),
+    ]);
+    clearTimeout(timer);
+    if (!inTime) {
+      this.log.warn("grace period over with requests in flight", { inflight: this.#inflight });
+    }
+    await this.#admin.shutdown();
+    this.#state.clear();
+    this.#httpClient?.close();
+    this.log.info("stopped", { drained: inTime });
+  }
+}
+
+function makeServices(
+  metrics: Metrics,
+  trusted: CidrSet,
+  upstreamFetch: (input: string, init: RequestInit) => Promise<Response>,
+): GatewayServices {
+  return {
+    metrics,
+    isTrustedProxy: (address) => trusted.has(address),
+    fetch: upstreamFetch,
+  };
+}
+
+function outcomeOf(response: Response | undefined): string {
+  if (!response) return "error";
+  if (!isGatewayAnswer(response)) return response.status === 499 ? "client_closed" : "proxied";
+  switch (response.status) {
+    case 429:
+      return "limited";
+    case 404:
+      return "no_route";
+    case 401:
+    case 403:
+      return "rejected";
+    case 502:
+    case 504:
+      return "upstream_error";
+    case 503:
+      return "unavailable";
+    case 500:
+      return "error";
+    default:
+      return "rejected";
+  }
+}

@@ -1,0 +1,200 @@
+/**
+ * A pipeline: every route of one config, compiled, with its plugins created.
+ * The gateway holds one; a reload builds the next beside it.
+ */
+import type { LoadedConfig, ResolvedEntry } from "./config/load_config.ts";
+import type { Logger } from "./log.ts";
+import type { CidrSet } from "./net/cidr.ts";
+import type {
+  ContextKey,
+  GatewayServices,
+  Handler,
+  PluginContext,
+  RequestContext,
+  RouteInfo,
+} from "./plugin.ts";
+import { problem, PROBLEM_TYPE_BASE } from "./problem.ts";
+import { compileMatch, type RouteMatcher } from "./router.ts";
+import { stableStringify, type StateBuild } from "./state_registry.ts";
+
+/** One route, ready to serve. */
+export interface CompiledRoute {
+  readonly info: RouteInfo;
+  readonly matches: RouteMatcher;
+  /** The plugin names, in order. */
+  readonly steps: readonly string[];
+  /** Runs the route's pipeline. */
+  readonly run: (ctx: RequestContext) => Promise<Response>;
+}
+
+/** Every route of one config. */
+export interface Pipeline {
+  /** Counts up from 1 with each successful load. */
+  readonly version: number;
+  /** When it was built. */
+  readonly loadedAt: Date;
+  /** The config it was built from. */
+  readonly loaded: LoadedConfig;
+  /** Its `trusted_proxies`. */
+  readonly trusted: CidrSet;
+  /** The routes in match order. */
+  readonly routes: readonly CompiledRoute[];
+  /** The first route that matches, if any. */
+  match(method: string, host: string | null, path: string): CompiledRoute | undefined;
+}
+
+/** Raised when a plugin's `create` throws while a pipeline is built. */
+export class PipelineBuildError extends Error {
+  override name = "PipelineBuildError";
+  constructor(readonly yamlPath: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
+/** Calls each handler in order; `next()` may be called at most once per handler. */
+export function compose(
+  handlers: readonly Handler[],
+  terminal: (ctx: RequestContext) => Promise<Response>,
+): (ctx: RequestContext) => Promise<Response> {
+  return function run(ctx) {
+    let called = -1;
+    const dispatch = (index: number): Promise<Response> => {
+      if (index <= called) {
+        return Promise.reject(new Error("next() was called more than once in one plugin"));
+      }
+      called = index;
+      const handler = handlers[index];
+      if (!handler) return terminal(ctx);
+      try {
+        return Promise.resolve(handler(ctx, () => dispatch(index + 1)));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    };
+    return dispatch(0);
+  };
+}
+
+function noAnswer(ctx: RequestContext): Promise<Response> {
+  return Promise.resolve(problem(502, {
+    type: `${PROBLEM_TYPE_BASE}no-answer`,
+    title: "No answer",
+    detail: `The pipeline of route "${ctx.route.name}" ended without an answer: add a proxy step`,
+  }));
+}
+
+/** Options for {@linkcode buildPipeline}. */
+export interface BuildOptions {
+  readonly version: number;
+  readonly services: GatewayServices;
+  readonly trusted: CidrSet;
+  readonly state: StateBuild;
+  readonly log: Logger;
+}
+
+/** Creates every plugin of every route; throws {@linkcode PipelineBuildError} naming the entry that failed. */
+export async function buildPipeline(
+  loaded: LoadedConfig,
+  options: BuildOptions,
+): Promise<Pipeline> {
+  const routes: CompiledRoute[] = [];
+  for (const route of loaded.routes) {
+    const info: RouteInfo = Object.freeze({
+      name: route.name,
+      pathPrefix: route.match.path_prefix,
+      stripPrefix: route.strip_prefix,
+      preserveHost: route.preserve_host,
+      upstream: route.upstream
+        ? Object.freeze({ url: route.upstream.url, timeoutMs: route.upstream.timeout })
+        : undefined,
+    });
+    const handlers: Handler[] = [];
+    const occurrences = new Map<string, number>();
+    for (const entry of route.pipeline) {
+      const identity = entryIdentity(route.name, entry);
+      const occurrence = occurrences.get(identity) ?? 0;
+      occurrences.set(identity, occurrence + 1);
+      let keeps = 0;
+      const context: PluginContext = {
+        route: info,
+        gateway: options.services,
+        log: options.log.child({ route: route.name, plugin: entry.name }),
+        keep(init, keepOptions) {
+          const key = `${identity}\u0000${occurrence}\u0000${keeps++}`;
+          return options.state.keep(key, init, keepOptions?.dispose);
+        },
+      };
+      try {
+        handlers.push(await entry.definition.create(entry.options, context));
+      } catch (error) {
+        throw new PipelineBuildError(
+          entry.yamlPath,
+          `Cannot create plugin "${entry.name}" at ${entry.yamlPath}: ${
+            (error as Error)?.message ?? error
+          }`,
+          { cause: error },
+        );
+      }
+    }
+    routes.push({
+      info,
+      matches: compileMatch(route.match),
+      steps: route.pipeline.map((entry) => entry.name),
+      run: compose(handlers, noAnswer),
+    });
+  }
+  return {
+    version: options.version,
+    loadedAt: new Date(),
+    loaded,
+    trusted: options.trusted,
+    routes,
+    match(method, host, path) {
+      for (const route of routes) {
+        if (route.matches(method, host, path)) return route;
+      }
+      return undefined;
+    },
+  };
+}
+
+/**
+ * What must stay the same for an entry's state to be kept: the route, the
+ * plugin, its options as written and, for a custom plugin, its source.
+ */
+function entryIdentity(routeName: string, entry: ResolvedEntry): string {
+  return [
+    routeName,
+    entry.name,
+    entry.module?.digest ?? "builtin",
+    stableStringify(entry.rawOptions),
+  ].join("\u0000");
+}
+
+/** A per-request context. */
+export class Context implements RequestContext {
+  client: RequestContext["client"] = undefined;
+  tier: string | undefined = undefined;
+  #values: Map<ContextKey<unknown>, unknown> | undefined;
+
+  constructor(
+    readonly request: Request,
+    readonly url: URL,
+    readonly route: RouteInfo,
+    readonly remoteAddr: string,
+    readonly peerTrusted: boolean,
+    readonly requestId: string,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.request.signal;
+  }
+
+  get<T>(key: ContextKey<T>): T | undefined {
+    return this.#values?.get(key) as T | undefined;
+  }
+
+  set<T>(key: ContextKey<T>, value: T): void {
+    (this.#values ??= new Map()).set(key, value);
+  }
+}

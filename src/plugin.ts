@@ -1,0 +1,205 @@
+/**
+ * The plugin API: what a plugin is, what it receives when it is created and
+ * what it sees for each request.
+ *
+ * @module
+ */
+import type { z } from "zod";
+import type { Logger } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
+
+/** Who is calling, as the `identify` plugin found it. */
+export interface ClientIdentity {
+  /** The id shown in logs and the admin API: `key:<16 hex of sha256(key)>` or `ip:<address>`. */
+  readonly id: string;
+  /** Which source named the client. */
+  readonly kind: "key" | "ip";
+  /** The raw API key. Never log it, never use it as a metric label. */
+  readonly key?: string;
+  /** The client's IP address (after trusted `X-Forwarded-For` hops). */
+  readonly ip: string;
+}
+
+/**
+ * A typed key into the per-request state map that plugins share.
+ *
+ * @example
+ * ```ts
+ * import { ContextKey } from "./plugin.ts";
+ * const START = new ContextKey<number>("start");
+ * ```
+ */
+export class ContextKey<T> {
+  declare readonly type: T;
+  constructor(readonly name: string) {}
+}
+
+/** The route a request matched, as plugins see it. */
+export interface RouteInfo {
+  /** The route's name from the config. */
+  readonly name: string;
+  /** The route's `match.path_prefix`, when it has one. */
+  readonly pathPrefix?: string;
+  /** Remove the path prefix before forwarding. */
+  readonly stripPrefix: boolean;
+  /** Forward the client's `Host` instead of the upstream's. */
+  readonly preserveHost: boolean;
+  /** Where the route forwards, when it forwards. */
+  readonly upstream?: UpstreamInfo;
+}
+
+/** An upstream as configured. */
+export interface UpstreamInfo {
+  /** The upstream's base URL. */
+  readonly url: string;
+  /** The longest wait for the response headers, in milliseconds. */
+  readonly timeoutMs: number;
+}
+
+/** What a handler sees of one request. */
+export interface RequestContext {
+  /** The request as the client sent it. */
+  readonly request: Request;
+  /** The parsed request URL; `url.pathname` has dot segments resolved. */
+  readonly url: URL;
+  /** The matched route. */
+  readonly route: RouteInfo;
+  /** The address of the TCP peer. */
+  readonly remoteAddr: string;
+  /** True when the TCP peer is one of `trusted_proxies`. */
+  readonly peerTrusted: boolean;
+  /** The request id: the client's `X-Request-Id` or a new one. */
+  readonly requestId: string;
+  /** Aborted when the client hangs up. */
+  readonly signal: AbortSignal;
+  /** The caller, once `identify` ran. */
+  client: ClientIdentity | undefined;
+  /** The caller's tier, once `tier` ran. */
+  tier: string | undefined;
+  /** Reads a value another plugin stored for this request. */
+  get<T>(key: ContextKey<T>): T | undefined;
+  /** Stores a value for the later plugins of this request. */
+  set<T>(key: ContextKey<T>, value: T): void;
+}
+
+/** Runs the rest of the pipeline and gives its response. */
+export type Next = () => Promise<Response>;
+
+/**
+ * A pipeline step: answers itself, or calls `next()` (at most once) and may
+ * change what it returns.
+ */
+export type Handler = (
+  ctx: RequestContext,
+  next: Next,
+) => Response | Promise<Response>;
+
+/** What the gateway lends to plugins when they are created. */
+export interface GatewayServices {
+  /** The gateway's metrics. */
+  readonly metrics: Metrics;
+  /** The `trusted_proxies` check. */
+  isTrustedProxy(address: string): boolean;
+  /** The upstream HTTP client; tests may replace it to watch what leaves. */
+  fetch(input: string, init: RequestInit): Promise<Response>;
+}
+
+/** Options for {@linkcode PluginContext.keep}. */
+export interface KeepOptions<T> {
+  /** Called once the state is no longer used by any new pipeline. */
+  dispose?: (value: T) => void;
+}
+
+/** What `create` receives besides its options. */
+export interface PluginContext {
+  /** The route this pipeline entry belongs to. */
+  readonly route: RouteInfo;
+  /** The gateway's services. */
+  readonly gateway: GatewayServices;
+  /** A logger whose lines name the route and plugin. */
+  readonly log: Logger;
+  /**
+   * State that survives a hot swap: while this entry's route, plugin and
+   * options stay the same, every new pipeline gets the value made first.
+   *
+   * @example
+   * ```ts
+   * import { definePlugin } from "../mod.ts";
+   * import { z } from "zod";
+   * export default definePlugin({
+   *   name: "count",
+   *   options: z.object({}),
+   *   create(_options, ctx) {
+   *     const state = ctx.keep(() => ({ seen: 0 }));
+   *     return function count(_req, next) {
+   *       state.seen++;
+   *       return next();
+   *     };
+   *   },
+   * });
+   * ```
+   */
+  keep<T>(init: () => T, options?: KeepOptions<T>): T;
+}
+
+/** A plugin: its name, its options schema and the factory of its handler. */
+export interface PluginDefinition<S extends z.ZodType = z.ZodType> {
+  /** The name written in a pipeline entry (`identify`, `proxy`, ...). */
+  readonly name: string;
+  /** The zod schema of the entry's options; validation and defaults happen here, once. */
+  readonly options: S;
+  /** Makes the handler when a pipeline is built; this is where state is made. */
+  create(
+    options: z.output<S>,
+    ctx: PluginContext,
+  ): Handler | Promise<Handler>;
+}
+
+const NAME_RE = /^[a-z][a-z0-9-]*$/;
+
+/**
+ * Declares a plugin. The default export of a plugin module must be its result.
+ *
+ * @example
+ * ```ts
+ * import { definePlugin } from "../mod.ts";
+ * import { z } from "zod";
+ *
+ * export default definePlugin({
+ *   name: "powered-by",
+ *   options: z.object({ value: z.string().default("sluice") }),
+ *   create({ value }) {
+ *     return async function poweredBy(_ctx, next) {
+ *       const response = await next();
+ *       response.headers.set("x-powered-by", value);
+ *       return response;
+ *     };
+ *   },
+ * });
+ * ```
+ */
+export function definePlugin<S extends z.ZodType>(
+  definition: PluginDefinition<S>,
+): PluginDefinition<S> {
+  if (!NAME_RE.test(definition.name)) {
+    throw new TypeError(
+      `Cannot define plugin "${definition.name}": a name is lower-case letters, digits and dashes`,
+    );
+  }
+  if (typeof definition.create !== "function") {
+    throw new TypeError(
+      `Cannot define plugin "${definition.name}": create must be a function`,
+    );
+  }
+  return Object.freeze({ ...definition });
+}
+
+/** True when the value looks like the result of {@linkcode definePlugin}. */
+export function isPluginDefinition(value: unknown): value is PluginDefinition {
+  if (typeof value !== "object" || value === null) return false;
+  const candidate = value as Partial<PluginDefinition>;
+  return typeof candidate.name === "string" &&
+    typeof candidate.create === "function" &&
+    typeof candidate.options === "object" && candidate.options !== null &&
+    "safeParse" in candidate.options;
+}

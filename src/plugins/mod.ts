@@ -1,0 +1,12 @@
+/** The built-in plugins, registered by static import so `deno compile` bundles them. */
+import type { PluginDefinition } from "../plugin.ts";
+import identify from "./identify.ts";
+import proxy from "./proxy.ts";
+
+/** Every built-in plugin by name. */
+export const BUILTIN_PLUGINS: ReadonlyMap<string, PluginDefinition> = new Map<
+  string,
+  PluginDefinition
+>(
+  [identify, proxy].map((plugin) => [plugin.name, plugin as PluginDefinition]),
+);

@@ -1,0 +1,73 @@
+/** RFC 9457 problem+json answers for everything the gateway says itself. */
+
+/** What a problem answer says. */
+export interface ProblemOptions {
+  /** A URI naming the kind of problem. @default "about:blank" */
+  type?: string;
+  /** A short summary; defaults to the status text. */
+  title?: string;
+  /** What happened to this request. */
+  detail?: string;
+  /** Seconds to wait before a retry; sets `Retry-After` (whole seconds, at least 1). */
+  retryAfterSeconds?: number;
+  /** Extra headers for the answer. */
+  headers?: HeadersInit;
+  /** Extra members of the JSON body. */
+  extensions?: Record<string, unknown>;
+}
+
+/** The prefix of the `type` URIs of sluice's own problems, such as `urn:sluice:problem:quota-exceeded`. */
+export const PROBLEM_TYPE_BASE = "urn:sluice:problem:";
+
+const STATUS_TITLES: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  413: "Content Too Large",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+const gatewayMade = new WeakSet<Response>();
+
+/** True when the response was made by {@linkcode problem}: the gateway answered, not the upstream. */
+export function isGatewayAnswer(response: Response): boolean {
+  return gatewayMade.has(response);
+}
+
+/**
+ * Builds an `application/problem+json` response.
+ *
+ * @example
+ * ```ts
+ * import { problem } from "./problem.ts";
+ * const res = problem(429, { detail: "Quota spent", retryAfterSeconds: 3 });
+ * res.headers.get("retry-after"); // "3"
+ * ```
+ */
+export function problem(status: number, options: ProblemOptions = {}): Response {
+  const body = {
+    type: options.type ?? "about:blank",
+    title: options.title ?? STATUS_TITLES[status] ?? "Error",
+    status,
+    ...(options.detail === undefined ? {} : { detail: options.detail }),
+    ...options.extensions,
+  };
+  const headers = new Headers(options.headers);
+  headers.set("content-type", "application/problem+json");
+  headers.set("cache-control", "no-store");
+  if (options.retryAfterSeconds !== undefined) {
+    headers.set(
+      "retry-after",
+      String(Math.max(1, Math.ceil(options.retryAfterSeconds))),
+    );
+  }
+  const response = new Response(JSON.stringify(body), { status, headers });
+  gatewayMade.add(response);
+  return response;
+}

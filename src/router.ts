@@ -1,0 +1,52 @@
+/** Route matching: path prefix on the normalized path, methods, host. */
+
+/** What a route matches, as written under `match:`. */
+export interface MatchSpec {
+  path_prefix?: string;
+  methods?: readonly string[];
+  host?: string;
+}
+
+/** Tests one request against one route's match. */
+export type RouteMatcher = (method: string, host: string | null, path: string) => boolean;
+
+/**
+ * Compiles a match. A path prefix matches on segment boundaries (`/pay`
+ * matches `/pay` and `/pay/x`, not `/payments`); a prefix ending in `/`
+ * matches what starts with it. A host matches without its port, case-blind;
+ * `*.example.com` matches any subdomain.
+ */
+export function compileMatch(spec: MatchSpec): RouteMatcher {
+  const prefix = spec.path_prefix;
+  const methods = spec.methods ? new Set(spec.methods) : undefined;
+  const host = spec.host?.toLowerCase();
+  const wildcard = host?.startsWith("*.") ? host.slice(1) : undefined;
+  let pathMatches: (path: string) => boolean = () => true;
+  if (prefix && prefix !== "/") {
+    if (prefix.endsWith("/")) {
+      pathMatches = (path) => path.startsWith(prefix) || path === prefix.slice(0, -1);
+    } else {
+      const withSlash = prefix + "/";
+      pathMatches = (path) => path === prefix || path.startsWith(withSlash);
+    }
+  }
+  return (method, requestHost, path) => {
+    if (methods && !methods.has(method)) return false;
+    if (host) {
+      const name = hostName(requestHost);
+      if (wildcard ? !name.endsWith(wildcard) : name !== host) return false;
+    }
+    return pathMatches(path);
+  };
+}
+
+function hostName(header: string | null): string {
+  if (!header) return "";
+  const value = header.toLowerCase();
+  if (value.startsWith("[")) {
+    const end = value.indexOf("]");
+    return end >= 0 ? value.slice(0, end + 1) : value;
+  }
+  const colon = value.indexOf(":");
+  return colon >= 0 ? value.slice(0, colon) : value;
+}
