@@ -57,3 +57,33 @@ export function interpolate(text: string, env: EnvLookup): string {
     },
   );
 }
+
+/** Text whose placeholders were swapped for tokens that are safe anywhere in YAML. */
+export interface ProtectedText {
+  /** The text with each placeholder replaced by a token of letters, digits and underscores. */
+  text: string;
+  /** Puts the placeholders back into a string taken from the parsed text. */
+  restore(value: string): string;
+}
+
+const TOKEN_RE = /__sluice_var_(\d+)__/g;
+
+/**
+ * Swaps each placeholder for a plain token before the YAML is parsed, so that
+ * `{ token: ${ADMIN_TOKEN:-} }` is valid inside a flow mapping, where `{` and
+ * `}` would otherwise end it. Lines stay where they were.
+ */
+export function protectPlaceholders(text: string): ProtectedText {
+  const placeholders: string[] = [];
+  const replaced = text.replace(PLACEHOLDER_RE, (placeholder) => {
+    placeholders.push(placeholder);
+    return `__sluice_var_${placeholders.length - 1}__`;
+  });
+  return {
+    text: replaced,
+    restore: (value) =>
+      placeholders.length === 0
+        ? value
+        : value.replace(TOKEN_RE, (token, index: string) => placeholders[Number(index)] ?? token),
+  };
+}

@@ -14,6 +14,7 @@ import {
   InterpolationError,
   isWholePlaceholder,
   processEnv,
+  protectPlaceholders,
 } from "./interpolate.ts";
 import { isPluginDefinition, type PluginDefinition } from "../plugin.ts";
 
@@ -125,7 +126,8 @@ export async function loadConfigText(
 ): Promise<LoadedConfig> {
   const path = absolutePath(file);
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const guarded = protectPlaceholders(text);
+  const doc = parseDocument(guarded.text, { lineCounter, prettyErrors: true, uniqueKeys: true });
   const issues: ConfigIssue[] = doc.errors.map((error) => {
     const pos = error.linePos?.[0];
     return {
@@ -139,23 +141,43 @@ export async function loadConfigText(
 
   const locate = (segments: readonly PathSegment[], atKey = false) =>
     locateNode(doc, lineCounter, segments, atKey);
-  interpolateDocument(doc, options.env ?? processEnv, locate, issues);
+  interpolateDocument(doc, guarded.restore, options.env ?? processEnv, locate, issues);
   if (issues.length > 0) throw new ConfigError(path, issues);
 
   const raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
   const parsed = configSchema.safeParse(withoutNulls(raw));
-  if (!parsed.success) {
-    throw new ConfigError(path, zodIssues(parsed.error.issues, [], locate));
-  }
-  const { routes = [], ...rest } = parsed.data;
-  const rawRoutes = (raw as { routes?: { pipeline?: unknown[] }[] }).routes ?? [];
+  if (!parsed.success) issues.push(...zodIssues(parsed.error.issues, [], locate));
+  // The pipelines are checked even when the rest failed, so every error shows at once.
+  const rawRoutes = Array.isArray((raw as { routes?: unknown }).routes)
+    ? (raw as { routes: unknown[] }).routes
+    : [];
   const pluginFiles = new Set<string>();
   const digests: string[] = [];
-  const resolvedRoutes: ResolvedRoute[] = [];
-  for (const [routeIndex, route] of routes.entries()) {
-    const rawPipeline = rawRoutes[routeIndex]?.pipeline ?? [];
+  const pipelines: ResolvedEntry[][] = [];
+  const names = new Map<string, number>();
+  for (const [routeIndex, rawRoute] of rawRoutes.entries()) {
+    const route = (typeof rawRoute === "object" && rawRoute !== null ? rawRoute : {}) as {
+      name?: unknown;
+      upstream?: unknown;
+      pipeline?: unknown;
+    };
+    if (typeof route.name === "string") {
+      const first = names.get(route.name);
+      if (first === undefined) names.set(route.name, routeIndex);
+      else {
+        const at = ["routes", routeIndex, "name"];
+        issues.push({
+          ...locate(at),
+          path: formatPath(at),
+          message:
+            `Route name "${route.name}" is already used by routes[${first}]: names must be unique`,
+        });
+      }
+    }
     const pipeline: ResolvedEntry[] = [];
-    for (const [entryIndex, entry] of rawPipeline.entries()) {
+    for (
+      const [entryIndex, entry] of (Array.isArray(route.pipeline) ? route.pipeline : []).entries()
+    ) {
       const at: PathSegment[] = ["routes", routeIndex, "pipeline", entryIndex];
       const resolved = await resolveEntry(entry, at, path, options.plugins, locate, issues);
       if (!resolved) continue;
@@ -163,18 +185,26 @@ export async function loadConfigText(
         pluginFiles.add(resolved.module.path);
         digests.push(resolved.module.digest);
       }
-      if (resolved.name === "proxy" && !route.upstream) {
+      if (resolved.name === "proxy" && route.upstream === undefined) {
         issues.push({
           ...locate(at),
           path: formatPath(at),
           message:
-            `The proxy plugin needs an upstream: add upstream: { url: http://host:port } to route "${route.name}"`,
+            `The proxy plugin needs an upstream: add upstream: { url: http://host:port } to route "${
+              String(route.name)
+            }"`,
         });
       }
       pipeline.push(resolved);
     }
-    resolvedRoutes.push({ ...route, pipeline });
+    pipelines.push(pipeline);
   }
+  if (issues.length > 0 || !parsed.success) throw new ConfigError(path, issues);
+  const { routes = [], ...rest } = parsed.data;
+  const resolvedRoutes: ResolvedRoute[] = routes.map((route, index) => ({
+    ...route,
+    pipeline: pipelines[index] ?? [],
+  }));
   if (issues.length > 0) throw new ConfigError(path, issues);
   return {
     file: path,
@@ -390,6 +420,7 @@ function rangeOf(node: unknown): [number, number] | undefined {
 
 function interpolateDocument(
   doc: Document,
+  restore: (value: string) => string,
   env: EnvLookup,
   locate: (segments: readonly PathSegment[]) => Partial<ConfigIssue>,
   issues: ConfigIssue[],
@@ -402,8 +433,9 @@ function interpolateDocument(
       }
     } else if (isSeq(node)) {
       node.items.forEach((item, index) => walk(item, [...path, index]));
-    } else if (isScalar(node) && typeof node.value === "string" && hasPlaceholder(node.value)) {
-      const original = node.value;
+    } else if (isScalar(node) && typeof node.value === "string") {
+      const original = restore(node.value);
+      if (!hasPlaceholder(original)) return;
       try {
         const value = interpolate(original, env);
         node.value = node.type === Scalar.PLAIN && isWholePlaceholder(original)

@@ -152,21 +152,6 @@ export const configSchema = z.strictObject({
   tiers: z.record(z.string(), tierSchema).default({}),
   keys: z.array(keyEntrySchema).default([]),
   routes: z.array(routeSchema).default([]),
-}).superRefine((config, ctx) => {
-  const seen = new Map<string, number>();
-  (config.routes ?? []).forEach((route, index) => {
-    const first = seen.get(route.name);
-    if (first !== undefined) {
-      ctx.addIssue({
-        code: "custom",
-        path: ["routes", index, "name"],
-        message:
-          `Route name "${route.name}" is already used by routes[${first}]: names must be unique`,
-      });
-    } else {
-      seen.set(route.name, index);
-    }
-  });
 });
 
 /** The config after validation and defaults, durations in milliseconds. */
@@ -174,13 +159,85 @@ export type GatewayConfig = z.output<typeof configSchema>;
 /** One route of {@linkcode GatewayConfig}. */
 export type RouteConfig = z.output<typeof routeSchema>;
 
-/** The JSON Schema of the config file, for editor completion (`config/schema.json`). */
-export function configJsonSchema(): Record<string, unknown> {
-  const schema = z.toJSONSchema(configSchema, { io: "input", unrepresentable: "any" });
+/**
+ * The JSON Schema of the config file, for editor completion
+ * (`config/schema.json`). With the plugins, each pipeline entry is described
+ * by its plugin's options.
+ */
+export function configJsonSchema(
+  plugins?: ReadonlyMap<string, { options: z.ZodType }>,
+): Record<string, unknown> {
+  const schema = z.toJSONSchema(configSchema, { io: "input", unrepresentable: "any" }) as Record<
+    string,
+    unknown
+  >;
+  dropNumericDefaultsOfStrings(schema);
+  if (plugins) {
+    const routes = (schema.properties as Record<string, Json>).routes;
+    const pipeline = routes?.items?.properties?.pipeline;
+    if (pipeline) {
+      const entries: Json[] = [...plugins].map(([name, plugin]) => {
+        const options = z.toJSONSchema(plugin.options, { io: "input", unrepresentable: "any" });
+        delete (options as Json).$schema;
+        return {
+          type: "object",
+          properties: { [name]: { anyOf: [options, { type: "null" }] } },
+          required: [name],
+          additionalProperties: false,
+        };
+      });
+      entries.push({
+        type: "object",
+        properties: {
+          plugin: { type: "string", description: "A custom plugin module, relative to this file" },
+          with: { type: "object", description: "The plugin's options" },
+        },
+        required: ["plugin"],
+        additionalProperties: false,
+      });
+      pipeline.items = { anyOf: entries };
+    }
+  }
   return {
     ...schema,
     title: "sluice gateway config",
     description:
       "config/gateway.yaml: listeners, store, tiers, keys and routes with their plugin pipelines.",
   };
+}
+
+// deno-lint-ignore no-explicit-any
+type Json = Record<string, any>;
+
+/** Durations default to milliseconds inside the validator; a JSON Schema default must be the text. */
+function dropNumericDefaultsOfStrings(node: unknown): void {
+  if (Array.isArray(node)) {
+    node.forEach(dropNumericDefaultsOfStrings);
+    return;
+  }
+  if (typeof node !== "object" || node === null) return;
+  const record = node as Json;
+  if (record.type === "string" && typeof record.default === "number") {
+    record.default = formatMs(record.default);
+  }
+  if (record.type === "object" && typeof record.default === "object" && record.properties) {
+    for (const [key, value] of Object.entries(record.default as Json)) {
+      if (record.properties[key]?.type === "string" && typeof value === "number") {
+        record.default[key] = formatMs(value);
+      }
+    }
+  }
+  for (const value of Object.values(record)) dropNumericDefaultsOfStrings(value);
+}
+
+function formatMs(ms: number): string {
+  for (
+    const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], [
+      "s",
+      1_000,
+    ]] as const
+  ) {
+    if (ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
 }

@@ -1,0 +1,210 @@
+import assert from "node:assert/strict";
+import { ConfigError, type ConfigIssue, loadConfig } from "../src/config/load_config.ts";
+import { BUILTIN_PLUGINS } from "../src/plugins/mod.ts";
+import { tempConfig } from "./_helpers.ts";
+
+async function issuesOf(yaml: string, env: Record<string, string> = {}): Promise<ConfigIssue[]> {
+  await using config = await tempConfig(yaml);
+  try {
+    await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: (name) => env[name] });
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected a ConfigError, got ${error}`);
+    return error.issues;
+  }
+  assert.fail("the config loaded, but errors were expected");
+}
+
+Deno.test("a valid config loads with defaults applied", async () => {
+  await using config = await tempConfig(`
+routes:
+  - name: api
+    match: { path_prefix: /api, methods: [GET] }
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - identify: { from: [header:x-api-key, ip] }
+      - proxy:
+`);
+  const loaded = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined });
+  assert.equal(loaded.config.listen.port, 8080);
+  assert.equal(loaded.config.admin.hostname, "127.0.0.1");
+  assert.equal(loaded.config.store.kind, "memory");
+  assert.equal(loaded.config.store.timeout, 100);
+  assert.equal(loaded.routes[0]!.upstream!.timeout, 30_000);
+  assert.deepEqual(loaded.routes[0]!.pipeline.map((entry) => entry.name), ["identify", "proxy"]);
+  assert.deepEqual(loaded.routes[0]!.pipeline[0]!.options, {
+    from: ["header:x-api-key", "ip"],
+    required: false,
+  });
+});
+
+Deno.test("every error names its YAML path and line", async () => {
+  const issues = await issuesOf(`listen:
+  port: eighty
+store:
+  timeout: 5x
+routes:
+  - name: api
+    bogus: 1
+    upstream: { url: http://127.0.0.1:9001, timeout: 3 }
+    pipeline:
+      - proxy: {}
+`);
+  const byPath = new Map(issues.map((issue) => [issue.path, issue]));
+  assert.equal(byPath.get("listen.port")?.line, 2);
+  assert.equal(byPath.get("store.timeout")?.line, 4);
+  assert.match(byPath.get("store.timeout")!.message, /Invalid duration "5x"/);
+  assert.equal(byPath.get("routes[0].bogus")?.line, 7);
+  assert.match(byPath.get("routes[0].bogus")!.message, /Unrecognized key "bogus"/);
+  assert.equal(byPath.get("routes[0].upstream.timeout")?.line, 8);
+  assert.equal(issues.length, 4);
+});
+
+Deno.test("an unknown plugin is an error at its line listing the built-ins", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - identify: {}
+      - rate-limitr: { limit: 10 }
+`);
+  assert.equal(issues.length, 1);
+  assert.equal(issues[0]!.path, "routes[0].pipeline[1].rate-limitr");
+  assert.equal(issues[0]!.line, 6);
+  assert.match(issues[0]!.message, /Unknown plugin "rate-limitr"/);
+  assert.match(issues[0]!.message, /identify/);
+});
+
+Deno.test("plugin options are validated by the plugin's schema", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - identify: { from: [cookie:session], required: maybe }
+`);
+  const paths = issues.map((issue) => issue.path).sort();
+  assert.deepEqual(paths, [
+    "routes[0].pipeline[0].identify.from[0]",
+    "routes[0].pipeline[0].identify.required",
+  ]);
+  assert.ok(issues.every((issue) => issue.line === 5));
+  assert.match(issues.find((i) => i.path.endsWith("from[0]"))!.message, /Unknown identity source/);
+});
+
+Deno.test("an entry naming two plugins is an error", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - { identify: {}, proxy: {} }
+`);
+  assert.equal(issues.length, 1);
+  assert.match(issues[0]!.message, /names 2 \(identify, proxy\)/);
+  assert.equal(issues[0]!.line, 5);
+});
+
+Deno.test("proxy without an upstream is an error", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    pipeline:
+      - proxy: {}
+`);
+  assert.equal(issues.length, 1);
+  assert.match(issues[0]!.message, /needs an upstream/);
+});
+
+Deno.test("duplicate route names are an error at the second", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+  - name: api
+`);
+  assert.equal(issues.length, 1);
+  assert.equal(issues[0]!.path, "routes[1].name");
+  assert.equal(issues[0]!.line, 3);
+});
+
+Deno.test("invalid YAML is an error with its line", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    match: { path_prefix: /x
+`);
+  assert.ok(issues.length >= 1);
+  assert.match(issues[0]!.message, /Invalid YAML/);
+  assert.ok(issues[0]!.line !== undefined && issues[0]!.line >= 3);
+});
+
+Deno.test("${VAR} and ${VAR:-default} are interpolated, whole placeholders keep their type", async () => {
+  await using config = await tempConfig(`listen: { port: \${PORT:-8181} }
+admin: { token: "\${ADMIN_TOKEN:-}" }
+routes:
+  - name: api
+    upstream: { url: "http://\${UP_HOST}:9001", timeout: \${UP_TIMEOUT:-2s} }
+`);
+  const loaded = await loadConfig(config.file, {
+    plugins: BUILTIN_PLUGINS,
+    env: (name) => ({ UP_HOST: "backend" } as Record<string, string>)[name],
+  });
+  assert.equal(loaded.config.listen.port, 8181);
+  assert.equal(loaded.config.admin.token, "");
+  assert.equal(loaded.routes[0]!.upstream!.url, "http://backend:9001");
+  assert.equal(loaded.routes[0]!.upstream!.timeout, 2_000);
+});
+
+Deno.test("an unset variable is an error at its line", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    upstream: { url: "http://\${NOPE}:9001" }
+`);
+  assert.equal(issues.length, 1);
+  assert.equal(issues[0]!.path, "routes[0].upstream.url");
+  assert.equal(issues[0]!.line, 3);
+  assert.match(issues[0]!.message, /NOPE is not set/);
+});
+
+Deno.test("a bad trusted proxy CIDR is an error", async () => {
+  const issues = await issuesOf(`trusted_proxies: [10.0.0.0/8, 10.0.0.0/33, banana]
+`);
+  assert.deepEqual(issues.map((issue) => issue.path), ["trusted_proxies[1]", "trusted_proxies[2]"]);
+});
+
+Deno.test("a custom plugin that fails to load is an error at its entry", async () => {
+  await using config = await tempConfig(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - plugin: ./broken.ts
+      - plugin: ./missing.ts
+      - plugin: ./not_a_plugin.ts
+`);
+  await Deno.writeTextFile(`${config.dir}/broken.ts`, `throw new Error("boom at import");\n`);
+  await Deno.writeTextFile(`${config.dir}/not_a_plugin.ts`, `export default 42;\n`);
+  const error = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined })
+    .then(() => undefined, (error) => error);
+  assert.ok(error instanceof ConfigError);
+  const messages = error.issues.map((issue) => `${issue.line} ${issue.path} ${issue.message}`);
+  assert.equal(messages.length, 3);
+  assert.match(
+    messages[0]!,
+    /^5 routes\[0\]\.pipeline\[0\]\.plugin Cannot load plugin ".\/broken.ts": .*boom at import/,
+  );
+  assert.match(
+    messages[1]!,
+    /^6 routes\[0\]\.pipeline\[1\]\.plugin Cannot load plugin ".\/missing.ts"/,
+  );
+  assert.match(messages[2]!, /^7 .* the default export is not a plugin/);
+});
+
+Deno.test("a custom plugin's options are validated by its schema", async () => {
+  const pluginUrl = new URL("../plugins/examples/request_id.ts", import.meta.url).href;
+  const issues = await issuesOf(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - plugin: ${pluginUrl.replace("file://", "")}
+        with: { header: "not a header", extra: 1 }
+`);
+  assert.deepEqual(issues.map((issue) => issue.path).sort(), [
+    "routes[0].pipeline[0].with.extra",
+    "routes[0].pipeline[0].with.header",
+  ]);
+  assert.ok(issues.every((issue) => issue.line === 6));
+});

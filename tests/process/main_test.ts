@@ -1,0 +1,79 @@
+/** main.ts as a user runs it: `--check`, and a bad config at start. */
+import assert from "node:assert/strict";
+import { repoPath, tempConfig } from "../_helpers.ts";
+
+async function runMain(args: string[], env: Record<string, string> = {}) {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-read", "--allow-env", repoPath("main.ts"), ...args],
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return {
+    code: output.code,
+    stdout: decoder.decode(output.stdout),
+    stderr: decoder.decode(output.stderr),
+  };
+}
+
+Deno.test("--check on a valid file exits 0", async () => {
+  const result = await runMain(["--check", repoPath("config/gateway.yaml")]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(result.stdout, /gateway\.yaml: ok \(1 route\)/);
+});
+
+Deno.test("--check prints every error with its path and line, and exits 1", async () => {
+  await using config = await tempConfig(`listen:
+  port: 99999
+routes:
+  - name: api
+    upstream: { url: ftp://nowhere, timeout: soon }
+    pipeline:
+      - identify: { from: [ip], reqired: true }
+      - throttle: {}
+      - proxy: {}
+`);
+  const result = await runMain(["--check", config.file]);
+  assert.equal(result.code, 1);
+  const lines = result.stderr.trim().split("\n");
+  const expected = [
+    [":2:", "listen.port"],
+    [":5:", "routes[0].upstream.url"],
+    [":5:", "routes[0].upstream.timeout"],
+    [":7:", "routes[0].pipeline[0].identify.reqired"],
+    [":8:", "routes[0].pipeline[1].throttle"],
+  ];
+  for (const [line, path] of expected) {
+    assert.ok(
+      lines.some((text) => text.includes(`${config.file}${line}`) && text.includes(` ${path}: `)),
+      `no error for ${path} at line ${line} in:\n${result.stderr}`,
+    );
+  }
+  assert.match(lines.at(-1)!, /5 errors$/);
+});
+
+Deno.test("--check of a missing file says it cannot read it", async () => {
+  const result = await runMain(["--check", "/nonexistent/gateway.yaml"]);
+  assert.equal(result.code, 1);
+  assert.match(result.stderr, /Cannot read the file/);
+});
+
+Deno.test("starting with a bad config logs the errors as JSON and exits 1", async () => {
+  await using config = await tempConfig(`routes:
+  - name: api
+    pipeline: [ { nope: {} } ]
+`);
+  const result = await runMain(["--config", config.file]);
+  assert.equal(result.code, 1);
+  const line = JSON.parse(result.stdout.trim().split("\n").at(-1)!);
+  assert.equal(line.level, "error");
+  assert.match(line.errors[0], /Unknown plugin "nope"/);
+});
+
+Deno.test("an unknown argument is a usage error", async () => {
+  const result = await runMain(["--frobnicate"]);
+  assert.equal(result.code, 2);
+  assert.match(result.stderr, /Unknown argument "--frobnicate"/);
+  assert.match(result.stderr, /Usage:/);
+});
