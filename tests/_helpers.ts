@@ -52,12 +52,16 @@ export interface TestGateway {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** Starts a gateway on free ports with this YAML (listen and admin ports are overridden). */
+/** Starts a gateway on free ports with this YAML (listen and admin ports are overridden); `files` are written beside it first. */
 export async function startGateway(
   yaml: string,
   options: Partial<GatewayOptions> = {},
+  files: Record<string, string> = {},
 ): Promise<TestGateway> {
   const config = await tempConfig(yaml);
+  for (const [name, text] of Object.entries(files)) {
+    await Deno.writeTextFile(`${config.dir}/${name}`, text);
+  }
   const logs = new LogCapture();
   let gateway: Gateway;
   try {

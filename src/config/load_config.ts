@@ -134,7 +134,9 @@ export async function loadConfigText(
       path: "",
       line: pos?.line,
       column: pos?.col,
-      message: `Invalid YAML: ${error.message.split("\n")[0]}`,
+      message: `Invalid YAML: ${
+        error.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")
+      }`,
     };
   });
   if (issues.length > 0) throw new ConfigError(path, issues);

@@ -1,0 +1,132 @@
+/** The admin listener: health, readiness, metrics, status, auth. */
+import assert from "node:assert/strict";
+import { startGateway, startUpstream } from "../_helpers.ts";
+
+function yaml(upstream: string, token = ""): string {
+  return `admin: { token: "${token}" }
+routes:
+  - name: api
+    match: { path_prefix: /api }
+    upstream: { url: ${upstream} }
+    pipeline:
+      - identify: { from: [header:x-api-key, ip] }
+      - proxy: {}
+`;
+}
+
+Deno.test("/health and /ready answer without a token; everything else needs it", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url, "s3cret"));
+  const health = await fetch(`${gw.adminUrl}/health`);
+  assert.equal(health.status, 200);
+  assert.deepEqual(await health.json(), { status: "ok" });
+  const ready = await fetch(`${gw.adminUrl}/ready`);
+  assert.equal(ready.status, 200);
+  assert.equal((await ready.json()).status, "ready");
+
+  for (const path of ["/status", "/metrics"]) {
+    const denied = await fetch(`${gw.adminUrl}${path}`);
+    assert.equal(denied.status, 401, path);
+    assert.equal(denied.headers.get("content-type"), "application/problem+json");
+    assert.match(denied.headers.get("www-authenticate") ?? "", /^Bearer/);
+    await denied.body?.cancel();
+    const wrong = await fetch(`${gw.adminUrl}${path}`, {
+      headers: { authorization: "Bearer nope" },
+    });
+    assert.equal(wrong.status, 401, path);
+    await wrong.body?.cancel();
+    const allowed = await fetch(`${gw.adminUrl}${path}`, {
+      headers: { authorization: "Bearer s3cret" },
+    });
+    assert.equal(allowed.status, 200, path);
+    await allowed.body?.cancel();
+  }
+  const reload = await fetch(`${gw.adminUrl}/reload`, { method: "POST" });
+  assert.equal(reload.status, 401);
+  await reload.body?.cancel();
+});
+
+Deno.test("ADMIN_TOKEN from the environment protects the admin API when the file sets none", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url), {
+    env: (name) => name === "ADMIN_TOKEN" ? "from-env" : undefined,
+  });
+  const denied = await fetch(`${gw.adminUrl}/status`);
+  assert.equal(denied.status, 401);
+  await denied.body?.cancel();
+  const allowed = await fetch(`${gw.adminUrl}/status`, {
+    headers: { authorization: "Bearer from-env" },
+  });
+  assert.equal(allowed.status, 200);
+  await allowed.body?.cancel();
+});
+
+Deno.test("/status shows the version, load time, routes and their pipelines", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url));
+  const status = await (await fetch(`${gw.adminUrl}/status`)).json();
+  assert.equal(status.version, 1);
+  assert.ok(!Number.isNaN(Date.parse(status.loaded_at)));
+  assert.equal(status.config_file, gw.config.file);
+  assert.deepEqual(status.routes, [{
+    name: "api",
+    match: { path_prefix: "/api" },
+    upstream: upstream.url,
+    pipeline: ["identify", "proxy"],
+  }]);
+  assert.equal(status.last_reload_error, null);
+});
+
+Deno.test("/metrics counts requests by route and outcome, never by client", async () => {
+  await using upstream = startUpstream((request) =>
+    new URL(request.url).pathname === "/api/fail"
+      ? new Response("no", { status: 500 })
+      : new Response("ok")
+  );
+  await using gw = await startGateway(yaml(upstream.url));
+  for (const key of ["k1", "k2", "k3"]) {
+    await (await fetch(`${gw.url}/api/x`, { headers: { "x-api-key": key } })).body?.cancel();
+  }
+  await (await fetch(`${gw.url}/api/fail`)).body?.cancel();
+  await (await fetch(`${gw.url}/nowhere`)).body?.cancel();
+  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  assert.match(text, /sluice_requests_total\{route="api",outcome="proxied"\} 4/);
+  assert.match(text, /sluice_requests_total\{route="",outcome="no_route"\} 1/);
+  assert.match(text, /sluice_request_duration_seconds_count\{route="api"\} 4/);
+  assert.match(text, /sluice_upstream_duration_seconds_count\{route="api",status_class="2xx"\} 3/);
+  assert.match(text, /sluice_upstream_duration_seconds_count\{route="api",status_class="5xx"\} 1/);
+  assert.match(text, /sluice_config_reloads_total\{result="ok"\} 1/);
+  assert.doesNotMatch(text, /k1|key:|ip:/);
+});
+
+Deno.test("process metrics are on /metrics", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url), { processMetrics: true });
+  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  assert.match(text, /sluice_process_cpu_seconds_total/);
+  assert.match(text, /sluice_process_resident_memory_bytes/);
+});
+
+Deno.test("an unknown admin path or method is a problem+json", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url));
+  const missing = await fetch(`${gw.adminUrl}/nope`);
+  assert.equal(missing.status, 404);
+  assert.equal((await missing.json()).status, 404);
+  const wrongMethod = await fetch(`${gw.adminUrl}/reload`);
+  assert.equal(wrongMethod.status, 405);
+  assert.equal(wrongMethod.headers.get("allow"), "POST");
+  await wrongMethod.body?.cancel();
+});
+
+Deno.test("a request no route matches is a 404 problem+json", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url));
+  const response = await fetch(`${gw.url}/elsewhere`);
+  assert.equal(response.status, 404);
+  assert.equal(response.headers.get("content-type"), "application/problem+json");
+  const body = await response.json();
+  assert.equal(body.status, 404);
+  assert.equal(body.title, "No route");
+  assert.match(body.detail, /GET \/elsewhere/);
+});

@@ -1,0 +1,239 @@
+/** Hot swap through real sockets: file edits, POST /reload, state kept, bad edits refused. */
+import assert from "node:assert/strict";
+import { delay, repoPath, startGateway, startUpstream, waitFor } from "../_helpers.ts";
+
+const TAG = repoPath("tests/fixtures/tag_plugin.ts");
+const HITS = repoPath("plugins/examples/hit_counter.ts");
+
+function config(upstream: string, tag: string, extra = ""): string {
+  return `routes:
+  - name: api
+    upstream: { url: ${upstream} }
+    pipeline:
+      - plugin: ${TAG}
+        with: { value: ${tag} }
+      - plugin: ${HITS}
+        with: { header: x-hits }
+      - proxy: {}
+${extra}`;
+}
+
+async function get(url: string, init?: RequestInit) {
+  const response = await fetch(url, init);
+  const body = await response.text();
+  return { status: response.status, headers: response.headers, body };
+}
+
+async function version(adminUrl: string): Promise<number> {
+  const status = await (await fetch(`${adminUrl}/status`)).json();
+  return status.version;
+}
+
+Deno.test("an edit swaps the pipeline; a slow request in flight finishes on the old one", async () => {
+  await using upstream = startUpstream(async (request) => {
+    if (new URL(request.url).pathname === "/slow") await delay(600);
+    return new Response("ok");
+  });
+  await using gw = await startGateway(config(upstream.url, "v1"));
+  const slow = get(`${gw.url}/slow`);
+  await delay(100);
+  await gw.config.write(config(upstream.url, "v2"));
+  assert.ok(await waitFor(async () => (await version(gw.adminUrl)) === 2), "no reload seen");
+  const fresh = await get(`${gw.url}/fast`);
+  assert.equal(fresh.status, 200);
+  assert.equal(fresh.headers.get("x-tag"), "v2");
+  const old = await slow;
+  assert.equal(old.status, 200);
+  assert.equal(old.body, "ok");
+  assert.equal(old.headers.get("x-tag"), "v1");
+});
+
+Deno.test("no request fails while the config is swapped again and again", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(config(upstream.url, "v0"));
+  let stop = false;
+  const statuses: number[] = [];
+  const client = async () => {
+    while (!stop) {
+      const response = await get(`${gw.url}/x`);
+      statuses.push(response.status);
+    }
+  };
+  const clients = [client(), client(), client()];
+  for (let i = 1; i <= 5; i++) {
+    await gw.config.write(config(upstream.url, `v${i}`));
+    assert.ok(await waitFor(async () => (await version(gw.adminUrl)) === i + 1));
+  }
+  stop = true;
+  await Promise.all(clients);
+  assert.ok(statuses.length > 20, `only ${statuses.length} requests were sent`);
+  assert.deepEqual(statuses.filter((status) => status !== 200), []);
+});
+
+Deno.test("an invalid edit keeps the old pipeline serving and reports the error with path and line", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(config(upstream.url, "good"));
+  await gw.config.write(config(upstream.url, "bad").replace("proxy: {}", "proxxy: {}"));
+  assert.ok(
+    await waitFor(async () =>
+      (await (await fetch(`${gw.adminUrl}/status`)).json()).last_reload_error !== null
+    ),
+  );
+  const response = await get(`${gw.url}/x`);
+  assert.equal(response.status, 200);
+  assert.equal(response.headers.get("x-tag"), "good");
+
+  const status = await (await fetch(`${gw.adminUrl}/status`)).json();
+  assert.equal(status.version, 1);
+  const error = status.last_reload_error.errors[0];
+  assert.equal(error.path, "routes[0].pipeline[2].proxxy");
+  assert.equal(error.line, 9);
+  assert.match(error.message, /Unknown plugin "proxxy"/);
+
+  const logged = gw.logs.find("config reload failed; the running pipeline keeps serving");
+  assert.ok(logged, "the failure was not logged");
+  assert.deepEqual((logged.errors as { path: string; line: number }[])[0], {
+    path: "routes[0].pipeline[2].proxxy",
+    line: 9,
+    column: 9,
+    message: error.message,
+  });
+  const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  assert.match(metrics, /sluice_config_reloads_total\{result="error"\} 1/);
+
+  await gw.config.write(config(upstream.url, "fixed"));
+  assert.ok(await waitFor(async () => (await version(gw.adminUrl)) === 2));
+  const after = await (await fetch(`${gw.adminUrl}/status`)).json();
+  assert.equal(after.last_reload_error, null);
+  assert.equal((await get(`${gw.url}/x`)).headers.get("x-tag"), "fixed");
+});
+
+Deno.test("editing a custom plugin's file re-imports it fresh", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const modUrl = new URL("../../mod.ts", import.meta.url).href;
+  const source = (word: string) =>
+    `import { definePlugin } from "${modUrl}";
+import { z } from "zod";
+export default definePlugin({
+  name: "word",
+  options: z.object({}),
+  create() {
+    return async function word(_ctx, next) {
+      const response = await next();
+      response.headers.set("x-word", "${word}");
+      return response;
+    };
+  },
+});
+`;
+  await using gw = await startGateway(
+    `routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - plugin: ./word.ts
+      - proxy: {}
+`,
+    {},
+    { "word.ts": source("first") },
+  );
+  assert.equal((await get(`${gw.url}/x`)).headers.get("x-word"), "first");
+  await Deno.writeTextFile(`${gw.config.dir}/word.ts`, source("second"));
+  assert.ok(await waitFor(async () => (await version(gw.adminUrl)) === 2), "no reload seen");
+  assert.equal((await get(`${gw.url}/x`)).headers.get("x-word"), "second");
+});
+
+Deno.test("a plugin that throws while loading leaves the old pipeline serving", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(config(upstream.url, "stable"));
+  await Deno.writeTextFile(
+    `${gw.config.dir}/explodes.ts`,
+    `throw new Error("plugin exploded while loading");\n`,
+  );
+  await gw.config.write(
+    config(upstream.url, "stable").replace(
+      "      - proxy: {}",
+      "      - plugin: ./explodes.ts\n      - proxy: {}",
+    ),
+  );
+  assert.ok(
+    await waitFor(async () =>
+      (await (await fetch(`${gw.adminUrl}/status`)).json()).last_reload_error !== null
+    ),
+  );
+  const status = await (await fetch(`${gw.adminUrl}/status`)).json();
+  assert.equal(status.version, 1);
+  assert.equal(status.last_reload_error.errors[0].path, "routes[0].pipeline[2].plugin");
+  assert.equal(status.last_reload_error.errors[0].line, 9);
+  assert.match(status.last_reload_error.errors[0].message, /plugin exploded while loading/);
+  const response = await get(`${gw.url}/x`);
+  assert.equal(response.status, 200);
+  assert.equal(response.headers.get("x-tag"), "stable");
+});
+
+Deno.test("a plugin whose create throws leaves the old pipeline serving", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const modUrl = new URL("../../mod.ts", import.meta.url).href;
+  await using gw = await startGateway(config(upstream.url, "stable"), {}, {
+    "bad_create.ts": `import { definePlugin } from "${modUrl}";
+import { z } from "zod";
+export default definePlugin({
+  name: "bad-create",
+  options: z.object({}),
+  create() { throw new Error("cannot open the thing"); },
+});
+`,
+  });
+  const result = await (async () => {
+    await gw.config.write(
+      config(upstream.url, "stable").replace(
+        "      - proxy: {}",
+        "      - plugin: ./bad_create.ts\n      - proxy: {}",
+      ),
+    );
+    const response = await fetch(`${gw.adminUrl}/reload`, { method: "POST" });
+    return { status: response.status, body: await response.json() };
+  })();
+  assert.equal(result.status, 422);
+  assert.equal(result.body.errors[0].path, "routes[0].pipeline[2]");
+  assert.match(result.body.errors[0].message, /cannot open the thing/);
+  assert.equal((await get(`${gw.url}/x`)).headers.get("x-tag"), "stable");
+});
+
+Deno.test("plugin state survives an unrelated edit and resets when its options change", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(config(upstream.url, "a"));
+  const hits = async () => Number((await get(`${gw.url}/x`)).headers.get("x-hits"));
+  assert.equal(await hits(), 1);
+  assert.equal(await hits(), 2);
+
+  // Another plugin's options and a new route change; the counter's entry does not.
+  await gw.config.write(config(
+    upstream.url,
+    "b",
+    `  - name: other
+    match: { path_prefix: /other }
+    upstream: { url: ${upstream.url} }
+    pipeline: [ { proxy: {} } ]
+`,
+  ));
+  assert.ok(await waitFor(async () => (await version(gw.adminUrl)) === 2));
+  const response = await get(`${gw.url}/x`);
+  assert.equal(response.headers.get("x-tag"), "b");
+  assert.equal(Number(response.headers.get("x-hits")), 3);
+
+  // The counter's own options change: it starts again.
+  await gw.config.write(config(upstream.url, "b").replace("header: x-hits", "header: x-count"));
+  assert.ok(await waitFor(async () => (await version(gw.adminUrl)) === 3));
+  assert.equal((await get(`${gw.url}/x`)).headers.get("x-count"), "1");
+});
+
+Deno.test("POST /reload reloads even when the file did not change", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(config(upstream.url, "a"), { watch: false });
+  const response = await fetch(`${gw.adminUrl}/reload`, { method: "POST" });
+  assert.equal(response.status, 200);
+  assert.deepEqual(await response.json(), { ok: true, version: 2 });
+  const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  assert.match(metrics, /sluice_config_reloads_total\{result="ok"\} 2/);
+});
