@@ -1,0 +1,163 @@
+/** The gateway as a process: SIGTERM drains, SIGHUP reloads, stdout is JSON lines. */
+import assert from "node:assert/strict";
+import { delay, freePort, repoPath, startUpstream, tempConfig, waitFor } from "../_helpers.ts";
+
+interface GatewayProcess {
+  child: Deno.ChildProcess;
+  url: string;
+  adminUrl: string;
+  /** Resolves with the exit code and every stdout line once the process exits. */
+  exited: Promise<{ code: number; lines: string[] }>;
+}
+
+async function spawnGateway(
+  configFile: string,
+  port: number,
+  adminPort: number,
+): Promise<GatewayProcess> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--config",
+      repoPath("deno.json"),
+      "--allow-net",
+      "--allow-read",
+      "--allow-env",
+      repoPath("main.ts"),
+      "--config",
+      configFile,
+    ],
+    env: { PORT: String(port), NO_COLOR: "1", LOG_LEVEL: "info" },
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const exited = (async () => {
+    const output = await child.output();
+    const lines = new TextDecoder().decode(output.stdout).split("\n").filter((line) => line !== "");
+    return { code: output.code, lines };
+  })();
+  const adminUrl = `http://127.0.0.1:${adminPort}`;
+  const up = await waitFor(async () => {
+    try {
+      const response = await fetch(`${adminUrl}/health`);
+      await response.body?.cancel();
+      return response.ok;
+    } catch {
+      return false;
+    }
+  }, 15_000);
+  if (!up) {
+    child.kill("SIGKILL");
+    await exited;
+    throw new Error("the gateway did not start");
+  }
+  return { child, url: `http://127.0.0.1:${port}`, adminUrl, exited };
+}
+
+function configYaml(upstream: string, adminPort: number, grace = "5s"): string {
+  return `admin: { port: ${adminPort} }
+shutdown: { grace: ${grace} }
+routes:
+  - name: api
+    upstream: { url: ${upstream} }
+    pipeline:
+      - identify: { from: [header:x-api-key, ip] }
+      - proxy: {}
+`;
+}
+
+Deno.test("SIGTERM stops accepting, lets requests in flight finish, and exits 0", async () => {
+  let seen = 0;
+  await using upstream = startUpstream(async () => {
+    seen++;
+    await delay(700);
+    return new Response("finished");
+  });
+  const adminPort = freePort();
+  await using config = await tempConfig(configYaml(upstream.url, adminPort));
+  const port = freePort();
+  const gw = await spawnGateway(config.file, port, adminPort);
+  const inflight = Array.from(
+    { length: 5 },
+    () =>
+      fetch(`${gw.url}/slow`, { headers: { "x-api-key": "secret-key-123" } }).then(async (
+        response,
+      ) => ({
+        status: response.status,
+        body: await response.text(),
+      })),
+  );
+  assert.ok(await waitFor(() => seen === 5), "the upstream did not see the requests");
+  gw.child.kill("SIGTERM");
+  await delay(150);
+  const late = await fetch(`${gw.url}/late`).then(
+    async (response) => {
+      await response.body?.cancel();
+      return "answered";
+    },
+    () => "refused",
+  );
+  assert.equal(late, "refused");
+  const results = await Promise.all(inflight);
+  assert.deepEqual(results, Array(5).fill({ status: 200, body: "finished" }));
+  const { code, lines } = await gw.exited;
+  assert.equal(code, 0);
+  const parsed = lines.map((line) => JSON.parse(line));
+  assert.ok(parsed.some((line) => line.msg === "signal received" && line.signal === "SIGTERM"));
+  assert.deepEqual(parsed.at(-1), { ...parsed.at(-1), msg: "stopped", drained: true });
+  assert.ok(lines.every((line) => !line.includes("secret-key-123")), "a raw key reached the log");
+});
+
+Deno.test("a request longer than the grace period does not hold the exit", async () => {
+  await using upstream = startUpstream(async (request) => {
+    await delay(5_000).catch(() => {});
+    return request.signal.aborted ? new Response(null) : new Response("late");
+  });
+  const adminPort = freePort();
+  await using config = await tempConfig(configYaml(upstream.url, adminPort, "300ms"));
+  const gw = await spawnGateway(config.file, freePort(), adminPort);
+  const stuck = fetch(`${gw.url}/stuck`).then(
+    async (response) => {
+      await response.body?.cancel();
+      return response.status;
+    },
+    () => 0,
+  );
+  await delay(200);
+  const started = Date.now();
+  gw.child.kill("SIGTERM");
+  const { code, lines } = await gw.exited;
+  const waited = Date.now() - started;
+  assert.equal(code, 0);
+  assert.ok(waited < 4_000, `exit took ${waited} ms, the grace period is 300 ms`);
+  assert.ok(
+    lines.some((line) => JSON.parse(line).msg === "grace period over with requests in flight"),
+  );
+  await stuck;
+});
+
+Deno.test("SIGHUP reloads the config", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const adminPort = freePort();
+  await using config = await tempConfig(configYaml(upstream.url, adminPort));
+  const gw = await spawnGateway(config.file, freePort(), adminPort);
+  try {
+    gw.child.kill("SIGHUP");
+    assert.ok(
+      await waitFor(async () =>
+        (await (await fetch(`${gw.adminUrl}/status`)).json()).version === 2
+      ),
+      "SIGHUP did not reload",
+    );
+  } finally {
+    gw.child.kill("SIGTERM");
+  }
+  const { code, lines } = await gw.exited;
+  assert.equal(code, 0);
+  assert.ok(
+    lines.some((line) => {
+      const parsed = JSON.parse(line);
+      return parsed.msg === "config reloaded" && parsed.trigger === "SIGHUP";
+    }),
+  );
+});
