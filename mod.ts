@@ -45,3 +45,9 @@ export {
 } from "./src/gateway.ts";
 export { type LogFields, Logger, type LogLevel, type LogSink } from "./src/log.ts";
 export type { Metrics } from "./src/metrics.ts";
+export {
+  createHandler,
+  type CreateHandlerOptions,
+  requestContext,
+  type RequestContextOptions,
+} from "./src/testing.ts";

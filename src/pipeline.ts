@@ -176,18 +176,17 @@ export class Context implements RequestContext {
   client: RequestContext["client"] = undefined;
   tier: string | undefined = undefined;
   #values: Map<ContextKey<unknown>, unknown> | undefined;
+  readonly signal: AbortSignal;
 
   constructor(
-    readonly request: Request,
+    public request: Request,
     readonly url: URL,
     readonly route: RouteInfo,
     readonly remoteAddr: string,
     readonly peerTrusted: boolean,
     readonly requestId: string,
-  ) {}
-
-  get signal(): AbortSignal {
-    return this.request.signal;
+  ) {
+    this.signal = request.signal;
   }
 
   get<T>(key: ContextKey<T>): T | undefined {

@@ -58,8 +58,12 @@ export interface UpstreamInfo {
 
 /** What a handler sees of one request. */
 export interface RequestContext {
-  /** The request as the client sent it. */
-  readonly request: Request;
+  /**
+   * The request as the client sent it. Its headers are immutable; to change
+   * what later plugins and the upstream see, replace it:
+   * `ctx.request = new Request(ctx.request, { headers })`.
+   */
+  request: Request;
   /** The parsed request URL; `url.pathname` has dot segments resolved. */
   readonly url: URL;
   /** The matched route. */

@@ -29,7 +29,12 @@ export default definePlugin({
       if (missing) {
         return problem(400, { detail: `This route needs the ${missing} header` });
       }
-      for (const name of remove) headers.delete(name);
+      if (remove.some((name) => headers.has(name))) {
+        // Request headers are immutable: a new request carries the change.
+        const kept = new Headers(headers);
+        for (const name of remove) kept.delete(name);
+        ctx.request = new Request(ctx.request, { headers: kept });
+      }
       return next();
     };
   },

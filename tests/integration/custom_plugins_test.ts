@@ -1,0 +1,74 @@
+/** Custom plugins in a real gateway: the examples, and plugins that misbehave. */
+import assert from "node:assert/strict";
+import { repoPath, startEchoUpstream, startGateway } from "../_helpers.ts";
+
+const modUrl = new URL("../../mod.ts", import.meta.url).href;
+
+Deno.test("header-filter removes a header before the upstream sees it", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(`routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - plugin: ${repoPath("plugins/examples/header_filter.ts")}
+        with: { remove: [cookie], deny: [x-debug] }
+      - proxy: {}
+`);
+  const response = await fetch(`${gw.url}/x`, {
+    method: "POST",
+    body: "payload",
+    headers: { cookie: "session=1", "x-keep": "yes" },
+  });
+  const echoed = await response.json();
+  const headers = new Map(echoed.headers as [string, string][]);
+  assert.equal(headers.get("cookie"), undefined);
+  assert.equal(headers.get("x-keep"), "yes");
+  assert.equal(echoed.body, "payload");
+  const denied = await fetch(`${gw.url}/x`, { headers: { "x-debug": "1" } });
+  assert.equal(denied.status, 403);
+  await denied.body?.cancel();
+});
+
+Deno.test("a plugin that throws on a request answers 500 problem+json and the gateway keeps serving", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(
+    `routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - plugin: ./flaky.ts
+      - proxy: {}
+`,
+    {},
+    {
+      "flaky.ts": `import { definePlugin } from "${modUrl}";
+import { z } from "zod";
+export default definePlugin({
+  name: "flaky",
+  options: z.object({}),
+  create() {
+    return function flaky(ctx, next) {
+      if (ctx.url.pathname === "/boom") throw new Error("flaky plugin blew up");
+      if (ctx.url.pathname === "/twice") return next().then(() => next());
+      return next();
+    };
+  },
+});
+`,
+    },
+  );
+  const boom = await fetch(`${gw.url}/boom`);
+  assert.equal(boom.status, 500);
+  assert.equal(boom.headers.get("content-type"), "application/problem+json");
+  assert.equal((await boom.json()).title, "Plugin failed");
+  const twice = await fetch(`${gw.url}/twice`);
+  assert.equal(twice.status, 500);
+  await twice.body?.cancel();
+  const fine = await fetch(`${gw.url}/fine`);
+  assert.equal(fine.status, 200);
+  await fine.body?.cancel();
+  const logged = gw.logs.lines.filter((line) => line.msg === "plugin failed");
+  assert.equal(logged.length, 2);
+  assert.match(JSON.stringify(logged[0]), /flaky plugin blew up/);
+  assert.match(JSON.stringify(logged[1]), /next\(\) was called more than once/);
+});
