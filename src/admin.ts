@@ -35,7 +35,6 @@ function authorized(request: Request, token: string): boolean {
 /** The status document `/status` serves. */
 export function statusDocument(gateway: Gateway): Record<string, unknown> {
   const pipeline = gateway.pipeline;
-  const config = pipeline.loaded.config;
   return {
     version: pipeline.version,
     loaded_at: pipeline.loadedAt.toISOString(),
@@ -43,7 +42,7 @@ export function statusDocument(gateway: Gateway): Record<string, unknown> {
     config_file: pipeline.loaded.file,
     config_digest: pipeline.loaded.digest.slice(0, 16),
     inflight: gateway.inflight,
-    store: { kind: config.store.kind, state: "up" },
+    store: gateway.store.health(),
     routes: pipeline.routes.map((route) => ({
       name: route.info.name,
       match: pipeline.loaded.routes.find((r) => r.name === route.info.name)?.match ?? {},
@@ -76,8 +75,16 @@ export function adminHandler(gateway: Gateway): (request: Request) => Promise<Re
       case "/health":
         return allow(["GET", "HEAD"]) ?? json({ status: "ok" });
       case "/ready": {
-        return allow(["GET", "HEAD"]) ??
-          json({ status: "ready", version: gateway.pipeline.version });
+        const denied = allow(["GET", "HEAD"]);
+        if (denied) return denied;
+        const store = gateway.store.health();
+        // A down store is ready only when a fallback answers for it.
+        const ready = store.state === "up" || store.on_failure !== "deny";
+        return json({
+          status: ready ? "ready" : "not ready",
+          version: gateway.pipeline.version,
+          store: store.state,
+        }, ready ? 200 : 503);
       }
       case "/metrics":
         return allow(["GET"]) ?? new Response(await gateway.metrics.render(), {
@@ -98,6 +105,13 @@ export function adminHandler(gateway: Gateway): (request: Request) => Promise<Re
         });
       }
       default:
+        if (path.startsWith("/clients/") && path.length > "/clients/".length) {
+          const denied = allow(["GET"]);
+          if (denied) return denied;
+          return json(
+            await gateway.clientReport(decodeURIComponent(path.slice("/clients/".length))),
+          );
+        }
         return problem(404, { detail: `The admin API has no ${path}` });
     }
   };

@@ -21,6 +21,10 @@ import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "./problem.ts";
 import { StateRegistry } from "./state_registry.ts";
 import { FileWatcher } from "./watcher.ts";
 import { adminHandler } from "./admin.ts";
+import { createStore, storeKind } from "./store/mod.ts";
+import type { ResilientStore } from "./store/resilient_store.ts";
+import { RecentClients } from "./client_directory.ts";
+import { stableStringify } from "./state_registry.ts";
 
 /** Options for {@linkcode Gateway.start}. */
 export interface GatewayOptions {
@@ -74,6 +78,10 @@ export class Gateway {
   #env: EnvLookup;
   #pipeline: Pipeline;
   #state: StateRegistry;
+  #store: ResilientStore;
+  #storeSignature: string;
+  #clients: RecentClients;
+  #retired = new Map<ReturnType<typeof setTimeout>, ResilientStore>();
   #server!: Deno.HttpServer<Deno.NetAddr>;
   #admin!: Deno.HttpServer<Deno.NetAddr>;
   #fetch: (input: string, init: RequestInit) => Promise<Response>;
@@ -93,10 +101,16 @@ export class Gateway {
       metrics: Metrics;
       pipeline: Pipeline;
       state: StateRegistry;
+      store: ResilientStore;
+      storeSignature: string;
+      clients: RecentClients;
       fetch: (input: string, init: RequestInit) => Promise<Response>;
       httpClient?: Deno.HttpClient;
     },
   ) {
+    this.#store = init.store;
+    this.#storeSignature = init.storeSignature;
+    this.#clients = init.clients;
     this.configFile = init.configFile;
     this.#env = init.env;
     this.log = init.log;
@@ -122,12 +136,14 @@ export class Gateway {
     }
     const state = new StateRegistry();
     const trusted = new CidrSet(loaded.config.trusted_proxies);
+    const store = await createStore(loaded.config.store, { env, metrics, log });
+    const clients = new RecentClients();
     const build = state.begin();
     let pipeline: Pipeline;
     try {
       pipeline = await buildPipeline(loaded, {
         version: 1,
-        services: makeServices(metrics, trusted, upstreamFetch),
+        services: makeServices({ metrics, trusted, fetch: upstreamFetch, store, loaded, clients }),
         trusted,
         state: build,
         log,
@@ -135,10 +151,13 @@ export class Gateway {
     } catch (error) {
       build.abort();
       httpClient?.close();
+      await store.close();
       if (error instanceof PipelineBuildError) {
-        throw new ConfigError(loaded.file, [{ path: error.yamlPath, message: error.message }], {
-          cause: error,
-        });
+        throw new ConfigError(
+          loaded.file,
+          [{ path: error.yamlPath, line: error.line, message: error.message }],
+          { cause: error },
+        );
       }
       throw error;
     }
@@ -150,6 +169,9 @@ export class Gateway {
       metrics,
       pipeline,
       state,
+      store,
+      storeSignature: storeSignature(loaded, env),
+      clients,
       fetch: upstreamFetch,
       httpClient,
     });
@@ -167,6 +189,7 @@ export class Gateway {
       config: loaded.file,
       version: pipeline.version,
       routes: pipeline.routes.length,
+      store: store.kind,
     });
     return gateway;
   }
@@ -230,6 +253,25 @@ export class Gateway {
   /** The admin token in force: `admin.token`, or `ADMIN_TOKEN` when the file sets none. */
   get adminToken(): string {
     return this.#pipeline.loaded.config.admin.token || this.#env("ADMIN_TOKEN") || "";
+  }
+
+  /** The rate-limit store in force. */
+  get store(): ResilientStore {
+    return this.#store;
+  }
+
+  /** Each route's plugins' view of one client, for `/clients/{id}`. */
+  async clientReport(clientId: string): Promise<Record<string, unknown>> {
+    const routes: Record<string, unknown>[] = [];
+    for (const route of this.#pipeline.routes) {
+      const reports = [];
+      for (const query of route.clientQueries) {
+        const report = await query(clientId);
+        if (report) reports.push(report);
+      }
+      if (reports.length > 0) routes.push({ route: route.info.name, limits: reports });
+    }
+    return { id: clientId, tier: this.#clients.tierOf(clientId) ?? null, routes };
   }
 
   /** The state keys kept for plugins (for tests and `/status`). */
@@ -341,27 +383,58 @@ export class Gateway {
       return { ok: true, version: current.version, changed: false };
     }
     const trusted = new CidrSet(loaded.config.trusted_proxies);
+    // A changed store section gets a new store; an unchanged one keeps its counters.
+    const signature = storeSignature(loaded, this.#env);
+    const store = signature === this.#storeSignature
+      ? this.#store
+      : await createStore(loaded.config.store, {
+        env: this.#env,
+        metrics: this.metrics,
+        log: this.log,
+      });
     const build = this.#state.begin();
     let next: Pipeline;
     try {
       next = await buildPipeline(loaded, {
         version: current.version + 1,
-        services: makeServices(this.metrics, trusted, this.#fetch),
+        services: makeServices({
+          metrics: this.metrics,
+          trusted,
+          fetch: this.#fetch,
+          store,
+          loaded,
+          clients: this.#clients,
+        }),
         trusted,
         state: build,
         log: this.log,
       });
     } catch (error) {
       build.abort();
-      const yamlPath = error instanceof PipelineBuildError ? error.yamlPath : "";
+      if (store !== this.#store) await store.close();
+      const failure = error instanceof PipelineBuildError
+        ? { path: error.yamlPath, line: error.line }
+        : { path: "" };
       return this.#fail(trigger, [{
-        path: yamlPath,
+        ...failure,
         message: String((error as Error)?.message ?? error),
       }]);
     }
     // The swap: one assignment. Requests in flight keep the pipeline they read.
     this.#pipeline = next;
     build.commit();
+    if (store !== this.#store) {
+      const old = this.#store;
+      this.#store = store;
+      this.#storeSignature = signature;
+      // Requests in flight may still hold the old store for a moment.
+      const timer = setTimeout(() => {
+        this.#retired.delete(timer);
+        old.close().catch(() => {});
+      }, 5_000);
+      this.#retired.set(timer, old);
+      this.log.info("store replaced", { store: store.kind });
+    }
     this.#lastFailure = undefined;
     this.metrics.configReloads.inc({ result: "ok" });
     const restartNeeded = [
@@ -416,21 +489,45 @@ export class Gateway {
     }
     await this.#admin.shutdown();
     this.#state.clear();
+    await this.#store.close();
+    for (const [timer, old] of this.#retired) {
+      clearTimeout(timer);
+      await old.close().catch(() => {});
+    }
+    this.#retired.clear();
     this.#httpClient?.close();
     this.log.info("stopped", { drained: inTime });
   }
 }
 
-function makeServices(
-  metrics: Metrics,
-  trusted: CidrSet,
-  upstreamFetch: (input: string, init: RequestInit) => Promise<Response>,
-): GatewayServices {
+function makeServices(parts: {
+  metrics: Metrics;
+  trusted: CidrSet;
+  fetch: (input: string, init: RequestInit) => Promise<Response>;
+  store: ResilientStore;
+  loaded: LoadedConfig;
+  clients: RecentClients;
+}): GatewayServices {
+  const { trusted } = parts;
   return {
-    metrics,
+    metrics: parts.metrics,
     isTrustedProxy: (address) => trusted.has(address),
-    fetch: upstreamFetch,
+    fetch: parts.fetch,
+    store: parts.store,
+    tiers: parts.loaded.config.tiers,
+    keys: parts.loaded.keys,
+    keyHashes: parts.loaded.keyHashes,
+    clients: parts.clients,
   };
+}
+
+function storeSignature(loaded: LoadedConfig, env: EnvLookup): string {
+  const config = loaded.config.store;
+  return stableStringify({
+    ...config,
+    kind: storeKind(config, env),
+    env_url: env("REDIS_URL") ?? "",
+  });
 }
 
 function outcomeOf(response: Response | undefined): string {

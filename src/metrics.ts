@@ -40,6 +40,12 @@ export class Metrics {
   readonly upstreamDuration: client.Histogram<"route" | "status_class">;
   /** `sluice_config_reloads_total{result}` */
   readonly configReloads: client.Counter<"result">;
+  /** `sluice_limit_decisions_total{route,plugin,decision}` */
+  readonly limitDecisions: client.Counter<"route" | "plugin" | "decision">;
+  /** `sluice_store_duration_seconds`: one store call. */
+  readonly storeDuration: client.Histogram;
+  /** `sluice_store_errors_total{reason}`: timeouts and errors of store calls. */
+  readonly storeErrors: client.Counter<"reason">;
 
   constructor(options: MetricsOptions = {}) {
     const registry = new client.Registry();
@@ -71,6 +77,26 @@ export class Metrics {
       labelNames: ["result"],
       registers,
     });
+    this.limitDecisions = new client.Counter({
+      name: "sluice_limit_decisions_total",
+      help: "Decisions of the limit plugins, by route, plugin and decision.",
+      labelNames: ["route", "plugin", "decision"],
+      registers,
+    });
+    this.storeDuration = new client.Histogram({
+      name: "sluice_store_duration_seconds",
+      help: "Time of one call to the rate-limit store.",
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
+      registers,
+    });
+    this.storeErrors = new client.Counter({
+      name: "sluice_store_errors_total",
+      help: "Store calls that failed or timed out, by reason.",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.storeErrors.inc({ reason: "timeout" }, 0);
+    this.storeErrors.inc({ reason: "error" }, 0);
     this.configReloads.inc({ result: "ok" }, 0);
     this.configReloads.inc({ result: "error" }, 0);
     if (options.processMetrics ?? true) {

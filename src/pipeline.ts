@@ -6,6 +6,7 @@ import type { LoadedConfig, ResolvedEntry } from "./config/load_config.ts";
 import type { Logger } from "./log.ts";
 import type { CidrSet } from "./net/cidr.ts";
 import type {
+  ClientReport,
   ContextKey,
   GatewayServices,
   Handler,
@@ -25,6 +26,8 @@ export interface CompiledRoute {
   readonly steps: readonly string[];
   /** Runs the route's pipeline. */
   readonly run: (ctx: RequestContext) => Promise<Response>;
+  /** The plugins' views of one client, for `/clients/{id}`. */
+  readonly clientQueries: readonly ((clientId: string) => Promise<ClientReport | undefined>)[];
 }
 
 /** Every route of one config. */
@@ -46,7 +49,12 @@ export interface Pipeline {
 /** Raised when a plugin's `create` throws while a pipeline is built. */
 export class PipelineBuildError extends Error {
   override name = "PipelineBuildError";
-  constructor(readonly yamlPath: string, message: string, options?: ErrorOptions) {
+  constructor(
+    readonly yamlPath: string,
+    readonly line: number | undefined,
+    message: string,
+    options?: ErrorOptions,
+  ) {
     super(message, options);
   }
 }
@@ -110,13 +118,18 @@ export async function buildPipeline(
     });
     const handlers: Handler[] = [];
     const occurrences = new Map<string, number>();
-    for (const entry of route.pipeline) {
+    const steps = route.pipeline.map((entry) => entry.name);
+    const clientQueries: CompiledRoute["clientQueries"][number][] = [];
+    for (const [position, entry] of route.pipeline.entries()) {
       const identity = entryIdentity(route.name, entry);
       const occurrence = occurrences.get(identity) ?? 0;
       occurrences.set(identity, occurrence + 1);
       let keeps = 0;
       const context: PluginContext = {
         route: info,
+        pipeline: steps,
+        position,
+        onClientQuery: (query) => clientQueries.push(query),
         gateway: options.services,
         log: options.log.child({ route: route.name, plugin: entry.name }),
         keep(init, keepOptions) {
@@ -129,6 +142,7 @@ export async function buildPipeline(
       } catch (error) {
         throw new PipelineBuildError(
           entry.yamlPath,
+          entry.line,
           `Cannot create plugin "${entry.name}" at ${entry.yamlPath}: ${
             (error as Error)?.message ?? error
           }`,
@@ -139,8 +153,9 @@ export async function buildPipeline(
     routes.push({
       info,
       matches: compileMatch(route.match),
-      steps: route.pipeline.map((entry) => entry.name),
+      steps,
       run: compose(handlers, noAnswer),
+      clientQueries,
     });
   }
   return {

@@ -7,6 +7,7 @@
 import type { z } from "zod";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
+import type { LimitStore } from "./store/store.ts";
 
 /** Who is calling, as the `identify` plugin found it. */
 export interface ClientIdentity {
@@ -98,10 +99,40 @@ export type Handler = (
   next: Next,
 ) => Response | Promise<Response>;
 
+/** A tier: `limit` requests per `window` milliseconds. */
+export interface TierSpec {
+  readonly limit: number;
+  readonly window: number;
+}
+
+/** An API key's entry, found by the SHA-256 hex of the key. */
+export interface KeyEntry {
+  readonly tier: string;
+  readonly name?: string;
+}
+
+/** What the gateway remembers of recent clients, for `/clients/{id}`. */
+export interface ClientDirectory {
+  /** Notes that the client was seen, with its tier when known. */
+  seen(clientId: string, tier: string | undefined): void;
+  /** The client's last known tier. */
+  tierOf(clientId: string): string | undefined;
+}
+
 /** What the gateway lends to plugins when they are created. */
 export interface GatewayServices {
   /** The gateway's metrics. */
   readonly metrics: Metrics;
+  /** The rate-limit store, with its failure policy. */
+  readonly store: LimitStore;
+  /** The config's `tiers`. */
+  readonly tiers: Readonly<Record<string, TierSpec>>;
+  /** The config's API keys (list and files), by SHA-256 hex of the key. */
+  readonly keys: ReadonlyMap<string, KeyEntry>;
+  /** The config's `redis_hash` key sources. */
+  readonly keyHashes: readonly string[];
+  /** Recent clients and their tiers. */
+  readonly clients: ClientDirectory;
   /** The `trusted_proxies` check. */
   isTrustedProxy(address: string): boolean;
   /** The upstream HTTP client; tests may replace it to watch what leaves. */
@@ -114,10 +145,19 @@ export interface KeepOptions<T> {
   dispose?: (value: T) => void;
 }
 
+/** What `/clients/{id}` shows of one client for one plugin. */
+export type ClientReport = Record<string, unknown>;
+
 /** What `create` receives besides its options. */
 export interface PluginContext {
   /** The route this pipeline entry belongs to. */
   readonly route: RouteInfo;
+  /** The names of the route's pipeline steps, in order. */
+  readonly pipeline: readonly string[];
+  /** This entry's index in {@linkcode PluginContext.pipeline}. */
+  readonly position: number;
+  /** Adds this plugin's view of a client to `/clients/{id}`. */
+  onClientQuery(query: (clientId: string) => Promise<ClientReport | undefined>): void;
   /** The gateway's services. */
   readonly gateway: GatewayServices;
   /** A logger whose lines name the route and plugin. */

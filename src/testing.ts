@@ -18,6 +18,9 @@
 import { Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { Context } from "./pipeline.ts";
+import { RecentClients } from "./client_directory.ts";
+import { MemoryStore } from "./store/memory_store.ts";
+import { ResilientStore } from "./store/resilient_store.ts";
 import type {
   GatewayServices,
   Handler,
@@ -31,8 +34,10 @@ import type {
 export interface CreateHandlerOptions {
   /** The route the entry belongs to. @default a route named "test" */
   route?: Partial<RouteInfo>;
-  /** Services to replace (a fake `fetch`, say). */
+  /** Services to replace (a fake `fetch`, tiers, a store...). */
   services?: Partial<GatewayServices>;
+  /** The route's step names, when the plugin checks what runs before it. */
+  pipeline?: readonly string[];
 }
 
 function testRoute(route: Partial<RouteInfo> = {}): RouteInfo {
@@ -53,10 +58,21 @@ export async function createHandler(
   let keeps = 0;
   const ctx: PluginContext = {
     route: testRoute(options.route),
+    pipeline: options.pipeline ?? [plugin.name],
+    position: options.pipeline ? Math.max(0, options.pipeline.indexOf(plugin.name)) : 0,
+    onClientQuery: () => {},
     gateway: {
       metrics: new Metrics({ processMetrics: false }),
       isTrustedProxy: () => false,
       fetch: (input, init) => fetch(input, init),
+      store: new ResilientStore(new MemoryStore({ sweep: false }), {
+        timeoutMs: 100,
+        onFailure: "local",
+      }),
+      tiers: {},
+      keys: new Map(),
+      keyHashes: [],
+      clients: new RecentClients(),
       ...options.services,
     },
     log: new Logger("error"),

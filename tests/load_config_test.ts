@@ -27,7 +27,8 @@ routes:
   const loaded = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined });
   assert.equal(loaded.config.listen.port, 8080);
   assert.equal(loaded.config.admin.hostname, "127.0.0.1");
-  assert.equal(loaded.config.store.kind, "memory");
+  assert.equal(loaded.config.store.kind, undefined);
+  assert.equal(loaded.config.store.on_failure, "local");
   assert.equal(loaded.config.store.timeout, 100);
   assert.equal(loaded.routes[0]!.upstream!.timeout, 30_000);
   assert.deepEqual(loaded.routes[0]!.pipeline.map((entry) => entry.name), ["identify", "proxy"]);

@@ -16,7 +16,8 @@ import {
   processEnv,
   protectPlaceholders,
 } from "./interpolate.ts";
-import { isPluginDefinition, type PluginDefinition } from "../plugin.ts";
+import { isPluginDefinition, type KeyEntry, type PluginDefinition } from "../plugin.ts";
+import { sha256Hex } from "../digest.ts";
 
 /** One problem found in a config file. */
 export interface ConfigIssue {
@@ -62,6 +63,8 @@ export interface ResolvedEntry {
   readonly module?: { readonly path: string; readonly digest: string };
   /** Where the entry is: `routes[0].pipeline[2]`. */
   readonly yamlPath: string;
+  /** The entry's line in the file. */
+  readonly line?: number;
 }
 
 /** A route with its resolved pipeline. */
@@ -79,8 +82,12 @@ export interface LoadedConfig {
   readonly routes: readonly ResolvedRoute[];
   /** A digest of the file and every custom plugin it names. */
   readonly digest: string;
-  /** Every custom plugin file it names (to watch). */
+  /** Every custom plugin file and keys file it names (to watch). */
   readonly pluginFiles: readonly string[];
+  /** API keys from the `keys` list and keys files, by SHA-256 hex of the key. */
+  readonly keys: ReadonlyMap<string, KeyEntry>;
+  /** The `redis_hash` key sources. */
+  readonly keyHashes: readonly string[];
 }
 
 /** Options for {@linkcode loadConfig}. */
@@ -203,6 +210,60 @@ export async function loadConfigText(
   }
   if (issues.length > 0 || !parsed.success) throw new ConfigError(path, issues);
   const { routes = [], ...rest } = parsed.data;
+  const keys = new Map<string, KeyEntry>();
+  const keyHashes: string[] = [];
+  const tierNames = new Set(Object.keys(rest.tiers));
+  const addKey = (at: PathSegment[], entry: { key: string; tier: string; name?: string }) => {
+    if (!tierNames.has(entry.tier)) {
+      issues.push({
+        ...locate([...at, "tier"]),
+        path: formatPath([...at, "tier"]),
+        message: `Unknown tier "${entry.tier}": the tiers are ${
+          [...tierNames].join(", ") || "not defined"
+        }`,
+      });
+    }
+    return entry.key.startsWith("sha256:") ? entry.key.slice(7).toLowerCase() : undefined;
+  };
+  for (const [index, entry] of rest.keys.entries()) {
+    const at: PathSegment[] = ["keys", index];
+    if ("redis_hash" in entry) keyHashes.push(entry.redis_hash);
+    else if ("file" in entry) {
+      const file = new URL(entry.file, `file://${path}`).pathname;
+      pluginFiles.add(file);
+      const fileKeys = await loadKeysFile(file);
+      if ("error" in fileKeys) {
+        issues.push({
+          ...locate([...at, "file"]),
+          path: formatPath([...at, "file"]),
+          message: fileKeys.error,
+        });
+        continue;
+      }
+      digests.push(fileKeys.digest);
+      for (const item of fileKeys.entries) {
+        if (!tierNames.has(item.tier)) {
+          issues.push({
+            ...locate([...at, "file"]),
+            path: formatPath([...at, "file"]),
+            message: `${file}:${item.line}: unknown tier "${item.tier}"`,
+          });
+        }
+        keys.set(item.digest, { tier: item.tier, name: item.name });
+      }
+    } else {
+      const digest = addKey(at, entry) ?? await sha256Hex(entry.key);
+      if (!/^[0-9a-f]{64}$/.test(digest)) {
+        issues.push({
+          ...locate([...at, "key"]),
+          path: formatPath([...at, "key"]),
+          message: "A sha256: key must be 64 hex digits",
+        });
+      }
+      keys.set(digest, { tier: entry.tier, name: entry.name });
+    }
+  }
+  if (issues.length > 0) throw new ConfigError(path, issues);
   const resolvedRoutes: ResolvedRoute[] = routes.map((route, index) => ({
     ...route,
     pipeline: pipelines[index] ?? [],
@@ -214,6 +275,8 @@ export async function loadConfigText(
     routes: resolvedRoutes,
     digest: await sha256Hex(text + "\n" + digests.join("\n")),
     pluginFiles: [...pluginFiles],
+    keys,
+    keyHashes,
   };
 }
 
@@ -266,6 +329,7 @@ async function resolveEntry(
       rawOptions: raw,
       module: { path: loaded.path, digest: loaded.digest },
       yamlPath: formatPath(at),
+      line: locate(at).line,
     };
   }
   if (keys.length !== 1) {
@@ -477,8 +541,58 @@ function absolutePath(file: string): string {
   return `${Deno.cwd()}/${file}`.replace(/\/\.\//g, "/");
 }
 
-/** Hex SHA-256 of a text. */
-export async function sha256Hex(text: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return Array.from(new Uint8Array(digest), (byte) => byte.toString(16).padStart(2, "0")).join("");
+interface FileKey {
+  digest: string;
+  tier: string;
+  name?: string;
+  line: number;
+}
+
+/**
+ * Reads a keys file: a YAML list of `{ key, tier, name }` (a key may be written
+ * `sha256:<hex>`). Its digest goes into the config's digest through the
+ * watched files, so an edit reloads.
+ */
+async function loadKeysFile(
+  file: string,
+): Promise<{ entries: FileKey[]; digest: string } | { error: string }> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (error) {
+    return { error: `Cannot read keys file ${file}: ${(error as Error).message}` };
+  }
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter });
+  if (doc.errors.length > 0) {
+    const error = doc.errors[0]!;
+    return { error: `Invalid YAML in keys file ${file}:${error.linePos?.[0]?.line ?? "?"}` };
+  }
+  const contents = doc.contents;
+  if (!isSeq(contents)) {
+    return { error: `Keys file ${file} must be a YAML list of { key, tier, name }` };
+  }
+  const entries: FileKey[] = [];
+  for (const item of contents.items) {
+    const line = lineCounter.linePos(rangeOf(item)?.[0] ?? 0).line;
+    const value = (item as { toJSON?: () => unknown })?.toJSON?.() as
+      | Record<string, unknown>
+      | undefined;
+    if (!value || typeof value.key !== "string" || typeof value.tier !== "string") {
+      return { error: `${file}:${line}: each key needs key and tier` };
+    }
+    const digest = value.key.startsWith("sha256:")
+      ? value.key.slice(7).toLowerCase()
+      : await sha256Hex(value.key);
+    if (!/^[0-9a-f]{64}$/.test(digest)) {
+      return { error: `${file}:${line}: a sha256: key must be 64 hex digits` };
+    }
+    entries.push({
+      digest,
+      tier: value.tier,
+      name: typeof value.name === "string" ? value.name : undefined,
+      line,
+    });
+  }
+  return { entries, digest: await sha256Hex(text) };
 }

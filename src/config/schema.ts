@@ -139,12 +139,13 @@ export const configSchema = z.strictObject({
     token: z.string().default(""),
   }).default({ port: 9090, hostname: "127.0.0.1", token: "" }),
   store: z.strictObject({
-    kind: z.enum(["memory", "redis", "redis-cluster"]).default("memory"),
+    /** Defaults to redis when a url (or REDIS_URL) is given, else memory. */
+    kind: z.enum(["memory", "redis", "redis-cluster"]).optional(),
     url: redisUrl.optional(),
     nodes: z.array(redisUrl).optional(),
     timeout: duration().default(100),
     on_failure: z.enum(["allow", "deny", "local"]).default("local"),
-  }).default({ kind: "memory", timeout: 100, on_failure: "local" }),
+  }).default({ timeout: 100, on_failure: "local" }),
   shutdown: z.strictObject({
     grace: duration().default(10_000),
   }).default({ grace: 10_000 }),

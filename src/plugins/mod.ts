@@ -2,11 +2,13 @@
 import type { PluginDefinition } from "../plugin.ts";
 import identify from "./identify.ts";
 import proxy from "./proxy.ts";
+import slidingWindow from "./sliding_window.ts";
+import tier from "./tier.ts";
 
 /** Every built-in plugin by name. */
 export const BUILTIN_PLUGINS: ReadonlyMap<string, PluginDefinition> = new Map<
   string,
   PluginDefinition
 >(
-  [identify, proxy].map((plugin) => [plugin.name, plugin as PluginDefinition]),
+  [identify, tier, slidingWindow, proxy].map((plugin) => [plugin.name, plugin as PluginDefinition]),
 );

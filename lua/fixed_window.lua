@@ -1,0 +1,64 @@
+-- fixed_window.lua: fixed windows aligned to the store's clock
+-- (bucket = floor(now / window)), counted with HINCRBY and expired with PEXPIRE
+-- in one script. All limits are checked first; the request counts in all of
+-- them or none.
+--
+-- KEYS[i], i = 1..n   hash { b = bucket index, n = units admitted in it }
+-- ARGV[1]             cost (0 only reads)
+-- ARGV[2]             now in ms; 0 = take it from Redis TIME (only tests pass a time)
+-- ARGV[3]             n, the number of limits
+-- ARGV[2 + 2i]        limit of limit i
+-- ARGV[3 + 2i]        window of limit i, in ms
+--
+-- Returns { allowed (1|0), retry_after_ms, violated (1-based, 0 = none),
+--           remaining_1, reset_ms_1, ..., remaining_n, reset_ms_n }
+local cost = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local n = tonumber(ARGV[3])
+local allowed = 1
+local retry = 0
+local violated = 0
+local counts, buckets, stored = {}, {}, {}
+
+for i = 1, n do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window = tonumber(ARGV[3 + 2 * i])
+  local bucket = math.floor(now / window)
+  local b = tonumber(redis.call('HGET', KEYS[i], 'b') or '-1')
+  local count = 0
+  if b == bucket then count = tonumber(redis.call('HGET', KEYS[i], 'n') or '0') end
+  counts[i], buckets[i], stored[i] = count, bucket, b
+  if count + cost > limit then
+    allowed = 0
+    local wait = (bucket + 1) * window - now
+    if cost > limit then wait = window end
+    if wait > retry then retry = wait end
+    if violated == 0 then violated = i end
+  end
+end
+
+local out = { allowed, retry, violated }
+for i = 1, n do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window = tonumber(ARGV[3 + 2 * i])
+  local reset = (buckets[i] + 1) * window - now
+  local count = counts[i]
+  if allowed == 1 and cost > 0 then
+    if stored[i] == buckets[i] then
+      count = redis.call('HINCRBY', KEYS[i], 'n', cost)
+    else
+      redis.call('HSET', KEYS[i], 'b', buckets[i], 'n', cost)
+      count = cost
+    end
+    redis.call('PEXPIRE', KEYS[i], reset)
+  end
+  local remaining = limit - count
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+end
+return out

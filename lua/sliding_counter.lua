@@ -1,0 +1,75 @@
+-- sliding_counter.lua: sliding-window limits estimated from two fixed buckets:
+-- estimate = previous * (window - elapsed) / window + current. Integer
+-- arithmetic (everything scaled by window) so every store decides alike.
+-- All limits are checked first; the request counts in all of them or none.
+--
+-- KEYS[i], i = 1..n   hash: bucket index -> units admitted in that bucket
+-- ARGV[1]             cost (0 only reads)
+-- ARGV[2]             now in ms; 0 = take it from Redis TIME (only tests pass a time)
+-- ARGV[3]             n, the number of limits
+-- ARGV[2 + 2i]        limit of limit i
+-- ARGV[3 + 2i]        window of limit i, in ms
+--
+-- Returns { allowed (1|0), retry_after_ms, violated (1-based, 0 = none),
+--           remaining_1, reset_ms_1, ..., remaining_n, reset_ms_n }
+local cost = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local n = tonumber(ARGV[3])
+local allowed = 1
+local retry = 0
+local violated = 0
+local prevs, currs, buckets, elapsed = {}, {}, {}, {}
+
+local function ceil_div(a, b) return math.floor((a + b - 1) / b) end
+
+for i = 1, n do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window = tonumber(ARGV[3 + 2 * i])
+  local bucket = math.floor(now / window)
+  local r = now - bucket * window
+  local curr = tonumber(redis.call('HGET', KEYS[i], bucket) or '0')
+  local prev = tonumber(redis.call('HGET', KEYS[i], bucket - 1) or '0')
+  prevs[i], currs[i], buckets[i], elapsed[i] = prev, curr, bucket, r
+  if prev * (window - r) + (curr + cost) * window > limit * window then
+    allowed = 0
+    local wait = window
+    if cost <= limit then
+      if curr + cost <= limit then
+        -- Within this bucket, once the previous bucket's weight has shrunk enough.
+        wait = (window - math.floor(((limit - cost - curr) * window) / prev)) - r
+      elseif curr > 0 then
+        -- In the next bucket, once this bucket's weight has shrunk enough.
+        wait = (window - r) + (window - math.floor(((limit - cost) * window) / curr))
+      end
+      if wait < 1 then wait = 1 end
+    end
+    if wait > retry then retry = wait end
+    if violated == 0 then violated = i end
+  end
+end
+
+local out = { allowed, retry, violated }
+for i = 1, n do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local window = tonumber(ARGV[3 + 2 * i])
+  local curr = currs[i]
+  if allowed == 1 and cost > 0 then
+    curr = redis.call('HINCRBY', KEYS[i], buckets[i], cost)
+    if redis.call('HLEN', KEYS[i]) > 2 then
+      for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
+        if tonumber(field) < buckets[i] - 1 then redis.call('HDEL', KEYS[i], field) end
+      end
+    end
+    redis.call('PEXPIRE', KEYS[i], 2 * window)
+  end
+  local scaled = limit * window - prevs[i] * (window - elapsed[i]) - curr * window
+  local remaining = math.floor(scaled / window)
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = remaining
+  out[#out + 1] = window - elapsed[i]
+end
+return out

@@ -1,0 +1,56 @@
+-- token_bucket.lua: a shaping token bucket. A request takes `cost` tokens; when
+-- too few are left it may reserve future tokens and wait for them, up to
+-- max_delay, else it is refused and reserves nothing. Reservations are the
+-- negative part of the balance, so waiters are served in arrival order.
+--
+-- KEYS[1]    hash { t = tokens (may be negative: reserved), at = time of t in ms }
+-- ARGV[1]    tokens added per period
+-- ARGV[2]    period in ms
+-- ARGV[3]    burst: the most tokens the bucket holds
+-- ARGV[4]    cost (0 only reads)
+-- ARGV[5]    now in ms; 0 = take it from Redis TIME (only tests pass a time)
+-- ARGV[6]    max_delay in ms: the longest wait a request may be given
+--
+-- Returns { allowed (1|0), delay_ms, remaining (whole tokens), retry_after_ms, reset_ms (until full) }
+local rate = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local now = tonumber(ARGV[5])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local max_delay = tonumber(ARGV[6])
+
+local tokens = tonumber(redis.call('HGET', KEYS[1], 't') or burst)
+local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
+if now > at then
+  tokens = math.min(burst, tokens + (now - at) * rate / period)
+  at = now
+end
+
+local allowed = 1
+local delay = 0
+local retry = 0
+local after = tokens - cost
+if after < 0 then
+  delay = math.ceil(-after * period / rate)
+  if delay > max_delay or cost > burst then
+    allowed = 0
+    retry = delay - max_delay
+    if cost > burst then retry = period end
+    if retry < 1 then retry = 1 end
+    delay = 0
+  end
+end
+if allowed == 1 and cost > 0 then
+  tokens = after
+  redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', at)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * period / rate) + 1000)
+end
+local remaining = math.floor(tokens)
+if remaining < 0 then remaining = 0 end
+local reset = math.ceil((burst - tokens) * period / rate)
+if reset < 0 then reset = 0 end
+return { allowed, delay, remaining, retry, reset }

@@ -1,0 +1,260 @@
+/**
+ * The `sliding-window` plugin: a quota per client per route, decided in one
+ * atomic store call for every limit at once. `log` is exact (a sorted set of
+ * admitted units), `counter` a two-bucket weighted estimate, `fixed` windows
+ * aligned to the store's clock.
+ */
+import { z } from "zod";
+import { duration, rate } from "../config/schema.ts";
+import { definePlugin, type RequestContext } from "../plugin.ts";
+import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import {
+  applyRateLimitHeaders,
+  mutableResponse,
+  type PolicyReport,
+  toSeconds,
+} from "../ratelimit_headers.ts";
+import type { WindowDecision, WindowLimit } from "../store/store.ts";
+
+const COST_HEADER_RE = /^header:[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
+
+const options = z.strictObject({
+  /** `tier` (the caller's tier's limit and window) or a number of requests per `window`. */
+  limit: z.union([z.literal("tier"), z.number().int().positive()]).optional(),
+  window: duration().optional(),
+  /** Several limits decided together, such as `[10/s, 1000/h]`. */
+  limits: z.array(rate()).min(1).optional(),
+  algorithm: z.enum(["log", "counter", "fixed"]).default("log"),
+  /** Units a request takes: a number, or `header:<name>` to read it from the request. */
+  cost: z.union([
+    z.number().int().min(1),
+    z.string().regex(COST_HEADER_RE, { error: "Expected a number or header:<name>" }),
+  ]).default(1),
+  /** Count and report, never reject. */
+  shadow: z.boolean().default(false),
+  headers: z.enum(["none", "legacy", "ietf", "both"]).default("both"),
+  /** The policy name in the headers; defaults to the tier name or the limit written as N/window. */
+  name: z.string().min(1).optional(),
+}).superRefine((value, ctx) => {
+  const hasLimit = value.limit !== undefined;
+  const hasLimits = value.limits !== undefined;
+  if (hasLimit === hasLimits) {
+    ctx.addIssue({
+      code: "custom",
+      path: [],
+      message: "Write either limit (tier, or a number with window) or limits: [10/s, 1000/h]",
+    });
+  } else if (typeof value.limit === "number" && value.window === undefined) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["window"],
+      message: "A numeric limit needs a window, such as 1m",
+    });
+  } else if ((value.limit === "tier" || hasLimits) && value.window !== undefined) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["window"],
+      message: value.limit === "tier"
+        ? "limit: tier takes the window from the tier"
+        : "limits carry their own windows",
+    });
+  }
+  for (const [index, limit] of (value.limits ?? []).entries()) {
+    if (!Number.isInteger(limit.count)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["limits", index],
+        message: "A limit's count must be a whole number",
+      });
+    }
+  }
+});
+
+/** The options of `sliding-window`, after validation. */
+export type SlidingWindowOptions = z.output<typeof options>;
+
+interface Policy {
+  name: string;
+  limits: WindowLimit[];
+  names: string[];
+}
+
+function formatWindow(ms: number): string {
+  for (
+    const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], [
+      "s",
+      1_000,
+    ]] as const
+  ) {
+    if (ms % size === 0) return ms === size ? unit : `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** The store key of one client on one route: every key of a decision shares this hash slot. */
+export function clientKey(route: string, clientId: string): string {
+  return `{sluice:${route}:${clientId}}`;
+}
+
+export default definePlugin({
+  name: "sliding-window",
+  options,
+  create(opts, { route, gateway, pipeline, position, onClientQuery }) {
+    if (opts.limit === "tier") {
+      if (!pipeline.slice(0, position).includes("tier")) {
+        throw new Error("limit: tier needs a tier step before it in the pipeline");
+      }
+      if (Object.keys(gateway.tiers).length === 0) {
+        throw new Error("limit: tier needs tiers defined at the top of the config");
+      }
+    }
+    const store = gateway.store;
+    const decisions = gateway.metrics.limitDecisions;
+    const label = { route: route.name, plugin: "sliding-window" };
+    const counters = {
+      allowed: decisions.labels({ ...label, decision: "allowed" }),
+      limited: decisions.labels({ ...label, decision: "limited" }),
+      shadow: decisions.labels({ ...label, decision: "shadow_limited" }),
+      unavailable: decisions.labels({ ...label, decision: "unavailable" }),
+    };
+
+    // Fixed policies are built once; tier policies once per tier.
+    const fixed: Policy | undefined = opts.limits
+      ? {
+        name: opts.name ??
+          opts.limits.map((l) => `${l.count}/${formatWindow(l.periodMs)}`).join(","),
+        limits: opts.limits.map((l) => ({ limit: l.count, windowMs: l.periodMs })),
+        names: opts.limits.map((l) => opts.name ?? `${l.count}/${formatWindow(l.periodMs)}`),
+      }
+      : typeof opts.limit === "number"
+      ? {
+        name: opts.name ?? `${opts.limit}/${formatWindow(opts.window!)}`,
+        limits: [{ limit: opts.limit, windowMs: opts.window! }],
+        names: [opts.name ?? `${opts.limit}/${formatWindow(opts.window!)}`],
+      }
+      : undefined;
+    const tierPolicies = new Map<string, Policy>();
+    for (const [name, tier] of Object.entries(gateway.tiers)) {
+      tierPolicies.set(name, {
+        name: opts.name ?? name,
+        limits: [{ limit: tier.limit, windowMs: tier.window }],
+        names: [opts.name ?? name],
+      });
+    }
+    const policyFor = (tier: string | undefined): Policy | undefined =>
+      fixed ?? (tier === undefined ? undefined : tierPolicies.get(tier));
+
+    const costHeader = typeof opts.cost === "string"
+      ? opts.cost.slice("header:".length)
+      : undefined;
+    const staticCost = typeof opts.cost === "number" ? opts.cost : 1;
+
+    const reports = (policy: Policy, decision: WindowDecision): PolicyReport[] =>
+      decision.states.map((state, i) => ({
+        name: policy.names[i]!,
+        quota: state.limit,
+        windowSeconds: toSeconds(state.windowMs),
+        remaining: state.remaining,
+        resetSeconds: toSeconds(state.resetMs),
+      }));
+
+    onClientQuery(async (clientId) => {
+      const tier = gateway.clients.tierOf(clientId);
+      const policy = policyFor(tier) ?? (opts.limit === "tier" ? undefined : fixed);
+      if (!policy) return undefined;
+      const decision = await store.window({
+        key: clientKey(route.name, clientId),
+        algorithm: opts.algorithm,
+        limits: policy.limits,
+        cost: 0,
+      });
+      return {
+        plugin: "sliding-window",
+        algorithm: opts.algorithm,
+        tier: tier ?? null,
+        source: decision.source,
+        limits: decision.states.map((state, i) => ({
+          policy: policy.names[i],
+          limit: state.limit,
+          window_seconds: toSeconds(state.windowMs),
+          remaining: state.remaining,
+          reset_seconds: toSeconds(state.resetMs),
+        })),
+      };
+    });
+
+    function costOf(ctx: RequestContext): number | Response {
+      if (costHeader === undefined) return staticCost;
+      const text = ctx.request.headers.get(costHeader);
+      if (text === null) return 1;
+      const cost = Number(text);
+      if (!Number.isInteger(cost) || cost < 0 || cost > 1_000_000) {
+        return problem(400, {
+          type: `${PROBLEM_TYPE_BASE}invalid-cost`,
+          title: "Invalid cost",
+          detail: `The ${costHeader} header must be a whole number from 0 to 1000000`,
+        });
+      }
+      return cost;
+    }
+
+    return async function slidingWindow(ctx, next) {
+      const clientId = ctx.client?.id ?? `ip:${ctx.remoteAddr}`;
+      gateway.clients.seen(clientId, ctx.tier);
+      const policy = policyFor(ctx.tier);
+      if (!policy) {
+        throw new Error(`No limits for tier "${ctx.tier}" on route "${route.name}"`);
+      }
+      const cost = costOf(ctx);
+      if (cost instanceof Response) return cost;
+      const decision = await store.window({
+        key: clientKey(route.name, clientId),
+        algorithm: opts.algorithm,
+        limits: policy.limits,
+        cost,
+      });
+      const report = reports(policy, decision);
+      if (!decision.allowed) {
+        if (decision.source === "deny") {
+          counters.unavailable.inc();
+          return problem(503, {
+            type: `${PROBLEM_TYPE_BASE}limit-store-unavailable`,
+            title: "Rate-limit store unavailable",
+            detail: "The rate-limit store cannot be reached and this gateway fails closed",
+            retryAfterSeconds: decision.retryAfterMs / 1000,
+          });
+        }
+        if (opts.shadow) {
+          counters.shadow.inc();
+        } else {
+          counters.limited.inc();
+          const violated = decision.violated >= 0 ? decision.violated : 0;
+          const state = decision.states[violated]!;
+          const retryAfter = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+          const name = policy.names[violated]!;
+          const response = problem(429, {
+            type: `${PROBLEM_TYPE_BASE}quota-exceeded`,
+            title: "Quota exceeded",
+            detail: `The quota "${name}" of ${state.limit} per ${
+              toSeconds(state.windowMs)
+            } s is spent; retry in ${retryAfter} s`,
+            retryAfterSeconds: retryAfter,
+            extensions: {
+              policy: name,
+              limit: state.limit,
+              window_seconds: toSeconds(state.windowMs),
+              retry_after_seconds: retryAfter,
+            },
+          });
+          applyRateLimitHeaders(response.headers, report, opts.headers);
+          return response;
+        }
+      } else {
+        counters.allowed.inc();
+      }
+      const response = mutableResponse(await next());
+      applyRateLimitHeaders(response.headers, report, opts.headers);
+      return response;
+    };
+  },
+});

@@ -1,0 +1,90 @@
+/**
+ * The `tier` plugin: the caller's API key -> its tier, from the config's
+ * `keys` (list or keys files) or a Redis hash (`redis_hash`, fields are the
+ * SHA-256 hex of keys, values tier names) with a local TTL cache. A caller
+ * without a key gets the `default` tier.
+ */
+import { z } from "zod";
+import { duration } from "../config/schema.ts";
+import { sha256Hex } from "../digest.ts";
+import { definePlugin } from "../plugin.ts";
+import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+
+const CACHE_MAX = 50_000;
+
+export default definePlugin({
+  name: "tier",
+  options: z.strictObject({
+    /** The tier of callers without a key. */
+    default: z.string().min(1).default("free"),
+    /** An unknown key: `reject` (401), or the tier to give it. */
+    unknown_key: z.string().min(1).default("reject"),
+    /** How long a tier read from a Redis hash is cached locally. */
+    cache_ttl: duration().default(30_000),
+  }),
+  create(options, { gateway, pipeline, position, log }) {
+    const tiers = gateway.tiers;
+    const known = Object.keys(tiers);
+    for (
+      const [what, name] of [["default", options.default], ["unknown_key", options.unknown_key]]
+    ) {
+      if (what === "unknown_key" && name === "reject") continue;
+      if (!(name! in tiers)) {
+        throw new Error(
+          `${what}: tier "${name}" is not defined under tiers (defined: ${
+            known.join(", ") || "none"
+          })`,
+        );
+      }
+    }
+    if (!pipeline.slice(0, position).includes("identify")) {
+      throw new Error("tier needs an identify step before it in the pipeline");
+    }
+    const keys = gateway.keys;
+    const hashes = gateway.keyHashes;
+    const cache = new Map<string, { tier: string | undefined; until: number }>();
+
+    async function fromHashes(digest: string): Promise<string | undefined> {
+      const now = Date.now();
+      const cached = cache.get(digest);
+      if (cached && cached.until > now) return cached.tier;
+      let tier: string | undefined;
+      for (const hash of hashes) {
+        try {
+          tier = await gateway.store.hashGet(hash, digest);
+        } catch (error) {
+          // The store is failing: use what we knew, however old, else treat as unknown.
+          log.warn("cannot read API keys from the store", { hash, error });
+          return cached?.tier;
+        }
+        if (tier !== undefined) break;
+      }
+      if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value!);
+      cache.set(digest, { tier, until: now + options.cache_ttl });
+      return tier;
+    }
+
+    return async function tier(ctx, next) {
+      const client = ctx.client;
+      if (!client?.key) {
+        ctx.tier = options.default;
+        return await next();
+      }
+      const digest = await sha256Hex(client.key);
+      let name = keys.get(digest)?.tier;
+      if (name === undefined && hashes.length > 0) name = await fromHashes(digest);
+      if (name === undefined || !(name in tiers)) {
+        if (options.unknown_key === "reject") {
+          return problem(401, {
+            type: `${PROBLEM_TYPE_BASE}unknown-api-key`,
+            title: "Unknown API key",
+            detail: "The API key sent is not known to this gateway",
+          });
+        }
+        name = options.unknown_key;
+      }
+      ctx.tier = name;
+      return await next();
+    };
+  },
+});

@@ -1,0 +1,347 @@
+/**
+ * The in-memory store: the same algorithms as `lua/*.lua`, in TypeScript, with
+ * the same integer arithmetic, so both give the same decisions on the same
+ * trace. Memory is bounded: every entry has an expiry and a sweep drops the
+ * expired ones a slice at a time.
+ */
+import {
+  type BucketDecision,
+  type BucketQuery,
+  limitKey,
+  type Store,
+  type WindowDecision,
+  type WindowQuery,
+} from "./store.ts";
+
+interface LogEntry {
+  kind: "log";
+  /** Admitted units as [time, units] runs, oldest first. */
+  runs: number[];
+  /** Units in `runs`. */
+  total: number;
+  expiresAt: number;
+}
+
+interface CounterEntry {
+  kind: "counter";
+  bucket: number;
+  curr: number;
+  prev: number;
+  expiresAt: number;
+}
+
+interface FixedEntry {
+  kind: "fixed";
+  bucket: number;
+  count: number;
+  expiresAt: number;
+}
+
+interface BucketEntry {
+  kind: "bucket";
+  tokens: number;
+  at: number;
+  expiresAt: number;
+}
+
+type Entry = LogEntry | CounterEntry | FixedEntry | BucketEntry;
+
+const SWEEP_INTERVAL_MS = 1_000;
+const SWEEP_SLICE = 20_000;
+
+/** Options for {@linkcode MemoryStore}. */
+export interface MemoryStoreOptions {
+  /** The clock in ms. @default Date.now */
+  clock?: () => number;
+  /** Sweep expired entries in the background. @default true */
+  sweep?: boolean;
+}
+
+/** The embedded store of one gateway instance. */
+export class MemoryStore implements Store {
+  readonly kind = "memory" as const;
+  #entries = new Map<string, Entry>();
+  #clock: () => number;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #sweepCursor: Iterator<[string, Entry]> | undefined;
+
+  constructor(options: MemoryStoreOptions = {}) {
+    this.#clock = options.clock ?? Date.now;
+    if (options.sweep ?? true) {
+      this.#timer = setInterval(() => this.sweep(), SWEEP_INTERVAL_MS);
+      Deno.unrefTimer(this.#timer);
+    }
+  }
+
+  /** The number of live entries (for tests and memory measurements). */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Drops up to `slice` expired entries, continuing where the last sweep stopped. */
+  sweep(slice = SWEEP_SLICE): number {
+    const now = this.#clock();
+    let dropped = 0;
+    for (let seen = 0; seen < slice; seen++) {
+      this.#sweepCursor ??= this.#entries.entries();
+      const next = this.#sweepCursor.next();
+      if (next.done) {
+        this.#sweepCursor = undefined;
+        break;
+      }
+      const [key, entry] = next.value;
+      if (entry.expiresAt <= now) {
+        this.#entries.delete(key);
+        dropped++;
+      }
+    }
+    return dropped;
+  }
+
+  #get<K extends Entry["kind"]>(
+    key: string,
+    kind: K,
+    now: number,
+  ): Extract<Entry, { kind: K }> | undefined {
+    const entry = this.#entries.get(key);
+    if (!entry) return undefined;
+    if (entry.kind !== kind || entry.expiresAt <= now) {
+      this.#entries.delete(key);
+      return undefined;
+    }
+    return entry as Extract<Entry, { kind: K }>;
+  }
+
+  window(query: WindowQuery): Promise<WindowDecision> {
+    const now = query.now ?? this.#clock();
+    switch (query.algorithm) {
+      case "log":
+        return Promise.resolve(this.#log(query, now));
+      case "counter":
+        return Promise.resolve(this.#counter(query, now));
+      case "fixed":
+        return Promise.resolve(this.#fixed(query, now));
+    }
+  }
+
+  #log(query: WindowQuery, now: number): WindowDecision {
+    const { cost, limits } = query;
+    let allowed = true;
+    let retry = 0;
+    let violated = -1;
+    const entries: (LogEntry | undefined)[] = [];
+    limits.forEach(({ limit, windowMs }, i) => {
+      const key = limitKey(query.key, "log", windowMs);
+      const entry = this.#get(key, "log", now);
+      if (entry) trimLog(entry, now - windowMs);
+      entries.push(entry);
+      const count = entry?.total ?? 0;
+      if (count + cost > limit) {
+        allowed = false;
+        let wait = windowMs;
+        if (cost <= limit) wait = unitTime(entry!, count + cost - limit - 1) + windowMs - now;
+        if (wait > retry) retry = wait;
+        if (violated < 0) violated = i;
+      }
+    });
+    const states = limits.map(({ limit, windowMs }, i) => {
+      let entry = entries[i];
+      if (allowed && cost > 0) {
+        if (!entry) {
+          entry = { kind: "log", runs: [], total: 0, expiresAt: 0 };
+          this.#entries.set(limitKey(query.key, "log", windowMs), entry);
+        }
+        const last = entry.runs.length - 2;
+        if (last >= 0 && entry.runs[last] === now) entry.runs[last + 1]! += cost;
+        else entry.runs.push(now, cost);
+        entry.total += cost;
+        entry.expiresAt = now + windowMs;
+      }
+      const remaining = Math.max(0, limit - (entry?.total ?? 0));
+      const oldest = entry && entry.runs.length > 0 ? entry.runs[0]! : undefined;
+      return {
+        limit,
+        windowMs,
+        remaining,
+        resetMs: oldest === undefined ? 0 : oldest + windowMs - now,
+      };
+    });
+    return { allowed, retryAfterMs: retry, violated, states };
+  }
+
+  #counter(query: WindowQuery, now: number): WindowDecision {
+    const { cost, limits } = query;
+    let allowed = true;
+    let retry = 0;
+    let violated = -1;
+    const views = limits.map(({ limit, windowMs }, i) => {
+      const key = limitKey(query.key, "counter", windowMs);
+      const bucket = Math.floor(now / windowMs);
+      const r = now - bucket * windowMs;
+      const entry = this.#get(key, "counter", now);
+      let curr = 0;
+      let prev = 0;
+      if (entry) {
+        if (entry.bucket === bucket) {
+          curr = entry.curr;
+          prev = entry.prev;
+        } else if (entry.bucket === bucket - 1) {
+          prev = entry.curr;
+        }
+      }
+      if (prev * (windowMs - r) + (curr + cost) * windowMs > limit * windowMs) {
+        allowed = false;
+        let wait = windowMs;
+        if (cost <= limit) {
+          if (curr + cost <= limit) {
+            wait = windowMs - Math.floor(((limit - cost - curr) * windowMs) / prev) - r;
+          } else if (curr > 0) {
+            wait = windowMs - r + (windowMs - Math.floor(((limit - cost) * windowMs) / curr));
+          }
+          if (wait < 1) wait = 1;
+        }
+        if (wait > retry) retry = wait;
+        if (violated < 0) violated = i;
+      }
+      return { key, bucket, r, curr, prev };
+    });
+    const states = limits.map(({ limit, windowMs }, i) => {
+      const view = views[i]!;
+      let curr = view.curr;
+      if (allowed && cost > 0) {
+        curr += cost;
+        this.#entries.set(view.key, {
+          kind: "counter",
+          bucket: view.bucket,
+          curr,
+          prev: view.prev,
+          expiresAt: now + 2 * windowMs,
+        });
+      }
+      const scaled = limit * windowMs - view.prev * (windowMs - view.r) - curr * windowMs;
+      return {
+        limit,
+        windowMs,
+        remaining: Math.max(0, Math.floor(scaled / windowMs)),
+        resetMs: windowMs - view.r,
+      };
+    });
+    return { allowed, retryAfterMs: retry, violated, states };
+  }
+
+  #fixed(query: WindowQuery, now: number): WindowDecision {
+    const { cost, limits } = query;
+    let allowed = true;
+    let retry = 0;
+    let violated = -1;
+    const views = limits.map(({ limit, windowMs }, i) => {
+      const key = limitKey(query.key, "fixed", windowMs);
+      const bucket = Math.floor(now / windowMs);
+      const entry = this.#get(key, "fixed", now);
+      const count = entry && entry.bucket === bucket ? entry.count : 0;
+      if (count + cost > limit) {
+        allowed = false;
+        const wait = cost > limit ? windowMs : (bucket + 1) * windowMs - now;
+        if (wait > retry) retry = wait;
+        if (violated < 0) violated = i;
+      }
+      return { key, bucket, count };
+    });
+    const states = limits.map(({ limit, windowMs }, i) => {
+      const view = views[i]!;
+      const reset = (view.bucket + 1) * windowMs - now;
+      let count = view.count;
+      if (allowed && cost > 0) {
+        count += cost;
+        this.#entries.set(view.key, {
+          kind: "fixed",
+          bucket: view.bucket,
+          count,
+          expiresAt: now + reset,
+        });
+      }
+      return { limit, windowMs, remaining: Math.max(0, limit - count), resetMs: reset };
+    });
+    return { allowed, retryAfterMs: retry, violated, states };
+  }
+
+  bucket(query: BucketQuery): Promise<BucketDecision> {
+    const now = query.now ?? this.#clock();
+    const { rate, periodMs, burst, cost, maxDelayMs } = query;
+    const entry = this.#get(query.key, "bucket", now);
+    let tokens = entry?.tokens ?? burst;
+    let at = entry?.at ?? now;
+    if (now > at) {
+      tokens = Math.min(burst, tokens + (now - at) * rate / periodMs);
+      at = now;
+    }
+    let allowed = true;
+    let delay = 0;
+    let retry = 0;
+    const after = tokens - cost;
+    if (after < 0) {
+      delay = Math.ceil(-after * periodMs / rate);
+      if (delay > maxDelayMs || cost > burst) {
+        allowed = false;
+        retry = cost > burst ? periodMs : Math.max(1, delay - maxDelayMs);
+        delay = 0;
+      }
+    }
+    if (allowed && cost > 0) {
+      tokens = after;
+      this.#entries.set(query.key, {
+        kind: "bucket",
+        tokens,
+        at,
+        expiresAt: now + Math.ceil((burst - tokens) * periodMs / rate) + 1_000,
+      });
+    }
+    return Promise.resolve({
+      allowed,
+      delayMs: delay,
+      remaining: Math.max(0, Math.floor(tokens)),
+      retryAfterMs: retry,
+      resetMs: Math.max(0, Math.ceil((burst - tokens) * periodMs / rate)),
+    });
+  }
+
+  /** The memory store holds no hashes: API keys in a Redis hash need a Redis store. */
+  hashGet(_key: string, _field: string): Promise<string | undefined> {
+    return Promise.resolve(undefined);
+  }
+
+  ping(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.#entries.clear();
+    return Promise.resolve();
+  }
+}
+
+/** Drops the runs at or before `cutoff` (they left the window). */
+function trimLog(entry: LogEntry, cutoff: number): void {
+  let drop = 0;
+  let units = 0;
+  while (drop < entry.runs.length && entry.runs[drop]! <= cutoff) {
+    units += entry.runs[drop + 1]!;
+    drop += 2;
+  }
+  if (drop > 0) {
+    entry.runs.splice(0, drop);
+    entry.total -= units;
+  }
+}
+
+/** The time of the unit at 0-based position `index`, oldest first. */
+function unitTime(entry: LogEntry, index: number): number {
+  let seen = 0;
+  for (let i = 0; i < entry.runs.length; i += 2) {
+    seen += entry.runs[i + 1]!;
+    if (seen > index) return entry.runs[i]!;
+  }
+  return entry.runs[entry.runs.length - 2] ?? 0;
+}

@@ -1,0 +1,37 @@
+/** Makes the configured store. */
+import type { EnvLookup } from "../config/interpolate.ts";
+import type { GatewayConfig } from "../config/schema.ts";
+import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
+import { MemoryStore } from "./memory_store.ts";
+import { RedisStore } from "./redis_store.ts";
+import { ResilientStore } from "./resilient_store.ts";
+import type { StoreKind } from "./store.ts";
+
+/** The store section as the config gives it. */
+export type StoreConfig = GatewayConfig["store"];
+
+/** The store kind in force: `kind`, else redis when a url (or `REDIS_URL`) is given, else memory. */
+export function storeKind(config: StoreConfig, env: EnvLookup): StoreKind {
+  if (config.kind) return config.kind;
+  if (config.nodes && config.nodes.length > 0) return "redis-cluster";
+  return config.url || env("REDIS_URL") ? "redis" : "memory";
+}
+
+/** Connects the configured store, wrapped with its failure policy. A Redis that is down at start is not fatal. */
+export async function createStore(
+  config: StoreConfig,
+  options: { env: EnvLookup; metrics: Metrics; log: Logger },
+): Promise<ResilientStore> {
+  const kind = storeKind(config, options.env);
+  const url = config.url || options.env("REDIS_URL") || "redis://127.0.0.1:6379";
+  const primary = kind === "memory" ? new MemoryStore() : await RedisStore.connect(
+    kind === "redis-cluster" ? { nodes: config.nodes?.length ? config.nodes : [url] } : { url },
+  );
+  return new ResilientStore(primary, {
+    timeoutMs: config.timeout,
+    onFailure: config.on_failure,
+    metrics: options.metrics,
+    log: options.log.child({ component: "store" }),
+  });
+}

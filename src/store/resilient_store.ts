@@ -1,0 +1,321 @@
+/**
+ * A store outage as policy: every call to the remote store is bounded by
+ * `timeout`; a failed call is answered by `on_failure` (allow, deny, or the
+ * local memory store). After a few consecutive failures the store is marked
+ * down: calls go to the fallback at once, with no wait, while a background
+ * probe reconnects. A client found over its limit is remembered locally until
+ * its reset, so its further requests cost no store call.
+ */
+import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
+import { MemoryStore } from "./memory_store.ts";
+import type {
+  BucketQuery,
+  FailurePolicy,
+  LimitStore,
+  SourcedBucketDecision,
+  SourcedWindowDecision,
+  Store,
+  StoreHealth,
+  StoreKind,
+  WindowDecision,
+  WindowQuery,
+} from "./store.ts";
+
+/** Options for {@linkcode ResilientStore}. */
+export interface ResilientStoreOptions {
+  /** The longest wait for one store call, in ms. */
+  timeoutMs: number;
+  onFailure: FailurePolicy;
+  metrics?: Metrics;
+  log?: Logger;
+  /** Consecutive failures that mark the store down. @default 3 */
+  failureThreshold?: number;
+  /** How often the probe tries a down store, in ms. @default 500 */
+  probeIntervalMs?: number;
+  /** The local clock, for the over-limit cache. @default Date.now */
+  clock?: () => number;
+}
+
+class StoreTimeoutError extends Error {
+  override name = "StoreTimeoutError";
+}
+
+const DENY_CACHE_MAX = 100_000;
+
+interface CachedDenial {
+  until: number;
+  cost: number;
+  decision: WindowDecision;
+}
+
+/** Wraps a store with timeouts, a failure policy, a down state with a probe, and an over-limit cache. */
+export class ResilientStore implements LimitStore {
+  readonly primary: Store;
+  readonly local: MemoryStore;
+  #options: Required<Omit<ResilientStoreOptions, "metrics" | "log">> & ResilientStoreOptions;
+  #down = false;
+  #failures = 0;
+  #since = new Date();
+  #lastError: string | null = null;
+  #probe: ReturnType<typeof setInterval> | undefined;
+  #probing = false;
+  #denials = new Map<string, CachedDenial>();
+  #closed = false;
+
+  constructor(primary: Store, options: ResilientStoreOptions) {
+    this.primary = primary;
+    this.#options = {
+      failureThreshold: 3,
+      probeIntervalMs: 500,
+      clock: Date.now,
+      ...options,
+    };
+    this.local = primary instanceof MemoryStore ? primary : new MemoryStore();
+  }
+
+  /** The store's kind. */
+  get kind(): StoreKind {
+    return this.primary.kind;
+  }
+
+  /** The failure policy. */
+  get onFailure(): FailurePolicy {
+    return this.#options.onFailure;
+  }
+
+  /** True while the store is marked down. */
+  get down(): boolean {
+    return this.#down;
+  }
+
+  /** The store's health. */
+  health(): StoreHealth {
+    return {
+      kind: this.primary.kind,
+      state: this.#down ? "down" : "up",
+      on_failure: this.#options.onFailure,
+      since: this.#since.toISOString(),
+      consecutive_failures: this.#failures,
+      last_error: this.#lastError,
+    };
+  }
+
+  /** A sliding-window decision; never rejects. */
+  async window(query: WindowQuery): Promise<SourcedWindowDecision> {
+    if (this.primary === this.local) {
+      return { ...(await this.local.window(query)), source: "store" };
+    }
+    const cacheKey = query.cost > 0 ? denialKey(query) : undefined;
+    if (cacheKey) {
+      const cached = this.#cachedDenial(cacheKey, query.cost);
+      if (cached) return cached;
+    }
+    if (this.#down) return this.#windowFallback(query);
+    try {
+      const decision = await this.#call(() => this.primary.window(query));
+      if (!decision.allowed && cacheKey && decision.retryAfterMs > 0) {
+        this.#rememberDenial(cacheKey, query.cost, decision);
+      }
+      return { ...decision, source: "store" };
+    } catch {
+      return this.#windowFallback(query);
+    }
+  }
+
+  /** One hash field; bounded by the timeout, rejects when the store fails. */
+  hashGet(key: string, field: string): Promise<string | undefined> {
+    if (this.primary === this.local || this.#down) return this.local.hashGet(key, field);
+    return this.#call(() => this.primary.hashGet(key, field));
+  }
+
+  /** A token-bucket decision; never rejects. */
+  async bucket(query: BucketQuery): Promise<SourcedBucketDecision> {
+    if (this.primary === this.local) {
+      return { ...(await this.local.bucket(query)), source: "store" };
+    }
+    if (this.#down) return this.#bucketFallback(query);
+    try {
+      return { ...(await this.#call(() => this.primary.bucket(query))), source: "store" };
+    } catch {
+      return this.#bucketFallback(query);
+    }
+  }
+
+  async #call<T>(run: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const result = await Promise.race([
+        run(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new StoreTimeoutError(
+                  `The store did not answer within ${this.#options.timeoutMs} ms`,
+                ),
+              ),
+            this.#options.timeoutMs,
+          );
+        }),
+      ]);
+      this.#failures = 0;
+      return result;
+    } catch (error) {
+      this.#failed(error);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      this.#options.metrics?.storeDuration.observe((performance.now() - started) / 1000);
+    }
+  }
+
+  #failed(error: unknown): void {
+    this.#failures++;
+    this.#lastError = String((error as Error)?.message ?? error);
+    this.#options.metrics?.storeErrors.inc({
+      reason: error instanceof StoreTimeoutError ? "timeout" : "error",
+    });
+    if (!this.#down && this.#failures >= this.#options.failureThreshold) this.#markDown();
+  }
+
+  #markDown(): void {
+    this.#down = true;
+    this.#since = new Date();
+    this.#options.log?.error("store marked down; decisions use the fallback", {
+      store: this.primary.kind,
+      on_failure: this.#options.onFailure,
+      error: this.#lastError,
+    });
+    this.#probe = setInterval(() => this.#tryProbe(), this.#options.probeIntervalMs);
+  }
+
+  async #tryProbe(): Promise<void> {
+    if (this.#probing || this.#closed) return;
+    this.#probing = true;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([
+        this.primary.ping(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new StoreTimeoutError("probe timed out")),
+            this.#options.timeoutMs * 5,
+          );
+        }),
+      ]);
+      clearInterval(this.#probe);
+      this.#probe = undefined;
+      this.#down = false;
+      this.#failures = 0;
+      this.#since = new Date();
+      this.#options.log?.info("store is up again", { store: this.primary.kind });
+    } catch (error) {
+      this.#lastError = String((error as Error)?.message ?? error);
+    } finally {
+      clearTimeout(timer);
+      this.#probing = false;
+    }
+  }
+
+  #cachedDenial(key: string, cost: number): SourcedWindowDecision | undefined {
+    const cached = this.#denials.get(key);
+    if (!cached) return undefined;
+    const now = this.#options.clock();
+    if (now >= cached.until) {
+      this.#denials.delete(key);
+      return undefined;
+    }
+    if (cost < cached.cost) return undefined;
+    const left = cached.until - now;
+    return {
+      ...cached.decision,
+      retryAfterMs: left,
+      states: cached.decision.states.map((state, i) =>
+        i === cached.decision.violated
+          ? { ...state, remaining: 0, resetMs: Math.min(state.resetMs, left) }
+          : state
+      ),
+      source: "cache",
+    };
+  }
+
+  #rememberDenial(key: string, cost: number, decision: WindowDecision): void {
+    if (this.#denials.size >= DENY_CACHE_MAX) {
+      const now = this.#options.clock();
+      for (const [k, v] of this.#denials) if (v.until <= now) this.#denials.delete(k);
+      if (this.#denials.size >= DENY_CACHE_MAX) {
+        this.#denials.delete(this.#denials.keys().next().value!);
+      }
+    }
+    this.#denials.set(key, {
+      until: this.#options.clock() + decision.retryAfterMs,
+      cost,
+      decision,
+    });
+  }
+
+  async #windowFallback(query: WindowQuery): Promise<SourcedWindowDecision> {
+    switch (this.#options.onFailure) {
+      case "local":
+        return { ...(await this.local.window(query)), source: "local" };
+      case "allow":
+        return {
+          allowed: true,
+          retryAfterMs: 0,
+          violated: -1,
+          states: query.limits.map((limit) => ({ ...limit, remaining: limit.limit, resetMs: 0 })),
+          source: "allow",
+        };
+      case "deny":
+        return {
+          allowed: false,
+          retryAfterMs: Math.max(1_000, this.#options.probeIntervalMs),
+          violated: -1,
+          states: query.limits.map((limit) => ({ ...limit, remaining: 0, resetMs: 0 })),
+          source: "deny",
+        };
+    }
+  }
+
+  async #bucketFallback(query: BucketQuery): Promise<SourcedBucketDecision> {
+    switch (this.#options.onFailure) {
+      case "local":
+        return { ...(await this.local.bucket(query)), source: "local" };
+      case "allow":
+        return {
+          allowed: true,
+          delayMs: 0,
+          remaining: query.burst,
+          retryAfterMs: 0,
+          resetMs: 0,
+          source: "allow",
+        };
+      case "deny":
+        return {
+          allowed: false,
+          delayMs: 0,
+          remaining: 0,
+          retryAfterMs: Math.max(1_000, this.#options.probeIntervalMs),
+          resetMs: 0,
+          source: "deny",
+        };
+    }
+  }
+
+  /** Stops the probe and closes both stores. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#probe);
+    this.#probe = undefined;
+    if (this.local !== this.primary) await this.local.close();
+    await this.primary.close();
+  }
+}
+
+function denialKey(query: WindowQuery): string {
+  let key = `${query.algorithm}|${query.key}`;
+  for (const limit of query.limits) key += `|${limit.limit}/${limit.windowMs}`;
+  return key;
+}
