@@ -1,0 +1,249 @@
+/** Rate limiting through real sockets on the memory store: headers, 429s, tiers, isolation, reloads. */
+import assert from "node:assert/strict";
+import { sha256Hex } from "../../src/digest.ts";
+import { startGateway, startUpstream, waitFor } from "../_helpers.ts";
+
+function yaml(upstream: string, pipeline: string, extra = ""): string {
+  return `tiers:
+  free: { limit: 3, window: 1m }
+  paid: { limit: 5, window: 1m }
+keys:
+  - { key: paid-key, tier: paid, name: acme }
+  - { key: free-key, tier: free }
+${extra}routes:
+  - name: api
+    match: { path_prefix: /api }
+    upstream: { url: ${upstream} }
+    pipeline:
+${pipeline}
+      - proxy: {}
+  - name: other
+    match: { path_prefix: /other }
+    upstream: { url: ${upstream} }
+    pipeline:
+${pipeline}
+      - proxy: {}
+`;
+}
+
+const TIERED = `      - identify: { from: [header:x-api-key, ip] }
+      - tier: { default: free, unknown_key: reject }
+      - sliding-window: { limit: tier }`;
+
+async function send(url: string, key?: string, headers: Record<string, string> = {}) {
+  const response = await fetch(url, { headers: key ? { "x-api-key": key, ...headers } : headers });
+  const body = await response.text();
+  return { status: response.status, headers: response.headers, body };
+}
+
+for (const algorithm of ["log", "counter", "fixed"]) {
+  Deno.test(`${algorithm}: headers on every answer, 429 problem+json with Retry-After past the limit`, async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using gw = await startGateway(yaml(
+      upstream.url,
+      `      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limit: 3, window: 1h, algorithm: ${algorithm} }`,
+    ));
+    const answers = [];
+    for (let i = 0; i < 4; i++) answers.push(await send(`${gw.url}/api/x`, "k"));
+    assert.deepEqual(answers.map((a) => a.status), [200, 200, 200, 429]);
+    assert.deepEqual(answers.map((a) => a.headers.get("x-ratelimit-remaining")), [
+      "2",
+      "1",
+      "0",
+      "0",
+    ]);
+    for (const answer of answers) {
+      assert.equal(answer.headers.get("ratelimit-policy"), `"3/h";q=3;w=3600`);
+      assert.match(answer.headers.get("ratelimit")!, /^"3\/h";r=\d;t=\d+$/);
+      assert.equal(answer.headers.get("x-ratelimit-limit"), "3");
+      assert.ok(Number(answer.headers.get("x-ratelimit-reset")) > 0);
+    }
+    const limited = answers[3]!;
+    assert.equal(limited.headers.get("content-type"), "application/problem+json");
+    const retryAfter = Number(limited.headers.get("retry-after"));
+    // A counter may wait into the next bucket, until the old one weighs little enough.
+    const longest = algorithm === "counter" ? 7200 : 3600;
+    assert.ok(
+      Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= longest,
+      `Retry-After ${retryAfter}`,
+    );
+    const problem = JSON.parse(limited.body);
+    assert.equal(problem.status, 429);
+    assert.equal(problem.title, "Quota exceeded");
+    assert.equal(problem.policy, "3/h");
+    assert.match(problem.type, /quota-exceeded$/);
+    assert.match(problem.detail, /"3\/h"/);
+    assert.equal(
+      limited.headers.get("ratelimit"),
+      `"3/h";r=0;t=${limited.headers.get("x-ratelimit-reset")}`,
+    );
+  });
+}
+
+Deno.test("Retry-After is when a retry actually passes", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limit: 2, window: 2s }`,
+  ));
+  assert.equal((await send(`${gw.url}/api/x`, "k")).status, 200);
+  assert.equal((await send(`${gw.url}/api/x`, "k")).status, 200);
+  const limited = await send(`${gw.url}/api/x`, "k");
+  assert.equal(limited.status, 429);
+  const retryAfter = Number(limited.headers.get("retry-after"));
+  assert.ok(retryAfter >= 1 && retryAfter <= 2);
+  await new Promise((resolve) => setTimeout(resolve, retryAfter * 1000));
+  assert.equal((await send(`${gw.url}/api/x`, "k")).status, 200);
+});
+
+Deno.test("tiers: each key gets its tier's limit, unknown keys are rejected, anonymous callers get the default", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url, TIERED));
+  const run = async (key: string | undefined, n: number) => {
+    const statuses = [];
+    for (let i = 0; i < n; i++) statuses.push((await send(`${gw.url}/api/x`, key)).status);
+    return statuses;
+  };
+  assert.deepEqual(await run("paid-key", 6), [200, 200, 200, 200, 200, 429]);
+  assert.deepEqual(await run("free-key", 4), [200, 200, 200, 429]);
+  assert.deepEqual(await run(undefined, 4), [200, 200, 200, 429]);
+  const unknown = await send(`${gw.url}/api/x`, "who-am-i");
+  assert.equal(unknown.status, 401);
+  assert.equal(JSON.parse(unknown.body).title, "Unknown API key");
+  const paid = await send(`${gw.url}/api/x`, "paid-key");
+  assert.equal(paid.headers.get("ratelimit-policy"), `"paid";q=5;w=60`);
+});
+
+Deno.test("one route's traffic never spends another's quota", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url, TIERED));
+  for (let i = 0; i < 3; i++) assert.equal((await send(`${gw.url}/api/x`, "free-key")).status, 200);
+  assert.equal((await send(`${gw.url}/api/x`, "free-key")).status, 429);
+  assert.equal((await send(`${gw.url}/other/x`, "free-key")).status, 200);
+  assert.equal(
+    (await send(`${gw.url}/other/x`, "free-key")).headers.get("x-ratelimit-remaining"),
+    "1",
+  );
+});
+
+Deno.test("a tier edited in the YAML applies from the next request, counters kept", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url, TIERED));
+  for (let i = 0; i < 3; i++) assert.equal((await send(`${gw.url}/api/x`, "free-key")).status, 200);
+  assert.equal((await send(`${gw.url}/api/x`, "free-key")).status, 429);
+  await gw.config.write(yaml(upstream.url, TIERED).replace("free: { limit: 3", "free: { limit: 5"));
+  assert.ok(
+    await waitFor(async () => (await (await fetch(`${gw.adminUrl}/status`)).json()).version === 2),
+  );
+  const after = await send(`${gw.url}/api/x`, "free-key");
+  assert.equal(after.status, 200);
+  // 3 already counted under the old limit: 1 left of 5 after this one.
+  assert.equal(after.headers.get("x-ratelimit-remaining"), "1");
+  assert.equal(after.headers.get("ratelimit-policy"), `"free";q=5;w=60`);
+  assert.equal((await send(`${gw.url}/api/x`, "free-key")).status, 200);
+  assert.equal((await send(`${gw.url}/api/x`, "free-key")).status, 429);
+});
+
+Deno.test("several limits are decided together and a request denied by one consumes from none", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limits: [2/s, 3/h] }`,
+  ));
+  assert.equal((await send(`${gw.url}/api/x`, "k")).status, 200);
+  const second = await send(`${gw.url}/api/x`, "k");
+  assert.equal(second.headers.get("ratelimit-policy"), `"2/s";q=2;w=1, "3/h";q=3;w=3600`);
+  assert.match(second.headers.get("ratelimit")!, /^"2\/s";r=0;t=1, "3\/h";r=1;t=\d+$/);
+  const denied = await send(`${gw.url}/api/x`, "k");
+  assert.equal(denied.status, 429);
+  assert.equal(JSON.parse(denied.body).policy, "2/s");
+  // The denial took nothing from the hourly limit.
+  assert.match(denied.headers.get("ratelimit")!, /"3\/h";r=1;/);
+});
+
+Deno.test("cost from a header weights a request; a bad cost is a 400 problem", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limit: 10, window: 1h, cost: header:x-cost }`,
+  ));
+  const heavy = await send(`${gw.url}/api/x`, "k", { "x-cost": "7" });
+  assert.equal(heavy.status, 200);
+  assert.equal(heavy.headers.get("x-ratelimit-remaining"), "3");
+  assert.equal((await send(`${gw.url}/api/x`, "k", { "x-cost": "4" })).status, 429);
+  assert.equal((await send(`${gw.url}/api/x`, "k", { "x-cost": "3" })).status, 200);
+  const bad = await send(`${gw.url}/api/x`, "k", { "x-cost": "-2" });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.headers.get("content-type"), "application/problem+json");
+});
+
+Deno.test("shadow mode counts and reports but never rejects", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limit: 1, window: 1h, shadow: true }`,
+  ));
+  const first = await send(`${gw.url}/api/x`, "k");
+  const second = await send(`${gw.url}/api/x`, "k");
+  assert.equal(first.status, 200);
+  assert.equal(second.status, 200);
+  assert.equal(second.headers.get("x-ratelimit-remaining"), "0");
+  const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  assert.match(
+    metrics,
+    /sluice_limit_decisions_total\{route="api",plugin="sliding-window",decision="shadow_limited"\} 1/,
+  );
+  assert.match(
+    metrics,
+    /sluice_limit_decisions_total\{route="api",plugin="sliding-window",decision="allowed"\} 1/,
+  );
+});
+
+Deno.test("headers: none | legacy | ietf", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  for (const mode of ["none", "legacy", "ietf"]) {
+    await using gw = await startGateway(yaml(
+      upstream.url,
+      `      - identify: { from: [ip] }
+      - sliding-window: { limit: 5, window: 1m, headers: ${mode} }`,
+    ));
+    const answer = await send(`${gw.url}/api/x`);
+    assert.equal(answer.headers.has("x-ratelimit-limit"), mode === "legacy", mode);
+    assert.equal(answer.headers.has("ratelimit-policy"), mode === "ietf", mode);
+  }
+});
+
+Deno.test("/clients/{id} shows limit, remaining, reset and tier per route", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url, TIERED));
+  await send(`${gw.url}/api/x`, "paid-key");
+  await send(`${gw.url}/api/x`, "paid-key");
+  await send(`${gw.url}/other/x`, "paid-key");
+  const id = `key:${(await sha256Hex("paid-key")).slice(0, 16)}`;
+  const report = await (await fetch(`${gw.adminUrl}/clients/${id}`)).json();
+  assert.equal(report.id, id);
+  assert.equal(report.tier, "paid");
+  const api = report.routes.find((r: { route: string }) => r.route === "api");
+  const other = report.routes.find((r: { route: string }) => r.route === "other");
+  assert.equal(api.limits[0].limits[0].limit, 5);
+  assert.equal(api.limits[0].limits[0].remaining, 3);
+  assert.ok(api.limits[0].limits[0].reset_seconds > 0);
+  assert.equal(other.limits[0].limits[0].remaining, 4);
+  const text = JSON.stringify(report);
+  assert.doesNotMatch(text, /paid-key/);
+});
+
+Deno.test("a bad tier reference is a config error at its line", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await assert.rejects(
+    startGateway(
+      yaml(upstream.url, TIERED).replace("tier: paid, name: acme", "tier: gold, name: acme"),
+    ),
+    /keys\[0\]\.tier: Unknown tier "gold"/,
+  );
+});
