@@ -1,0 +1,149 @@
+/** A store outage is a policy: kill Redis mid-traffic, check allow / deny / local, restart it. */
+import assert from "node:assert/strict";
+import { startGateway, startUpstream, waitFor } from "../_helpers.ts";
+import { commandCalls, RedisServer, redisTest } from "../_redis.ts";
+
+function yaml(redisUrl: string, onFailure: string, limit = 5): string {
+  return `store: { kind: redis, url: ${redisUrl}, timeout: 100ms, on_failure: ${onFailure} }
+routes:
+  - name: api
+    upstream: { url: \${UPSTREAM} }
+    pipeline:
+      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limit: ${limit}, window: 1h }
+      - proxy: {}
+`;
+}
+
+async function status(adminUrl: string) {
+  return await (await fetch(`${adminUrl}/status`)).json();
+}
+
+async function send(url: string, key: string) {
+  const response = await fetch(`${url}/x`, { headers: { "x-api-key": key } });
+  return { status: response.status, headers: response.headers, body: await response.text() };
+}
+
+async function storeErrors(adminUrl: string): Promise<number> {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text();
+  let total = 0;
+  for (const match of text.matchAll(/^sluice_store_errors_total\{[^}]*\} (\d+)/gm)) {
+    total += Number(match[1]);
+  }
+  return total;
+}
+
+async function gatewayOn(redis: RedisServer, onFailure: string, upstreamUrl: string, limit = 5) {
+  return await startGateway(yaml(redis.url, onFailure, limit), {
+    env: (name) => name === "UPSTREAM" ? upstreamUrl : undefined,
+  });
+}
+
+redisTest(
+  "local: Redis killed mid-traffic -> this instance limits on its own, then Redis again",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await using gw = await gatewayOn(redis, "local", upstream.url);
+    for (let i = 0; i < 2; i++) assert.equal((await send(gw.url, "a")).status, 200);
+
+    await redis.kill();
+    const during = [];
+    for (let i = 0; i < 8; i++) during.push((await send(gw.url, "b")).status);
+    // The local limiter enforces the same limit: 5 of 8 pass.
+    assert.deepEqual(during, [200, 200, 200, 200, 200, 429, 429, 429]);
+    const down = await status(gw.adminUrl);
+    assert.equal(down.store.state, "down");
+    assert.equal(down.store.on_failure, "local");
+    const ready = await fetch(`${gw.adminUrl}/ready`);
+    assert.equal(ready.status, 200);
+    await ready.body?.cancel();
+
+    // Once down, decisions go straight to the fallback: no store call, no new error.
+    const errors = await storeErrors(gw.adminUrl);
+    for (let i = 0; i < 5; i++) await send(gw.url, "c");
+    assert.equal(await storeErrors(gw.adminUrl), errors);
+
+    await redis.restart();
+    assert.ok(
+      await waitFor(async () => (await status(gw.adminUrl)).store.state === "up", 10_000),
+      "the store was not back up within 10 s",
+    );
+    // Redis decides again: "a" spent 2 of 5 there before the outage.
+    const after = await send(gw.url, "a");
+    assert.equal(after.status, 200);
+    assert.ok(
+      Number(await commandCalls(redis, "evalsha")) + Number(await commandCalls(redis, "eval")) > 0,
+    );
+  },
+);
+
+redisTest("allow: Redis down -> requests pass, even past the limit", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using redis = await RedisServer.start();
+  await using gw = await gatewayOn(redis, "allow", upstream.url, 2);
+  await redis.kill();
+  const statuses = [];
+  for (let i = 0; i < 6; i++) statuses.push((await send(gw.url, "k")).status);
+  assert.deepEqual(statuses, Array(6).fill(200));
+  assert.equal((await status(gw.adminUrl)).store.state, "down");
+});
+
+redisTest("deny: Redis down -> 503 problem+json with Retry-After, and /ready fails", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using redis = await RedisServer.start();
+  await using gw = await gatewayOn(redis, "deny", upstream.url);
+  assert.equal((await send(gw.url, "k")).status, 200);
+  await redis.kill();
+  const answers = [];
+  for (let i = 0; i < 4; i++) answers.push(await send(gw.url, "k"));
+  assert.deepEqual(answers.map((a) => a.status), [503, 503, 503, 503]);
+  const last = answers[3]!;
+  assert.equal(last.headers.get("content-type"), "application/problem+json");
+  assert.ok(Number(last.headers.get("retry-after")) >= 1);
+  assert.match(JSON.parse(last.body).title, /store unavailable/i);
+  const ready = await fetch(`${gw.adminUrl}/ready`);
+  assert.equal(ready.status, 503);
+  assert.equal((await ready.json()).store, "down");
+
+  await redis.restart();
+  assert.ok(await waitFor(async () => (await send(gw.url, "fresh")).status === 200, 10_000));
+  const readyAgain = await fetch(`${gw.adminUrl}/ready`);
+  assert.equal(readyAgain.status, 200);
+  await readyAgain.body?.cancel();
+});
+
+redisTest("a client over its limit is answered 429 from memory: no store call", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using redis = await RedisServer.start();
+  await using gw = await gatewayOn(redis, "local", upstream.url, 3);
+  for (let i = 0; i < 3; i++) assert.equal((await send(gw.url, "k")).status, 200);
+  assert.equal((await send(gw.url, "k")).status, 429);
+  const calls = await commandCalls(redis, "evalsha") + await commandCalls(redis, "eval");
+  for (let i = 0; i < 20; i++) {
+    const answer = await send(gw.url, "k");
+    assert.equal(answer.status, 429);
+    assert.ok(Number(answer.headers.get("retry-after")) >= 1);
+  }
+  assert.equal(await commandCalls(redis, "evalsha") + await commandCalls(redis, "eval"), calls);
+  // Another client still goes to Redis.
+  assert.equal((await send(gw.url, "other")).status, 200);
+  assert.ok(await commandCalls(redis, "evalsha") + await commandCalls(redis, "eval") > calls);
+});
+
+redisTest("a store that is slower than its timeout is a failure the policy answers", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using redis = await RedisServer.start(["--enable-debug-command", "yes"]);
+  await using gw = await gatewayOn(redis, "allow", upstream.url, 1);
+  // Redis busy for 2 s: every call in that time exceeds the 100 ms timeout.
+  const busy = redis.cli(["DEBUG", "SLEEP", "2"]);
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  const started = performance.now();
+  const answers = [];
+  for (let i = 0; i < 3; i++) answers.push((await send(gw.url, "k")).status);
+  const elapsed = performance.now() - started;
+  await busy;
+  assert.deepEqual(answers, [200, 200, 200]);
+  assert.ok(elapsed < 1_500, `the requests waited ${Math.round(elapsed)} ms on a sleeping store`);
+  assert.ok(await storeErrors(gw.adminUrl) >= 1);
+});
