@@ -21,11 +21,18 @@ console.log(`sluice demo
   upstream http://127.0.0.1:${upstreamPort}
 
 Try:
-  curl -i ${base}/hello                                  # 200 from the upstream via the gateway
-  curl -i ${base}/private/report                         # 401 problem+json: this route needs a key
-  curl -i -H 'x-api-key: demo-key' ${base}/private/report  # 200 with the key
-  curl -s ${admin}/status                                # routes, pipelines, config version
-  curl -s ${admin}/metrics | grep sluice_requests_total  # requests by route and outcome
+  curl -i ${base}/hello
+      # 200 from the upstream, with RateLimit-Policy: "free";q=5;w=60 and RateLimit headers
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w "%{http_code} " ${base}/hello; done; echo
+      # the free tier allows 5 a minute: past the 5th request, 429
+  curl -i ${base}/hello
+      # 429 application/problem+json with Retry-After
+  curl -i -H 'x-api-key: demo-paid-key' ${base}/hello
+      # the paid tier: 100 a minute
+  curl -i ${base}/private/report
+      # 401 problem+json: this route needs a key
+  curl -s ${admin}/metrics | grep -E 'sluice_(requests|limit_decisions)_total'
+  curl -s ${admin}/status
 
 Ctrl-C stops both.`);
 

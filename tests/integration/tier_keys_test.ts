@@ -1,0 +1,77 @@
+/** Where the tier plugin finds keys: a keys file (watched) and a Redis hash with a local cache. */
+import assert from "node:assert/strict";
+import { sha256Hex } from "../../src/digest.ts";
+import { startGateway, startUpstream, waitFor } from "../_helpers.ts";
+import { RedisServer, redisTest } from "../_redis.ts";
+
+function yaml(upstream: string, keys: string, store = ""): string {
+  return `${store}tiers:
+  free: { limit: 1, window: 1h }
+  gold: { limit: 3, window: 1h }
+keys:
+${keys}
+routes:
+  - name: api
+    upstream: { url: ${upstream} }
+    pipeline:
+      - identify: { from: [header:x-api-key] }
+      - tier: { default: free, unknown_key: reject, cache_ttl: 200ms }
+      - sliding-window: { limit: tier }
+      - proxy: {}
+`;
+}
+
+async function policy(url: string, key: string): Promise<string | number> {
+  const response = await fetch(url, { headers: { "x-api-key": key } });
+  await response.body?.cancel();
+  return response.status === 200 ? response.headers.get("ratelimit-policy")! : response.status;
+}
+
+Deno.test("a keys file gives tiers, and editing it reloads", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(
+    yaml(upstream.url, "  - { file: ./keys.yaml }"),
+    {},
+    { "keys.yaml": `- { key: file-key, tier: gold, name: from-file }\n` },
+  );
+  assert.equal(await policy(gw.url, "file-key"), `"gold";q=3;w=3600`);
+  assert.equal(await policy(gw.url, "new-key"), 401);
+  const hashed = await sha256Hex("new-key");
+  await Deno.writeTextFile(
+    `${gw.config.dir}/keys.yaml`,
+    `- { key: file-key, tier: gold }\n- { key: "sha256:${hashed}", tier: free }\n`,
+  );
+  assert.ok(await waitFor(async () => (await policy(gw.url, "new-key")) === `"free";q=1;w=3600`));
+});
+
+Deno.test("a keys file naming an unknown tier is a config error", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await assert.rejects(
+    startGateway(yaml(upstream.url, "  - { file: ./keys.yaml }"), {}, {
+      "keys.yaml": `- { key: a, tier: gold }\n- { key: b, tier: platinum }\n`,
+    }),
+    /keys\[0\]\.file: .*keys\.yaml:2: unknown tier "platinum"/,
+  );
+});
+
+redisTest(
+  "keys in a Redis hash (SHA-256 fields) give tiers, cached locally for cache_ttl",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await redis.cli(["HSET", "sluice:keys", await sha256Hex("redis-key"), "gold"]);
+    await using gw = await startGateway(
+      yaml(
+        upstream.url,
+        "  - { redis_hash: sluice:keys }",
+        `store: { kind: redis, url: ${redis.url} }\n`,
+      ),
+    );
+    assert.equal(await policy(gw.url, "redis-key"), `"gold";q=3;w=3600`);
+    assert.equal(await policy(gw.url, "later-key"), 401);
+    await redis.cli(["HSET", "sluice:keys", await sha256Hex("later-key"), "free"]);
+    assert.ok(
+      await waitFor(async () => (await policy(gw.url, "later-key")) === `"free";q=1;w=3600`, 3_000),
+    );
+  },
+);
