@@ -7,7 +7,7 @@
 -- ARGV[1]    tokens added per period
 -- ARGV[2]    period in ms
 -- ARGV[3]    burst: the most tokens the bucket holds
--- ARGV[4]    cost (0 only reads)
+-- ARGV[4]    cost (0 only reads; negative gives tokens back, up to burst)
 -- ARGV[5]    now in ms; 0 = take it from Redis TIME (only tests pass a time)
 -- ARGV[6]    max_delay in ms: the longest wait a request may be given
 --
@@ -44,7 +44,11 @@ if after < 0 then
     delay = 0
   end
 end
-if allowed == 1 and cost > 0 then
+if cost < 0 then
+  tokens = math.min(burst, after)
+  redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', at)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * period / rate) + 1000)
+elseif allowed == 1 and cost > 0 then
   tokens = after
   redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', at)
   redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * period / rate) + 1000)

@@ -287,8 +287,8 @@ export class MemoryStore implements Store {
         delay = 0;
       }
     }
-    if (allowed && cost > 0) {
-      tokens = after;
+    if (cost < 0 || (allowed && cost > 0)) {
+      tokens = cost < 0 ? Math.min(burst, after) : after;
       this.#entries.set(query.key, {
         kind: "bucket",
         tokens,

@@ -53,6 +53,7 @@ export interface BucketQuery {
   readonly periodMs: number;
   /** The most tokens the bucket holds. */
   readonly burst: number;
+  /** Tokens this request takes; 0 only reads; negative gives tokens back (a waiter that left). */
   readonly cost: number;
   /** The longest wait a request may be given for its tokens. */
   readonly maxDelayMs: number;
