@@ -47,7 +47,11 @@ export function statusDocument(gateway: Gateway): Record<string, unknown> {
       name: route.info.name,
       match: pipeline.loaded.routes.find((r) => r.name === route.info.name)?.match ?? {},
       upstream: route.info.upstream?.url ?? null,
+      ...(route.info.upstream && route.info.upstream.targets.length > 1
+        ? { targets: route.info.upstream.targets }
+        : {}),
       pipeline: route.steps,
+      ...Object.assign({}, ...route.statusReports.map((report) => report())),
     })),
     last_reload_error: gateway.lastFailure ?? null,
   };

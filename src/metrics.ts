@@ -46,6 +46,14 @@ export class Metrics {
   readonly storeDuration: client.Histogram;
   /** `sluice_store_errors_total{reason}`: timeouts and errors of store calls. */
   readonly storeErrors: client.Counter<"reason">;
+  /** `sluice_shaper_delay_seconds{route}`: the wait the token-bucket shaper imposed. */
+  readonly shaperDelay: client.Histogram<"route">;
+  /** `sluice_inflight{route}`: requests in flight to the upstream under a concurrency limit. */
+  readonly inflight: client.Gauge<"route">;
+  /** `sluice_queue_depth{route}`: requests waiting for a concurrency slot. */
+  readonly queueDepth: client.Gauge<"route">;
+  /** `sluice_breaker_state{route}`: 0 closed, 1 half-open, 2 open (the worst target of the route). */
+  readonly breakerState: client.Gauge<"route">;
 
   constructor(options: MetricsOptions = {}) {
     const registry = new client.Registry();
@@ -93,6 +101,31 @@ export class Metrics {
       name: "sluice_store_errors_total",
       help: "Store calls that failed or timed out, by reason.",
       labelNames: ["reason"],
+      registers,
+    });
+    this.shaperDelay = new client.Histogram({
+      name: "sluice_shaper_delay_seconds",
+      help: "Wait imposed by the token-bucket shaper on requests it delayed, by route.",
+      labelNames: ["route"],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.inflight = new client.Gauge({
+      name: "sluice_inflight",
+      help: "Requests in flight to the upstream under a concurrency limit, by route.",
+      labelNames: ["route"],
+      registers,
+    });
+    this.queueDepth = new client.Gauge({
+      name: "sluice_queue_depth",
+      help: "Requests waiting for a concurrency slot, by route.",
+      labelNames: ["route"],
+      registers,
+    });
+    this.breakerState = new client.Gauge({
+      name: "sluice_breaker_state",
+      help: "Circuit breaker state by route: 0 closed, 1 half-open, 2 open.",
+      labelNames: ["route"],
       registers,
     });
     this.storeErrors.inc({ reason: "timeout" }, 0);

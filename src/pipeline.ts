@@ -28,6 +28,8 @@ export interface CompiledRoute {
   readonly run: (ctx: RequestContext) => Promise<Response>;
   /** The plugins' views of one client, for `/clients/{id}`. */
   readonly clientQueries: readonly ((clientId: string) => Promise<ClientReport | undefined>)[];
+  /** The plugins' state for `/status`. */
+  readonly statusReports: readonly (() => Record<string, unknown>)[];
 }
 
 /** Every route of one config. */
@@ -113,13 +115,19 @@ export async function buildPipeline(
       stripPrefix: route.strip_prefix,
       preserveHost: route.preserve_host,
       upstream: route.upstream
-        ? Object.freeze({ url: route.upstream.url, timeoutMs: route.upstream.timeout })
+        ? Object.freeze({
+          url: route.upstream.url ?? route.upstream.targets![0]!,
+          targets: Object.freeze(route.upstream.targets ?? [route.upstream.url!]),
+          balance: route.upstream.balance,
+          timeoutMs: route.upstream.timeout,
+        })
         : undefined,
     });
     const handlers: Handler[] = [];
     const occurrences = new Map<string, number>();
     const steps = route.pipeline.map((entry) => entry.name);
     const clientQueries: CompiledRoute["clientQueries"][number][] = [];
+    const statusReports: CompiledRoute["statusReports"][number][] = [];
     for (const [position, entry] of route.pipeline.entries()) {
       const identity = entryIdentity(route.name, entry);
       const occurrence = occurrences.get(identity) ?? 0;
@@ -130,6 +138,7 @@ export async function buildPipeline(
         pipeline: steps,
         position,
         onClientQuery: (query) => clientQueries.push(query),
+        onStatus: (report) => statusReports.push(report),
         gateway: options.services,
         log: options.log.child({ route: route.name, plugin: entry.name }),
         keep(init, keepOptions) {
@@ -156,6 +165,7 @@ export async function buildPipeline(
       steps,
       run: compose(handlers, noAnswer),
       clientQueries,
+      statusReports,
     });
   }
   return {

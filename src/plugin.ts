@@ -49,10 +49,14 @@ export interface RouteInfo {
   readonly upstream?: UpstreamInfo;
 }
 
-/** An upstream as configured. */
+/** An upstream as configured: one target, or a pool. */
 export interface UpstreamInfo {
-  /** The upstream's base URL. */
+  /** The first target's base URL. */
   readonly url: string;
+  /** Every target's base URL (one for `url:`, several for `targets:`). */
+  readonly targets: readonly string[];
+  /** How a pool picks a target. */
+  readonly balance: "round_robin" | "least_inflight";
   /** The longest wait for the response headers, in milliseconds. */
   readonly timeoutMs: number;
 }
@@ -158,6 +162,8 @@ export interface PluginContext {
   readonly position: number;
   /** Adds this plugin's view of a client to `/clients/{id}`. */
   onClientQuery(query: (clientId: string) => Promise<ClientReport | undefined>): void;
+  /** Adds this plugin's state (breaker states, queue depth...) to the route on `/status`. */
+  onStatus(report: () => Record<string, unknown>): void;
   /** The gateway's services. */
   readonly gateway: GatewayServices;
   /** A logger whose lines name the route and plugin. */

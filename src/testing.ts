@@ -61,6 +61,7 @@ export async function createHandler(
     pipeline: options.pipeline ?? [plugin.name],
     position: options.pipeline ? Math.max(0, options.pipeline.indexOf(plugin.name)) : 0,
     onClientQuery: () => {},
+    onStatus: () => {},
     gateway: {
       metrics: new Metrics({ processMetrics: false }),
       isTrustedProxy: () => false,

@@ -121,8 +121,20 @@ const routeSchema = z.strictObject({
   strip_prefix: z.boolean().default(false),
   preserve_host: z.boolean().default(false),
   upstream: z.strictObject({
-    url: httpUrl,
+    /** One upstream. */
+    url: httpUrl.optional(),
+    /** A pool of upstreams. */
+    targets: z.array(httpUrl).min(1).optional(),
+    balance: z.enum(["round_robin", "least_inflight"]).default("round_robin"),
     timeout: duration().default(30_000),
+  }).superRefine((upstream, ctx) => {
+    if ((upstream.url === undefined) === (upstream.targets === undefined)) {
+      ctx.addIssue({
+        code: "custom",
+        path: [],
+        message: "Write either url: http://host:port or targets: [http://a:port, http://b:port]",
+      });
+    }
   }).optional(),
   pipeline: z.array(pipelineEntrySchema).default([]),
 });

@@ -1,0 +1,181 @@
+/**
+ * Circuit breakers, one per upstream target. Outcomes are counted in time
+ * buckets over a rolling window; the breaker opens when
+ * `failures / requests >= failure_ratio` with `requests >= min_requests`,
+ * answers at once while open, and after `open_for` lets `probes` requests
+ * through (half-open): their success closes it, a failure opens it again.
+ */
+import { ContextKey } from "./plugin.ts";
+
+/** A breaker's state. */
+export type BreakerState = "closed" | "half-open" | "open";
+
+/** The breaker's settings. */
+export interface BreakerOptions {
+  failureRatio: number;
+  minRequests: number;
+  windowMs: number;
+  openForMs: number;
+  probes: number;
+  /** Upstream statuses that count as failures. */
+  failureStatuses: ReadonlySet<number>;
+}
+
+const BUCKETS = 10;
+
+/** The numeric value of a state in `sluice_breaker_state`. */
+export const STATE_VALUE: Record<BreakerState, number> = { closed: 0, "half-open": 1, open: 2 };
+
+/** One target's breaker. */
+export class Breaker {
+  #options: BreakerOptions;
+  #state: BreakerState = "closed";
+  #openedAt = 0;
+  #bucketMs: number;
+  #starts = new Array<number>(BUCKETS).fill(-1);
+  #requests = new Array<number>(BUCKETS).fill(0);
+  #failures = new Array<number>(BUCKETS).fill(0);
+  #probesStarted = 0;
+  #probesPassed = 0;
+  #onChange: (from: BreakerState, to: BreakerState) => void;
+
+  constructor(
+    options: BreakerOptions,
+    onChange: (from: BreakerState, to: BreakerState) => void = () => {},
+  ) {
+    this.#options = options;
+    this.#bucketMs = Math.max(1, Math.ceil(options.windowMs / BUCKETS));
+    this.#onChange = onChange;
+  }
+
+  /** The state now (an open breaker whose time is up reads half-open). */
+  state(now = Date.now()): BreakerState {
+    if (this.#state === "open" && now - this.#openedAt >= this.#options.openForMs) {
+      this.#move("half-open");
+      this.#probesStarted = 0;
+      this.#probesPassed = 0;
+    }
+    return this.#state;
+  }
+
+  /** Milliseconds until an open breaker half-opens (0 when it is not open). */
+  openLeft(now = Date.now()): number {
+    return this.state(now) === "open" ? this.#openedAt + this.#options.openForMs - now : 0;
+  }
+
+  /** True when a request may go to the target now; no side effect. */
+  available(now = Date.now()): boolean {
+    const state = this.state(now);
+    if (state === "closed") return true;
+    if (state === "half-open") return this.#probesStarted < this.#options.probes;
+    return false;
+  }
+
+  /** Takes a turn: true when the request may go (a half-open breaker counts it as a probe). */
+  acquire(now = Date.now()): boolean {
+    if (!this.available(now)) return false;
+    if (this.#state === "half-open") this.#probesStarted++;
+    return true;
+  }
+
+  /** Records the outcome of a request that {@linkcode Breaker.acquire} let through. */
+  record(ok: boolean, now = Date.now()): void {
+    const state = this.state(now);
+    if (state === "half-open") {
+      if (!ok) {
+        this.#open(now);
+      } else if (++this.#probesPassed >= this.#options.probes) {
+        this.#reset();
+        this.#move("closed");
+      }
+      return;
+    }
+    if (state === "open") return;
+    const index = Math.floor(now / this.#bucketMs) % BUCKETS;
+    const start = Math.floor(now / this.#bucketMs) * this.#bucketMs;
+    if (this.#starts[index] !== start) {
+      this.#starts[index] = start;
+      this.#requests[index] = 0;
+      this.#failures[index] = 0;
+    }
+    this.#requests[index]!++;
+    if (!ok) this.#failures[index]!++;
+    let requests = 0;
+    let failures = 0;
+    for (let i = 0; i < BUCKETS; i++) {
+      if (this.#starts[i]! > now - this.#options.windowMs) {
+        requests += this.#requests[i]!;
+        failures += this.#failures[i]!;
+      }
+    }
+    if (
+      requests >= this.#options.minRequests && failures / requests >= this.#options.failureRatio
+    ) {
+      this.#open(now);
+    }
+  }
+
+  /** True when the status counts as a failure. */
+  isFailureStatus(status: number): boolean {
+    return this.#options.failureStatuses.has(status);
+  }
+
+  #open(now: number): void {
+    this.#openedAt = now;
+    this.#reset();
+    this.#move("open");
+  }
+
+  #reset(): void {
+    this.#starts.fill(-1);
+    this.#requests.fill(0);
+    this.#failures.fill(0);
+  }
+
+  #move(to: BreakerState): void {
+    const from = this.#state;
+    if (from === to) return;
+    this.#state = to;
+    this.#onChange(from, to);
+  }
+}
+
+/** The breakers of one route's targets. */
+export class BreakerSet {
+  readonly options: BreakerOptions;
+  #breakers = new Map<string, Breaker>();
+  /** Called on every transition; the pipeline that owns the set may replace it. */
+  onChange: (target: string, from: BreakerState, to: BreakerState) => void = () => {};
+
+  constructor(options: BreakerOptions) {
+    this.options = options;
+  }
+
+  /** The breaker of one target, made on first use. */
+  of(target: string): Breaker {
+    let breaker = this.#breakers.get(target);
+    if (!breaker) {
+      breaker = new Breaker(this.options, (from, to) => this.onChange(target, from, to));
+      this.#breakers.set(target, breaker);
+    }
+    return breaker;
+  }
+
+  /** Each target's state. */
+  states(targets: readonly string[], now = Date.now()): Record<string, BreakerState> {
+    return Object.fromEntries(targets.map((target) => [target, this.of(target).state(now)]));
+  }
+
+  /** The worst state among the targets. */
+  worst(targets: readonly string[], now = Date.now()): BreakerState {
+    let worst: BreakerState = "closed";
+    for (const target of targets) {
+      const state = this.of(target).state(now);
+      if (STATE_VALUE[state] > STATE_VALUE[worst]) worst = state;
+    }
+    return worst;
+  }
+}
+
+/** Where the circuit-breaker plugin hands its breakers to the proxy for one request. */
+export const BREAKERS: ContextKey<BreakerSet> = new ContextKey<BreakerSet>("sluice.breakers");

@@ -1,0 +1,70 @@
+/**
+ * The `circuit-breaker` plugin: per upstream target, stops calling a target
+ * that keeps failing (5xx, timeouts, refused or reset connections). While
+ * every target of the route is open it answers 503 at once with Retry-After
+ * = the time left; the proxy skips open targets of a pool.
+ */
+import { z } from "zod";
+import { BREAKERS, BreakerSet, STATE_VALUE } from "../breaker.ts";
+import { duration } from "../config/schema.ts";
+import { definePlugin } from "../plugin.ts";
+import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+
+const DEFAULT_FAILURE_STATUSES = [500, 502, 503, 504];
+
+export default definePlugin({
+  name: "circuit-breaker",
+  options: z.strictObject({
+    failure_ratio: z.number().gt(0).max(1).default(0.5),
+    min_requests: z.number().int().min(1).default(20),
+    window: duration().default(10_000),
+    open_for: duration().default(30_000),
+    probes: z.number().int().min(1).default(3),
+    /** Upstream statuses that count as failures. */
+    failure_statuses: z.array(z.number().int().min(100).max(599)).min(1).default(
+      DEFAULT_FAILURE_STATUSES,
+    ),
+  }),
+  create(opts, { route, gateway, pipeline, position, keep, log, onStatus }) {
+    const upstream = route.upstream;
+    if (!upstream) throw new Error("circuit-breaker needs the route to have an upstream");
+    if (!pipeline.slice(position + 1).includes("proxy")) {
+      throw new Error("circuit-breaker needs a proxy step after it in the pipeline");
+    }
+    const gauge = gateway.metrics.breakerState.labels({ route: route.name });
+    const targets = upstream.targets;
+    // Kept across hot swaps while the options stay the same: an open breaker stays open.
+    const breakers = keep(() =>
+      new BreakerSet({
+        failureRatio: opts.failure_ratio,
+        minRequests: opts.min_requests,
+        windowMs: opts.window,
+        openForMs: opts.open_for,
+        probes: opts.probes,
+        failureStatuses: new Set(opts.failure_statuses),
+      })
+    );
+    breakers.onChange = (target, from, to) => {
+      log.warn("circuit breaker changed state", { target, from, to });
+      gauge.set(STATE_VALUE[breakers.worst(targets)]);
+    };
+    gauge.set(STATE_VALUE[breakers.worst(targets)]);
+    onStatus(() => ({ breaker: breakers.states(targets) }));
+
+    return function circuitBreaker(ctx, next) {
+      const now = Date.now();
+      if (!targets.some((target) => breakers.of(target).available(now))) {
+        gauge.set(STATE_VALUE[breakers.worst(targets, now)]);
+        const left = Math.min(...targets.map((target) => breakers.of(target).openLeft(now)));
+        return problem(503, {
+          type: `${PROBLEM_TYPE_BASE}circuit-open`,
+          title: "Circuit open",
+          detail: `The upstream of route "${route.name}" is failing; it is not called for now`,
+          retryAfterSeconds: Math.max(1, left) / 1000,
+        });
+      }
+      ctx.set(BREAKERS, breakers);
+      return next();
+    };
+  },
+});

@@ -1,0 +1,183 @@
+/**
+ * The `concurrency` plugin: at most `max` requests of the route in flight to
+ * the upstream (until their response body is done); up to `queue` more wait
+ * in FIFO order for up to `queue_timeout`; beyond that, 503 with Retry-After.
+ * A client that hangs up while queued leaves the queue at once.
+ */
+import { z } from "zod";
+import { duration } from "../config/schema.ts";
+import { definePlugin } from "../plugin.ts";
+import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+
+interface Waiter {
+  grant: () => void;
+  settled: boolean;
+}
+
+/** A counting semaphore with a bounded FIFO queue. */
+export class Semaphore {
+  readonly max: number;
+  readonly queueMax: number;
+  #active = 0;
+  #queue: Waiter[] = [];
+  /** Called whenever the counts change. */
+  onChange: () => void = () => {};
+
+  constructor(max: number, queueMax: number) {
+    this.max = max;
+    this.queueMax = queueMax;
+  }
+
+  get active(): number {
+    return this.#active;
+  }
+
+  get waiting(): number {
+    return this.#queue.length;
+  }
+
+  /**
+   * Takes a slot: "ok" at once or after waiting in line, "full" when the line
+   * is full, "timeout" after `timeoutMs` in line, "aborted" when `signal` fires.
+   */
+  acquire(signal: AbortSignal, timeoutMs: number): Promise<"ok" | "full" | "timeout" | "aborted"> {
+    if (this.#active < this.max && this.#queue.length === 0) {
+      this.#active++;
+      this.onChange();
+      return Promise.resolve("ok");
+    }
+    if (this.#queue.length >= this.queueMax) return Promise.resolve("full");
+    if (signal.aborted) return Promise.resolve("aborted");
+    return new Promise((resolve) => {
+      const leave = (result: "timeout" | "aborted") => {
+        if (waiter.settled) return;
+        waiter.settled = true;
+        const index = this.#queue.indexOf(waiter);
+        if (index >= 0) this.#queue.splice(index, 1);
+        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
+        this.onChange();
+        resolve(result);
+      };
+      const onAbort = () => leave("aborted");
+      const waiter: Waiter = {
+        settled: false,
+        grant: () => {
+          waiter.settled = true;
+          clearTimeout(timer);
+          signal.removeEventListener("abort", onAbort);
+          resolve("ok");
+        },
+      };
+      const timer = setTimeout(() => leave("timeout"), timeoutMs);
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.#queue.push(waiter);
+      this.onChange();
+    });
+  }
+
+  /** Gives a slot back: the first in line gets it. */
+  release(): void {
+    const next = this.#queue.shift();
+    if (next) {
+      // The slot passes straight to the next waiter: active stays the same.
+      next.grant();
+    } else {
+      this.#active--;
+    }
+    this.onChange();
+  }
+}
+
+/** Calls `done` once the response's body has been read to its end, failed or been cancelled. */
+export function whenBodyDone(response: Response, done: () => void): Response {
+  const body = response.body;
+  if (!body) {
+    done();
+    return response;
+  }
+  let finished = false;
+  const finish = () => {
+    if (!finished) {
+      finished = true;
+      done();
+    }
+  };
+  const reader = body.getReader();
+  const watched = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { done: end, value } = await reader.read();
+        if (end) {
+          finish();
+          controller.close();
+        } else {
+          controller.enqueue(value);
+        }
+      } catch (error) {
+        finish();
+        controller.error(error);
+      }
+    },
+    cancel(reason) {
+      finish();
+      return reader.cancel(reason);
+    },
+  });
+  return new Response(watched, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+}
+
+export default definePlugin({
+  name: "concurrency",
+  options: z.strictObject({
+    max: z.number().int().min(1),
+    queue: z.number().int().min(0).default(0),
+    queue_timeout: duration().default(1_000),
+  }),
+  create(opts, { route, gateway, keep, onStatus }) {
+    const inflight = gateway.metrics.inflight.labels({ route: route.name });
+    const depth = gateway.metrics.queueDepth.labels({ route: route.name });
+    // Kept across hot swaps while the options stay the same: slots held stay held.
+    const semaphore = keep(() => new Semaphore(opts.max, opts.queue));
+    semaphore.onChange = () => {
+      inflight.set(semaphore.active);
+      depth.set(semaphore.waiting);
+    };
+    semaphore.onChange();
+    onStatus(() => ({
+      concurrency: { max: opts.max, inflight: semaphore.active, queued: semaphore.waiting },
+    }));
+    const retryAfterSeconds = Math.max(1, Math.ceil(opts.queue_timeout / 1000));
+
+    return async function concurrency(ctx, next) {
+      const result = await semaphore.acquire(ctx.signal, opts.queue_timeout);
+      if (result === "aborted") return new Response(null, { status: 499 });
+      if (result !== "ok") {
+        return problem(503, {
+          type: `${PROBLEM_TYPE_BASE}concurrency-limit`,
+          title: "Too busy",
+          detail: result === "full"
+            ? `Route "${route.name}" has ${opts.max} requests in flight and ${opts.queue} waiting`
+            : `No slot freed within ${opts.queue_timeout} ms`,
+          retryAfterSeconds,
+        });
+      }
+      let response: Response;
+      try {
+        response = await next();
+      } catch (error) {
+        semaphore.release();
+        throw error;
+      }
+      if (isGatewayAnswer(response) || !response.body) {
+        semaphore.release();
+        return response;
+      }
+      return whenBodyDone(response, () => semaphore.release());
+    };
+  },
+});
