@@ -42,19 +42,24 @@ for i = 1, n do
 end
 
 local out = { allowed, retry, violated }
+local written = {}
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local window = tonumber(ARGV[3 + 2 * i])
   local reset = (buckets[i] + 1) * window - now
   local count = counts[i]
   if allowed == 1 and cost > 0 then
-    if stored[i] == buckets[i] then
-      count = redis.call('HINCRBY', KEYS[i], 'n', cost)
-    else
-      redis.call('HSET', KEYS[i], 'b', buckets[i], 'n', cost)
-      count = cost
+    count = count + cost
+    -- Limits with the same window share one key: the request counts in it once.
+    if not written[KEYS[i]] then
+      written[KEYS[i]] = true
+      if stored[i] == buckets[i] then
+        redis.call('HINCRBY', KEYS[i], 'n', cost)
+      else
+        redis.call('HSET', KEYS[i], 'b', buckets[i], 'n', cost)
+      end
+      redis.call('PEXPIRE', KEYS[i], reset)
     end
-    redis.call('PEXPIRE', KEYS[i], reset)
   end
   local remaining = limit - count
   if remaining < 0 then remaining = 0 end

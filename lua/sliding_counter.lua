@@ -53,18 +53,24 @@ for i = 1, n do
 end
 
 local out = { allowed, retry, violated }
+local written = {}
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local window = tonumber(ARGV[3 + 2 * i])
   local curr = currs[i]
   if allowed == 1 and cost > 0 then
-    curr = redis.call('HINCRBY', KEYS[i], buckets[i], cost)
-    if redis.call('HLEN', KEYS[i]) > 2 then
-      for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
-        if tonumber(field) < buckets[i] - 1 then redis.call('HDEL', KEYS[i], field) end
+    curr = curr + cost
+    -- Limits with the same window share one key: the request counts in it once.
+    if not written[KEYS[i]] then
+      written[KEYS[i]] = true
+      redis.call('HINCRBY', KEYS[i], buckets[i], cost)
+      if redis.call('HLEN', KEYS[i]) > 2 then
+        for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
+          if tonumber(field) < buckets[i] - 1 then redis.call('HDEL', KEYS[i], field) end
+        end
       end
+      redis.call('PEXPIRE', KEYS[i], 2 * window)
     end
-    redis.call('PEXPIRE', KEYS[i], 2 * window)
   end
   local scaled = limit * window - prevs[i] * (window - elapsed[i]) - curr * window
   local remaining = math.floor(scaled / window)

@@ -46,11 +46,15 @@ if after < 0 then
 end
 if cost < 0 then
   tokens = math.min(burst, after)
-  redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', at)
+  -- %.17g round-trips every double; tostring keeps 14 digits, and the lost bits
+  -- can tip a later ceil() to a different delay than the memory store's.
+  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'at', at)
   redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * period / rate) + 1000)
 elseif allowed == 1 and cost > 0 then
   tokens = after
-  redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', at)
+  -- %.17g round-trips every double; tostring keeps 14 digits, and the lost bits
+  -- can tip a later ceil() to a different delay than the memory store's.
+  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'at', at)
   redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * period / rate) + 1000)
 end
 local remaining = math.floor(tokens)

@@ -144,18 +144,24 @@ export class MemoryStore implements Store {
         if (violated < 0) violated = i;
       }
     });
+    // Limits with the same window share one log: the request is logged in it once.
+    const written = new Map<string, LogEntry>();
     const states = limits.map(({ limit, windowMs }, i) => {
       let entry = entries[i];
-      if (allowed && cost > 0) {
+      const key = limitKey(query.key, "log", windowMs);
+      if (allowed && cost > 0 && written.has(key)) {
+        entry = written.get(key);
+      } else if (allowed && cost > 0) {
         if (!entry) {
           entry = { kind: "log", runs: [], total: 0, expiresAt: 0 };
-          this.#entries.set(limitKey(query.key, "log", windowMs), entry);
+          this.#entries.set(key, entry);
         }
         const last = entry.runs.length - 2;
         if (last >= 0 && entry.runs[last] === now) entry.runs[last + 1]! += cost;
         else entry.runs.push(now, cost);
         entry.total += cost;
         entry.expiresAt = now + windowMs;
+        written.set(key, entry);
       }
       const remaining = Math.max(0, limit - (entry?.total ?? 0));
       const oldest = entry && entry.runs.length > 0 ? entry.runs[0]! : undefined;
