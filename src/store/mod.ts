@@ -28,7 +28,19 @@ export async function createStore(
   const primary = kind === "memory" ? new MemoryStore() : await RedisStore.connect(
     kind === "redis-cluster" ? { nodes: config.nodes?.length ? config.nodes : [url] } : { url },
   );
+  // A store that does not answer at start begins marked down: the fallback
+  // answers and the probe brings it up, instead of every first request timing out.
+  let up = true;
+  if (kind !== "memory") {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    up = await Promise.race([
+      primary.ping().then(() => true, () => false),
+      new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), 2_000)),
+    ]);
+    clearTimeout(timer);
+  }
   return new ResilientStore(primary, {
+    startDown: !up,
     timeoutMs: config.timeout,
     onFailure: config.on_failure,
     metrics: options.metrics,

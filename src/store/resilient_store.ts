@@ -8,6 +8,7 @@
  */
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
+import { LoopLag } from "../loop_lag.ts";
 import { MemoryStore } from "./memory_store.ts";
 import type {
   BucketQuery,
@@ -35,6 +36,8 @@ export interface ResilientStoreOptions {
   probeIntervalMs?: number;
   /** The local clock, for the over-limit cache. @default Date.now */
   clock?: () => number;
+  /** Start marked down (the store did not answer at start); the probe brings it up. @default false */
+  startDown?: boolean;
 }
 
 class StoreTimeoutError extends Error {
@@ -53,9 +56,13 @@ interface CachedDenial {
 export class ResilientStore implements LimitStore {
   readonly primary: Store;
   readonly local: MemoryStore;
-  #options: Required<Omit<ResilientStoreOptions, "metrics" | "log">> & ResilientStoreOptions;
+  #options:
+    & Required<Omit<ResilientStoreOptions, "metrics" | "log" | "startDown">>
+    & ResilientStoreOptions;
   #down = false;
   #failures = 0;
+  #firstFailureAt: number | undefined;
+  #lag = new LoopLag();
   #since = new Date();
   #lastError: string | null = null;
   #probe: ReturnType<typeof setInterval> | undefined;
@@ -72,6 +79,10 @@ export class ResilientStore implements LimitStore {
       ...options,
     };
     this.local = primary instanceof MemoryStore ? primary : new MemoryStore();
+    if (options.startDown && primary !== this.local) {
+      this.#lastError = "The store did not answer at start";
+      this.#markDown();
+    }
   }
 
   /** The store's kind. */
@@ -144,40 +155,59 @@ export class ResilientStore implements LimitStore {
 
   async #call<T>(run: () => Promise<T>): Promise<T> {
     const started = performance.now();
+    const timeoutMs = this.#options.timeoutMs;
+    const lagAtStart = this.#lag.total();
+    this.#lag.hold();
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       const result = await Promise.race([
         run(),
         new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () =>
-              reject(
-                new StoreTimeoutError(
-                  `The store did not answer within ${this.#options.timeoutMs} ms`,
-                ),
-              ),
-            this.#options.timeoutMs,
-          );
+          // The timeout counts the store's time, not the gateway's: time this
+          // event loop was too busy to read the reply is added back, up to
+          // 5x the timeout in all.
+          const check = () => {
+            const waited = performance.now() - started;
+            const busy = this.#lag.total() - lagAtStart;
+            const left = Math.min(timeoutMs + busy, 5 * timeoutMs) - waited;
+            if (left > 0.5) {
+              timer = setTimeout(check, left);
+            } else {
+              reject(new StoreTimeoutError(`The store did not answer within ${timeoutMs} ms`));
+            }
+          };
+          timer = setTimeout(check, timeoutMs);
         }),
       ]);
       this.#failures = 0;
+      this.#firstFailureAt = undefined;
       return result;
     } catch (error) {
       this.#failed(error);
       throw error;
     } finally {
       clearTimeout(timer);
+      this.#lag.release();
       this.#options.metrics?.storeDuration.observe((performance.now() - started) / 1000);
     }
   }
 
   #failed(error: unknown): void {
+    const now = performance.now();
     this.#failures++;
+    this.#firstFailureAt ??= now;
     this.#lastError = String((error as Error)?.message ?? error);
     this.#options.metrics?.storeErrors.inc({
       reason: error instanceof StoreTimeoutError ? "timeout" : "error",
     });
-    if (!this.#down && this.#failures >= this.#options.failureThreshold) this.#markDown();
+    // Errors in a row mean down. Timeouts in a row must also span at least one
+    // timeout: a burst of calls that all time out at once is one slow moment
+    // of a busy gateway, not an outage.
+    const spans = !(error instanceof StoreTimeoutError) ||
+      now - this.#firstFailureAt >= this.#options.timeoutMs;
+    if (!this.#down && this.#failures >= this.#options.failureThreshold && spans) {
+      this.#markDown();
+    }
   }
 
   #markDown(): void {
@@ -209,6 +239,7 @@ export class ResilientStore implements LimitStore {
       this.#probe = undefined;
       this.#down = false;
       this.#failures = 0;
+      this.#firstFailureAt = undefined;
       this.#since = new Date();
       this.#options.log?.info("store is up again", { store: this.primary.kind });
     } catch (error) {
