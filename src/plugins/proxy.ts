@@ -68,9 +68,13 @@ function requestHeaders(ctx: RequestContext, preserveHost: boolean): Headers {
   }
   if (!preserveHost) headers.delete("host");
   headers.set("x-request-id", ctx.requestId);
-  // Without this the HTTP client asks for gzip/br and decodes the body
-  // itself while keeping the upstream's Content-Encoding header.
-  if (!headers.has("accept-encoding")) headers.set("accept-encoding", "identity");
+  // Deno's fetch decodes a gzip or br body whenever the request's
+  // Accept-Encoding is anything but `identity` (the client's own value
+  // included), and keeps the Content-Encoding header: the client would get a
+  // decoded body labelled gzip. There is no opt-out (denoland/deno#12291), so
+  // the upstream is asked for `identity`, and whatever encoding it sends anyway
+  // reaches the client byte for byte.
+  headers.set("accept-encoding", "identity");
   return headers;
 }
 

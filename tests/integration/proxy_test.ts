@@ -1,0 +1,1043 @@
+/**
+ * The proxy through real sockets: what the upstream receives and what the
+ * client gets back (DESIGN.md section 3, "Proxy fidelity"). Where exact bytes
+ * matter (dot segments, hop-by-hop headers, a Host of our choosing, bodiless
+ * answers, compressed bodies) the client or the upstream speaks HTTP/1.1 by
+ * hand over a TCP socket.
+ */
+import assert from "node:assert/strict";
+import {
+  delay,
+  freePort,
+  startEchoUpstream,
+  startGateway,
+  startUpstream,
+  waitFor,
+} from "../_helpers.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+// ---------------------------------------------------------------------------
+// HTTP/1.1 on the wire
+
+/** A request or response head and body as read off a socket. */
+interface WireMessage {
+  /** The request line or the status line. */
+  start: string;
+  /** Every header line in order, names lower-cased. */
+  headers: [string, string][];
+  body: Uint8Array;
+}
+
+/** All values of one header, in order. */
+function values(message: WireMessage, name: string): string[] {
+  return message.headers.filter(([key]) => key === name).map(([, value]) => value);
+}
+
+/** The one value of a header (fails when it appears more than once). */
+function single(message: WireMessage, name: string): string | undefined {
+  const found = values(message, name);
+  assert.ok(found.length <= 1, `"${name}" appears ${found.length} times`);
+  return found[0];
+}
+
+function statusOf(message: WireMessage): number {
+  return Number(message.start.split(" ")[1]);
+}
+
+function indexOfCrlfCrlf(bytes: Uint8Array): number {
+  for (let i = 0; i + 3 < bytes.length; i++) {
+    if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) {
+      return i;
+    }
+  }
+  return -1;
+}
+
+/** Buffered reads of HTTP/1.1 messages from one connection. */
+class WireReader {
+  #conn: Deno.Conn;
+  #buffer = new Uint8Array(0);
+
+  constructor(conn: Deno.Conn) {
+    this.#conn = conn;
+  }
+
+  async #fill(): Promise<boolean> {
+    const chunk = new Uint8Array(64 * 1024);
+    const n = await this.#conn.read(chunk);
+    if (n === null) return false;
+    const joined = new Uint8Array(this.#buffer.length + n);
+    joined.set(this.#buffer);
+    joined.set(chunk.subarray(0, n), this.#buffer.length);
+    this.#buffer = joined;
+    return true;
+  }
+
+  #take(n: number): Uint8Array {
+    const taken = this.#buffer.slice(0, n);
+    this.#buffer = this.#buffer.slice(n);
+    return taken;
+  }
+
+  async #exactly(n: number): Promise<Uint8Array> {
+    while (this.#buffer.length < n) {
+      if (!await this.#fill()) {
+        throw new Error(`Connection closed ${n - this.#buffer.length} bytes short`);
+      }
+    }
+    return this.#take(n);
+  }
+
+  async #line(): Promise<string> {
+    for (;;) {
+      const end = this.#buffer.findIndex((byte, i) => byte === 13 && this.#buffer[i + 1] === 10);
+      if (end >= 0) {
+        const line = decoder.decode(this.#take(end));
+        this.#take(2);
+        return line;
+      }
+      if (!await this.#fill()) throw new Error("Connection closed in the middle of a line");
+    }
+  }
+
+  /** The next head, or undefined when the peer closed before sending one. */
+  async head(): Promise<Omit<WireMessage, "body"> | undefined> {
+    let end: number;
+    while ((end = indexOfCrlfCrlf(this.#buffer)) < 0) {
+      if (!await this.#fill()) {
+        if (this.#buffer.length === 0) return undefined;
+        throw new Error("Connection closed in the middle of a head");
+      }
+    }
+    const lines = decoder.decode(this.#take(end)).split("\r\n");
+    this.#take(4);
+    const headers = lines.slice(1).map((line): [string, string] => {
+      const colon = line.indexOf(":");
+      return [line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim()];
+    });
+    return { start: lines[0]!, headers };
+  }
+
+  /** The body that follows a head: chunked, by Content-Length, or (responses) to the end. */
+  async body(head: Omit<WireMessage, "body">, untilClose: boolean): Promise<Uint8Array> {
+    const message = { ...head, body: new Uint8Array(0) };
+    if (values(message, "transfer-encoding").join(",").toLowerCase().includes("chunked")) {
+      const parts: Uint8Array[] = [];
+      for (;;) {
+        const size = parseInt((await this.#line()).split(";")[0]!, 16);
+        if (size === 0) {
+          while ((await this.#line()) !== "") {
+            // trailer fields
+          }
+          break;
+        }
+        parts.push(await this.#exactly(size));
+        await this.#exactly(2);
+      }
+      return concat(parts);
+    }
+    const length = single(message, "content-length");
+    if (length !== undefined) return await this.#exactly(Number(length));
+    if (!untilClose) return new Uint8Array(0);
+    while (await this.#fill()) {
+      // to the end of the connection
+    }
+    return this.#take(this.#buffer.length);
+  }
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/** A client connection that writes requests byte for byte and reads the responses. */
+class RawClient {
+  #conn: Deno.Conn;
+  #reader: WireReader;
+
+  private constructor(conn: Deno.Conn) {
+    this.#conn = conn;
+    this.#reader = new WireReader(conn);
+  }
+
+  static async open(port: number): Promise<RawClient> {
+    return new RawClient(await Deno.connect({ hostname: "127.0.0.1", port }));
+  }
+
+  async send(text: string | Uint8Array): Promise<void> {
+    const bytes = typeof text === "string" ? encoder.encode(text) : text;
+    for (let written = 0; written < bytes.length;) {
+      written += await this.#conn.write(bytes.subarray(written));
+    }
+  }
+
+  /** Reads one response; `method` says whether a body may follow. */
+  async response(method = "GET"): Promise<WireMessage> {
+    const head = await this.#reader.head();
+    if (!head) throw new Error("The gateway closed the connection without an answer");
+    const status = statusOf({ ...head, body: new Uint8Array(0) });
+    const bodiless = method === "HEAD" || status === 204 || status === 304 || status < 200;
+    const body = bodiless ? new Uint8Array(0) : await this.#reader.body(head, true);
+    return { ...head, body };
+  }
+
+  close(): void {
+    try {
+      this.#conn.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Sends one request on a new connection and reads its answer. */
+async function rawRequest(port: number, text: string, method = "GET"): Promise<WireMessage> {
+  using client = await RawClient.open(port);
+  await client.send(text);
+  return await client.response(method);
+}
+
+/** An upstream that speaks HTTP/1.1 by hand: it records each request and writes `respond`'s bytes, then closes. */
+interface RawUpstream {
+  url: string;
+  requests: WireMessage[];
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+function startRawUpstream(respond: (request: WireMessage) => string): RawUpstream {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const requests: WireMessage[] = [];
+  const conns = new Set<Deno.Conn>();
+  const handlers = new Set<Promise<void>>();
+  const serve = async (conn: Deno.Conn) => {
+    try {
+      const reader = new WireReader(conn);
+      const head = await reader.head();
+      if (!head) return;
+      const request = { ...head, body: await reader.body(head, false) };
+      requests.push(request);
+      const bytes = encoder.encode(respond(request));
+      for (let written = 0; written < bytes.length;) {
+        written += await conn.write(bytes.subarray(written));
+      }
+    } catch {
+      // the gateway went away
+    } finally {
+      conns.delete(conn);
+      conn.close();
+    }
+  };
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        conns.add(conn);
+        const handler = serve(conn);
+        handlers.add(handler);
+        handler.finally(() => handlers.delete(handler));
+      }
+    } catch {
+      // closed
+    }
+  })();
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    requests,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await accepting;
+      for (const conn of conns) conn.close();
+      await Promise.allSettled([...handlers]);
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+/** A one-route config that forwards everything to `upstream`. */
+function proxyOnly(upstream: string, timeout?: string): string {
+  return `routes:
+  - name: api
+    upstream: { url: ${upstream}${timeout ? `, timeout: ${timeout}` : ""} }
+    pipeline:
+      - proxy: {}
+`;
+}
+
+/** The echo upstream's headers as a map (last value wins). */
+function echoedHeaders(echoed: { headers: [string, string][] }): Map<string, string> {
+  return new Map(echoed.headers);
+}
+
+/** Asserts an RFC 9457 answer made by the gateway and returns its body. */
+async function assertProblem(response: Response, status: number): Promise<Record<string, unknown>> {
+  assert.equal(response.status, status);
+  assert.equal(response.headers.get("content-type"), "application/problem+json");
+  const body = await response.json();
+  assert.equal(body.status, status);
+  for (const member of ["type", "title", "detail"]) {
+    assert.equal(typeof body[member], "string", `problem member "${member}"`);
+    assert.notEqual(body[member], "", `problem member "${member}"`);
+  }
+  return body;
+}
+
+/** Resolves when the signal aborts. */
+function aborted(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener("abort", () => resolve(), { once: true });
+  });
+}
+
+/** Waits for `promise` at most `ms`; false when the time ran out. */
+async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise.then(() => true),
+      new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), ms)),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+// ---------------------------------------------------------------------------
+// Method, body, path and query
+
+Deno.test("proxy: method and body reach the upstream", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  for (const method of ["POST", "PUT", "PATCH", "DELETE"]) {
+    const payload = `{"method":"${method}","n":${method.length}}`;
+    const response = await fetch(`${gw.url}/things/7`, {
+      method,
+      body: payload,
+      headers: { "content-type": "application/json", "x-custom": `for-${method}` },
+    });
+    assert.equal(response.status, 200);
+    const echoed = await response.json();
+    assert.equal(echoed.method, method);
+    assert.equal(echoed.body, payload);
+    assert.equal(echoedHeaders(echoed).get("x-custom"), `for-${method}`);
+    assert.equal(echoedHeaders(echoed).get("content-type"), "application/json");
+  }
+  const get = await (await fetch(`${gw.url}/things/7`)).json();
+  assert.equal(get.method, "GET");
+  assert.equal(get.body, "");
+});
+
+Deno.test("proxy: a body sent with Content-Length is forwarded with that Content-Length", async () => {
+  // Some upstreams (object stores among them) refuse chunked uploads.
+  await using upstream = startRawUpstream(() =>
+    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const payload = "x".repeat(100_000);
+  const response = await fetch(`${gw.url}/objects/1`, { method: "PUT", body: payload });
+  assert.equal(await response.text(), "ok");
+  const received = upstream.requests[0]!;
+  assert.equal(received.start, "PUT /objects/1 HTTP/1.1");
+  assert.equal(single(received, "content-length"), String(payload.length));
+  assert.equal(single(received, "transfer-encoding"), undefined);
+  assert.equal(decoder.decode(received.body), payload);
+});
+
+Deno.test("proxy: the upstream's status, headers and body come back as sent, redirects included", async () => {
+  await using upstream = startUpstream((request) => {
+    const status = Number(new URL(request.url).searchParams.get("status"));
+    const headers = { "x-upstream": "yes", "content-type": "text/plain" };
+    if (status === 302) {
+      return new Response(null, { status, headers: { ...headers, location: "/elsewhere" } });
+    }
+    return new Response(`upstream said ${status}`, { status, headers });
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  for (const status of [200, 201, 302, 404, 418, 500, 503]) {
+    const response = await fetch(`${gw.url}/s?status=${status}`, { redirect: "manual" });
+    assert.equal(response.status, status);
+    assert.equal(response.headers.get("x-upstream"), "yes");
+    assert.equal(response.headers.get("content-type"), "text/plain");
+    const body = await response.text();
+    if (status === 302) {
+      assert.equal(response.headers.get("location"), "/elsewhere");
+    } else {
+      assert.equal(body, `upstream said ${status}`);
+    }
+  }
+});
+
+Deno.test("proxy: path and query reach the upstream as received (encodings, repeated keys, order)", async () => {
+  const seen: string[] = [];
+  await using upstream = startUpstream((request) => {
+    // Deno.serve gives the request target as it came off the wire.
+    seen.push(request.url.slice(request.url.indexOf("/", "http://".length)));
+    return new Response("ok");
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const targets = [
+    "/files/a%2Fb/c%20d/%7Euser/x+y",
+    "/search?q=1&tag=a%20b&q=2&empty=&q=3&enc=a%2Bb%26c%3Dd&plus=a+b&z=last",
+    "/files/a%2Fb?b=2&a=1&b=1&a=2",
+    "/unicode/%E2%82%AC?name=%C3%A9t%C3%A9",
+  ];
+  for (const target of targets) {
+    const answer = await rawRequest(
+      gw.gateway.addr.port,
+      `GET ${target} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n`,
+    );
+    assert.equal(statusOf(answer), 200);
+  }
+  assert.deepEqual(seen, targets);
+  // And through an ordinary client.
+  const echoed = await (await fetch(`${gw.url}/p%2Fq/r%20s?k=v%26w&k=2&k=1`)).text();
+  assert.equal(echoed, "ok");
+  assert.equal(seen.at(-1), "/p%2Fq/r%20s?k=v%26w&k=2&k=1");
+});
+
+Deno.test("proxy: dot segments are resolved before routing and before forwarding", async () => {
+  const publicSeen: string[] = [];
+  const privateSeen: string[] = [];
+  await using publicUpstream = startUpstream((request) => {
+    publicSeen.push(new URL(request.url).pathname);
+    return new Response("public");
+  });
+  await using privateUpstream = startUpstream((request) => {
+    privateSeen.push(new URL(request.url).pathname);
+    return new Response("private");
+  });
+  await using gw = await startGateway(`routes:
+  - name: public
+    match: { path_prefix: /public }
+    upstream: { url: ${publicUpstream.url} }
+    pipeline:
+      - proxy: {}
+  - name: private
+    match: { path_prefix: /private }
+    upstream: { url: ${privateUpstream.url} }
+    pipeline:
+      - identify: { from: [header:x-api-key], required: true }
+      - proxy: {}
+  - name: rest
+    upstream: { url: ${publicUpstream.url} }
+    pipeline:
+      - proxy: {}
+`);
+  const port = gw.gateway.addr.port;
+  const get = (target: string, extra = "") =>
+    rawRequest(port, `GET ${target} HTTP/1.1\r\nHost: a\r\n${extra}Connection: close\r\n\r\n`);
+
+  // /public/../private is /private: its route (and its identify step) answers.
+  for (const target of ["/public/../private/secret", "/public/%2e%2e/private/secret"]) {
+    const denied = await get(target);
+    assert.equal(statusOf(denied), 401, target);
+    assert.equal(single(denied, "content-type"), "application/problem+json");
+  }
+  assert.deepEqual(publicSeen, []);
+  assert.deepEqual(privateSeen, []);
+
+  const allowed = await get("/public/../private/secret", "X-Api-Key: k1\r\n");
+  assert.equal(statusOf(allowed), 200);
+  assert.equal(decoder.decode(allowed.body), "private");
+  assert.deepEqual(privateSeen, ["/private/secret"]);
+
+  // /a/../b reaches the upstream as /b.
+  for (const target of ["/a/../b", "/a/./c/../d", "/x/y/../../z"]) {
+    const answer = await get(target);
+    assert.equal(statusOf(answer), 200, target);
+  }
+  assert.deepEqual(publicSeen, ["/b", "/a/d", "/z"]);
+});
+
+Deno.test("proxy: strip_prefix removes the route's prefix; by default it is kept", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(`routes:
+  - name: stripped
+    match: { path_prefix: /api }
+    strip_prefix: true
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - proxy: {}
+  - name: kept
+    match: { path_prefix: /keep }
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - proxy: {}
+`);
+  const cases: [string, string, string][] = [
+    ["/api/users/1?full=1", "/users/1", "?full=1"],
+    ["/api", "/", ""],
+    ["/api/", "/", ""],
+    ["/api/api/x", "/api/x", ""],
+    ["/keep/users/1?full=1", "/keep/users/1", "?full=1"],
+    ["/keep", "/keep", ""],
+  ];
+  for (const [sent, path, search] of cases) {
+    const echoed = await (await fetch(`${gw.url}${sent}`)).json();
+    assert.equal(echoed.path, path, sent);
+    assert.equal(echoed.search, search, sent);
+  }
+  // The prefix matches whole segments only.
+  const other = await fetch(`${gw.url}/apis/x`);
+  await assertProblem(other, 404);
+});
+
+// ---------------------------------------------------------------------------
+// Headers
+
+const HOP_BY_HOP = [
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "upgrade",
+  "x-hop-named",
+  "x-hop-other",
+];
+
+Deno.test("proxy: hop-by-hop request headers (and those named in Connection) do not reach the upstream", async () => {
+  await using upstream = startRawUpstream(() =>
+    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const payload = "hello upstream";
+  const answer = await rawRequest(
+    gw.gateway.addr.port,
+    [
+      "POST /hop HTTP/1.1",
+      "Host: gateway.test",
+      "Connection: keep-alive, X-Hop-Named, x-hop-other",
+      "Keep-Alive: timeout=5, max=100",
+      "Proxy-Connection: keep-alive",
+      "Proxy-Authenticate: Basic realm=x",
+      "Proxy-Authorization: Basic dXNlcjpwYXNz",
+      "TE: trailers",
+      "Trailer: X-Checksum",
+      "Upgrade: example/1",
+      "X-Hop-Named: secret-1",
+      "X-Hop-Other: secret-2",
+      "X-End-To-End: kept",
+      "Authorization: Bearer end-to-end",
+      "Transfer-Encoding: chunked",
+      "",
+      `${payload.length.toString(16)}\r\n${payload}\r\n0\r\n\r\n`,
+    ].join("\r\n"),
+  );
+  assert.equal(statusOf(answer), 200);
+  assert.equal(upstream.requests.length, 1);
+  const received = upstream.requests[0]!;
+  for (const name of HOP_BY_HOP) {
+    assert.deepEqual(values(received, name), [], `the upstream got "${name}"`);
+  }
+  // The gateway frames the body itself: one Transfer-Encoding or Content-Length, never the client's.
+  const framing = values(received, "transfer-encoding");
+  assert.ok(framing.length <= 1 && (framing[0] ?? "chunked") === "chunked", String(framing));
+  assert.equal(single(received, "x-end-to-end"), "kept");
+  assert.equal(single(received, "authorization"), "Bearer end-to-end");
+  assert.equal(decoder.decode(received.body), payload);
+});
+
+Deno.test("proxy: hop-by-hop response headers (and those named in Connection) do not reach the client", async () => {
+  await using upstream = startRawUpstream(() =>
+    [
+      "HTTP/1.1 200 OK",
+      "Connection: close, X-Hop-Named, x-hop-other",
+      "Keep-Alive: timeout=5",
+      "Proxy-Connection: keep-alive",
+      "Proxy-Authenticate: Basic realm=upstream",
+      "Proxy-Authorization: Basic eDp5",
+      "TE: trailers",
+      "Trailer: X-Checksum",
+      "Upgrade: example/1",
+      "X-Hop-Named: secret-1",
+      "X-Hop-Other: secret-2",
+      "X-End-To-End: kept",
+      "Content-Type: text/plain",
+      "Transfer-Encoding: chunked",
+      "",
+      "5\r\nhello\r\n7\r\n, world\r\n0\r\nX-Checksum: 1\r\n\r\n",
+    ].join("\r\n")
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  // A keep-alive request, so the gateway's own server has no reason to send Connection.
+  using client = await RawClient.open(gw.gateway.addr.port);
+  await client.send("GET /hop HTTP/1.1\r\nHost: gateway.test\r\n\r\n");
+  const answer = await client.response();
+  assert.equal(statusOf(answer), 200);
+  for (const name of HOP_BY_HOP) {
+    assert.deepEqual(values(answer, name), [], `the client got "${name}"`);
+  }
+  const framing = values(answer, "transfer-encoding");
+  assert.ok(framing.length <= 1 && (framing[0] ?? "chunked") === "chunked", String(framing));
+  assert.equal(single(answer, "x-end-to-end"), "kept");
+  assert.equal(decoder.decode(answer.body), "hello, world");
+});
+
+Deno.test("proxy: every Set-Cookie header of the upstream reaches the client", async () => {
+  const cookies = [
+    "session=abc; Path=/; HttpOnly",
+    "theme=dark; Max-Age=3600",
+    "lang=en, fr; Path=/docs",
+    "expires=x; Expires=Wed, 21 Oct 2026 07:28:00 GMT",
+  ];
+  await using upstream = startUpstream(() => {
+    const headers = new Headers();
+    for (const cookie of cookies) headers.append("set-cookie", cookie);
+    return new Response("ok", { headers });
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const response = await fetch(`${gw.url}/login`);
+  await response.body?.cancel();
+  assert.deepEqual(response.headers.getSetCookie(), cookies);
+  const wire = await rawRequest(
+    gw.gateway.addr.port,
+    "GET /login HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+  );
+  assert.deepEqual(values(wire, "set-cookie"), cookies);
+});
+
+Deno.test("proxy: X-Forwarded-For is appended to; X-Forwarded-Proto and X-Forwarded-Host are set", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const headersSeen = async (headers: Record<string, string>) =>
+    echoedHeaders(await (await fetch(`${gw.url}/xf`, { headers })).json());
+
+  const plain = await headersSeen({});
+  assert.equal(plain.get("x-forwarded-for"), "127.0.0.1");
+  assert.equal(plain.get("x-forwarded-proto"), "http");
+  assert.equal(plain.get("x-forwarded-host"), `127.0.0.1:${gw.gateway.addr.port}`);
+
+  // The peer is not a trusted proxy: its X-Forwarded-For is still appended to
+  // (trust only decides identity), its X-Forwarded-Proto/Host are replaced.
+  const spoofed = await headersSeen({
+    "x-forwarded-for": "203.0.113.7, 198.51.100.2",
+    "x-forwarded-proto": "https",
+    "x-forwarded-host": "evil.example",
+  });
+  assert.equal(spoofed.get("x-forwarded-for"), "203.0.113.7, 198.51.100.2, 127.0.0.1");
+  assert.equal(spoofed.get("x-forwarded-proto"), "http");
+  assert.equal(spoofed.get("x-forwarded-host"), `127.0.0.1:${gw.gateway.addr.port}`);
+});
+
+Deno.test("proxy: a trusted proxy's X-Forwarded-Proto and X-Forwarded-Host are kept", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(
+    `trusted_proxies: [127.0.0.1/32]\n${proxyOnly(upstream.url)}`,
+  );
+  const echoed = await (await fetch(`${gw.url}/xf`, {
+    headers: {
+      "x-forwarded-for": "203.0.113.7",
+      "x-forwarded-proto": "https",
+      "x-forwarded-host": "shop.example",
+    },
+  })).json();
+  const seen = echoedHeaders(echoed);
+  assert.equal(seen.get("x-forwarded-for"), "203.0.113.7, 127.0.0.1");
+  assert.equal(seen.get("x-forwarded-proto"), "https");
+  assert.equal(seen.get("x-forwarded-host"), "shop.example");
+});
+
+Deno.test("proxy: Host is the upstream's host:port, or the client's with preserve_host: true", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(`routes:
+  - name: preserved
+    match: { path_prefix: /preserve }
+    preserve_host: true
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - proxy: {}
+  - name: rewritten
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - proxy: {}
+`);
+  const seen = async (path: string) => {
+    const answer = await rawRequest(
+      gw.gateway.addr.port,
+      `GET ${path} HTTP/1.1\r\nHost: api.example.com:8443\r\nConnection: close\r\n\r\n`,
+    );
+    assert.equal(statusOf(answer), 200);
+    return echoedHeaders(JSON.parse(decoder.decode(answer.body)));
+  };
+  const rewritten = await seen("/rewrite");
+  assert.equal(rewritten.get("host"), `127.0.0.1:${upstream.port}`);
+  assert.equal(rewritten.get("x-forwarded-host"), "api.example.com:8443");
+  const preserved = await seen("/preserve/x");
+  assert.equal(preserved.get("host"), "api.example.com:8443");
+  assert.equal(preserved.get("x-forwarded-host"), "api.example.com:8443");
+
+  // The same through fetch with a Host of our choosing.
+  using client = Deno.createHttpClient({ allowHost: true });
+  const response = await fetch(`${gw.url}/preserve/y`, {
+    client,
+    headers: { host: "other.example" },
+  });
+  assert.equal(echoedHeaders(await response.json()).get("host"), "other.example");
+});
+
+Deno.test("proxy: X-Request-Id is passed through when sent, made when not, and shown on the response", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(proxyOnly(upstream.url));
+
+  const sent = await fetch(`${gw.url}/r`, { headers: { "x-request-id": "trace-abc-123" } });
+  assert.equal(echoedHeaders(await sent.json()).get("x-request-id"), "trace-abc-123");
+  assert.equal(sent.headers.get("x-request-id"), "trace-abc-123");
+
+  const ids = new Set<string>();
+  for (let i = 0; i < 3; i++) {
+    const made = await fetch(`${gw.url}/r`);
+    const upstreamId = echoedHeaders(await made.json()).get("x-request-id");
+    assert.match(upstreamId ?? "", UUID_RE);
+    assert.equal(made.headers.get("x-request-id"), upstreamId);
+    ids.add(upstreamId!);
+  }
+  assert.equal(ids.size, 3);
+
+  // An id that is not a short printable token is replaced, not passed on.
+  for (const bad of ["x".repeat(500), "has space"]) {
+    const replaced = await fetch(`${gw.url}/r`, { headers: { "x-request-id": bad } });
+    const upstreamId = echoedHeaders(await replaced.json()).get("x-request-id");
+    assert.match(upstreamId ?? "", UUID_RE);
+    assert.equal(replaced.headers.get("x-request-id"), upstreamId);
+  }
+});
+
+Deno.test("proxy: HEAD, 204 and 304 answers carry no body", async () => {
+  await using upstream = startUpstream((request) => {
+    const path = new URL(request.url).pathname;
+    if (path === "/204") return new Response(null, { status: 204, headers: { "x-kind": "204" } });
+    if (path === "/304") {
+      return new Response(null, { status: 304, headers: { etag: '"v1"', "x-kind": "304" } });
+    }
+    return new Response("hello world", { headers: { etag: '"v1"', "x-kind": "page" } });
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  // One keep-alive connection: a stray body byte would corrupt the next answer.
+  using client = await RawClient.open(gw.gateway.addr.port);
+  const exchange = async (method: string, path: string, extra = "") => {
+    await client.send(`${method} ${path} HTTP/1.1\r\nHost: a\r\n${extra}\r\n`);
+    return await client.response(method);
+  };
+  const head = await exchange("HEAD", "/page");
+  assert.equal(statusOf(head), 200);
+  assert.equal(single(head, "x-kind"), "page");
+  assert.equal(single(head, "content-length"), "11");
+  const noContent = await exchange("GET", "/204");
+  assert.equal(statusOf(noContent), 204);
+  assert.equal(single(noContent, "x-kind"), "204");
+  assert.equal(single(noContent, "content-length") ?? "0", "0");
+  assert.equal(single(noContent, "transfer-encoding"), undefined);
+  const notModified = await exchange("GET", "/304", 'If-None-Match: "v1"\r\n');
+  assert.equal(statusOf(notModified), 304);
+  assert.equal(single(notModified, "etag"), '"v1"');
+  assert.equal(single(notModified, "transfer-encoding"), undefined);
+  const page = await exchange("GET", "/page");
+  assert.equal(statusOf(page), 200);
+  assert.equal(decoder.decode(page.body), "hello world");
+
+  const viaFetch = await fetch(`${gw.url}/page`, { method: "HEAD" });
+  assert.equal(viaFetch.status, 200);
+  assert.equal(await viaFetch.text(), "");
+});
+
+// ---------------------------------------------------------------------------
+// Upstream failures and timeouts
+
+Deno.test("proxy: an upstream that refuses the connection answers 502 problem+json", async () => {
+  await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${freePort()}`));
+  const response = await fetch(`${gw.url}/down`, { method: "POST", body: "lost" });
+  const body = await assertProblem(response, 502);
+  assert.match(response.headers.get("x-request-id") ?? "", UUID_RE);
+  assert.notEqual(body.type, "about:blank");
+});
+
+Deno.test("proxy: an upstream slower than upstream.timeout to send headers answers 504 and is aborted", async () => {
+  let started = 0;
+  let abandoned = 0;
+  await using upstream = startUpstream(async (request) => {
+    started++;
+    // The upstream answers after 5 s (25 times the timeout) unless the gateway gives up first.
+    if (await within(aborted(request.signal), 5_000)) abandoned++;
+    return new Response("too late");
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url, "200ms"));
+  const response = await fetch(`${gw.url}/slow`);
+  const body = await assertProblem(response, 504);
+  assert.match(String(body.detail), /200 ms/);
+  assert.equal(started, 1);
+  // The gateway gave up on the upstream request rather than leaving it running.
+  assert.ok(await waitFor(() => abandoned === 1), "the upstream request was not aborted");
+});
+
+Deno.test("proxy: a slow body after fast headers is not cut by upstream.timeout", async () => {
+  const parts = ["one ", "two ", "three ", "four"];
+  await using upstream = startUpstream(() => {
+    let index = 0;
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          // Each pause is most of the 200 ms timeout; together they are well past it.
+          if (index > 0) await delay(150);
+          if (index === parts.length) return controller.close();
+          controller.enqueue(encoder.encode(parts[index++]));
+        },
+      }),
+      { headers: { "content-type": "text/plain" } },
+    );
+  });
+  await using gw = await startGateway(
+    proxyOnly(upstream.url, "200ms"),
+  );
+  const response = await fetch(`${gw.url}/trickle`);
+  assert.equal(response.status, 200);
+  assert.equal(await response.text(), parts.join(""));
+});
+
+// ---------------------------------------------------------------------------
+// Clients that hang up
+
+Deno.test("proxy: a client that hangs up before the answer aborts the upstream request", async () => {
+  const release = Promise.withResolvers<void>();
+  let started = 0;
+  let abandoned = 0;
+  await using upstream = startUpstream(async (request) => {
+    started++;
+    await Promise.race([release.promise, aborted(request.signal)]);
+    if (request.signal.aborted) abandoned++;
+    return new Response("nobody is listening");
+  });
+  try {
+    await using gw = await startGateway(proxyOnly(upstream.url));
+    using client = await RawClient.open(gw.gateway.addr.port);
+    await client.send("GET /wait HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert.ok(await waitFor(() => started === 1), "the request never reached the upstream");
+    client.close();
+    assert.ok(await waitFor(() => abandoned === 1), "the upstream request was not aborted");
+  } finally {
+    release.resolve();
+  }
+});
+
+Deno.test("proxy: a client that hangs up during the download cancels the upstream's body", async () => {
+  let cancelled = false;
+  await using upstream = startUpstream(() =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        pull(controller) {
+          controller.enqueue(new Uint8Array(16 * 1024).fill(120));
+        },
+        cancel() {
+          cancelled = true;
+        },
+      }),
+    )
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const controller = new AbortController();
+  const response = await fetch(`${gw.url}/endless`, { signal: controller.signal });
+  const reader = response.body!.getReader();
+  const first = await reader.read();
+  assert.ok(first.value && first.value.length > 0);
+  controller.abort();
+  await reader.closed.catch(() => {});
+  assert.ok(await waitFor(() => cancelled), "the upstream's body stream was not cancelled");
+});
+
+Deno.test("proxy: a client that hangs up during the upload ends the upstream's body in an error, not a short body", async () => {
+  let received = 0;
+  let outcome: "error" | "complete" | undefined;
+  await using upstream = startUpstream(async (request) => {
+    try {
+      for await (const chunk of request.body!) received += chunk.length;
+      outcome = "complete";
+    } catch {
+      outcome = "error";
+    }
+    return new Response("done");
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  for (const framing of ["Content-Length: 10000000", "Transfer-Encoding: chunked"]) {
+    received = 0;
+    outcome = undefined;
+    using client = await RawClient.open(gw.gateway.addr.port);
+    await client.send(`POST /upload HTTP/1.1\r\nHost: a\r\n${framing}\r\n\r\n`);
+    const part = new Uint8Array(64 * 1024).fill(97);
+    if (framing.startsWith("Transfer")) {
+      await client.send(concat([encoder.encode("10000\r\n"), part, encoder.encode("\r\n")]));
+    } else {
+      await client.send(part);
+    }
+    assert.ok(await waitFor(() => received > 0), `${framing}: nothing reached the upstream`);
+    client.close();
+    assert.ok(await waitFor(() => outcome !== undefined), `${framing}: the upload never ended`);
+    assert.equal(outcome, "error", `${framing}: the upstream took a cut-off upload as complete`);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Streaming, connection reuse, encodings
+
+const MIB = 1024 * 1024;
+const TOTAL = 64 * MIB;
+const CHUNK = 64 * 1024;
+const PERIOD = 251; // prime, so chunk boundaries never line up with the pattern
+
+/** `length` bytes of the pattern starting at stream offset `offset`. */
+function patternChunk(offset: number, length: number): Uint8Array {
+  const chunk = new Uint8Array(length);
+  let value = offset % PERIOD;
+  for (let i = 0; i < length; i++) {
+    chunk[i] = value;
+    if (++value === PERIOD) value = 0;
+  }
+  return chunk;
+}
+
+/** Counts bytes and checks each is the pattern's byte at its offset. */
+class PatternCheck {
+  bytes = 0;
+  firstBad = -1;
+  #next = 0;
+  push(chunk: Uint8Array): void {
+    let next = this.#next;
+    for (let i = 0; i < chunk.length; i++) {
+      if (chunk[i] !== next && this.firstBad < 0) this.firstBad = this.bytes + i;
+      if (++next === PERIOD) next = 0;
+    }
+    this.#next = next;
+    this.bytes += chunk.length;
+  }
+}
+
+/** A 64 MiB pattern stream that pauses after its first chunk until `resume` resolves. */
+function patternStream(resume: Promise<unknown>, onStall: () => void): ReadableStream<Uint8Array> {
+  let offset = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (offset === CHUNK && !await within(resume, 10_000)) {
+        onStall();
+        controller.error(new Error("The other side saw nothing of the first chunk"));
+        return;
+      }
+      if (offset >= TOTAL) return controller.close();
+      controller.enqueue(patternChunk(offset, CHUNK));
+      offset += CHUNK;
+    },
+  });
+}
+
+Deno.test("proxy: a 64 MiB upload is streamed to the upstream, not buffered, every byte intact", async () => {
+  const firstBytes = Promise.withResolvers<void>();
+  await using upstream = startUpstream(async (request) => {
+    const check = new PatternCheck();
+    for await (const chunk of request.body!) {
+      check.push(chunk);
+      firstBytes.resolve();
+    }
+    return Response.json({ bytes: check.bytes, firstBad: check.firstBad });
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  let stalled = false;
+  // The client holds back all but the first chunk until the upstream has seen
+  // bytes: a gateway that buffers the whole upload would never let it.
+  const response = await fetch(`${gw.url}/upload`, {
+    method: "POST",
+    body: patternStream(firstBytes.promise, () => stalled = true),
+  }).catch((error) => error as Error);
+  assert.equal(stalled, false, "the upstream saw no bytes before the client finished: buffered");
+  assert.ok(response instanceof Response, String(response));
+  assert.deepEqual(await response.json(), { bytes: TOTAL, firstBad: -1 });
+});
+
+Deno.test("proxy: a 64 MiB download is streamed to the client, not buffered, every byte intact", async () => {
+  const clientGotBytes = Promise.withResolvers<void>();
+  let stalled = false;
+  await using upstream = startUpstream(() =>
+    new Response(patternStream(clientGotBytes.promise, () => stalled = true), {
+      headers: { "content-type": "application/octet-stream" },
+    })
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const response = await fetch(`${gw.url}/download`);
+  assert.equal(response.status, 200);
+  const check = new PatternCheck();
+  let failure: unknown;
+  try {
+    for await (const chunk of response.body!) {
+      check.push(chunk);
+      clientGotBytes.resolve();
+    }
+  } catch (error) {
+    failure = error;
+  }
+  assert.equal(stalled, false, "the client saw no bytes before the upstream finished: buffered");
+  assert.equal(failure, undefined);
+  assert.equal(check.bytes, TOTAL);
+  assert.equal(check.firstBad, -1);
+});
+
+Deno.test("proxy: upstream connections are kept alive and reused", async () => {
+  const ports = new Set<number>();
+  await using upstream = startUpstream((_request, info) => {
+    ports.add(info.remoteAddr.port);
+    return new Response("ok");
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  for (let i = 0; i < 20; i++) {
+    const response = await fetch(`${gw.url}/n/${i}`, i % 2 ? { method: "POST", body: "x" } : {});
+    assert.equal(await response.text(), "ok");
+  }
+  assert.ok(ports.size <= 3, `20 sequential requests used ${ports.size} upstream connections`);
+});
+
+Deno.test("proxy: a gzip response reaches the client byte for byte with its Content-Encoding", async () => {
+  const text = "sluice keeps the upstream's bytes. ".repeat(2_000);
+  const gzipped = new Uint8Array(
+    await new Response(
+      new Blob([text]).stream().pipeThrough(new CompressionStream("gzip")),
+    ).arrayBuffer(),
+  );
+  await using upstream = startUpstream(() =>
+    new Response(gzipped, {
+      headers: {
+        "content-encoding": "gzip",
+        "content-type": "text/plain",
+        vary: "accept-encoding",
+      },
+    })
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  for (const acceptEncoding of ["gzip, deflate, br", "gzip", undefined]) {
+    const answer = await rawRequest(
+      gw.gateway.addr.port,
+      `GET /compressed HTTP/1.1\r\nHost: a\r\n${
+        acceptEncoding ? `Accept-Encoding: ${acceptEncoding}\r\n` : ""
+      }Connection: close\r\n\r\n`,
+    );
+    assert.equal(statusOf(answer), 200);
+    assert.equal(single(answer, "content-encoding"), "gzip", String(acceptEncoding));
+    assert.deepEqual(answer.body, gzipped, `bytes differ with Accept-Encoding ${acceptEncoding}`);
+  }
+  // An ordinary client (which asks for gzip and decodes it) reads the text.
+  const response = await fetch(`${gw.url}/compressed`);
+  assert.equal(response.headers.get("content-encoding"), "gzip");
+  assert.equal(await response.text(), text);
+});
