@@ -32,7 +32,8 @@ function parseIpv4(text: string): Uint8Array | undefined {
   const bytes = new Uint8Array(4);
   for (let i = 0; i < 4; i++) {
     const part = parts[i]!;
-    if (!/^\d{1,3}$/.test(part)) return undefined;
+    // No leading zeros: `010` is 8 to some parsers and 10 to others.
+    if (!/^(0|[1-9]\d{0,2})$/.test(part)) return undefined;
     const value = Number(part);
     if (value > 255) return undefined;
     bytes[i] = value;
@@ -43,13 +44,14 @@ function parseIpv4(text: string): Uint8Array | undefined {
 function parseIpv6(text: string): Uint8Array | undefined {
   const halves = text.split("::");
   if (halves.length > 2) return undefined;
-  const groups = (half: string): number[] | undefined => {
+  // An embedded IPv4 address may only end the whole address.
+  const groups = (half: string, last: boolean): number[] | undefined => {
     if (half === "") return [];
     const out: number[] = [];
     const pieces = half.split(":");
     for (let i = 0; i < pieces.length; i++) {
       const piece = pieces[i]!;
-      if (i === pieces.length - 1 && piece.includes(".")) {
+      if (last && i === pieces.length - 1 && piece.includes(".")) {
         const v4 = parseIpv4(piece);
         if (!v4) return undefined;
         out.push((v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!);
@@ -60,8 +62,8 @@ function parseIpv6(text: string): Uint8Array | undefined {
     }
     return out;
   };
-  const head = groups(halves[0]!);
-  const tail = halves.length === 2 ? groups(halves[1]!) : [];
+  const head = groups(halves[0]!, halves.length === 1);
+  const tail = halves.length === 2 ? groups(halves[1]!, true) : [];
   if (!head || !tail) return undefined;
   const missing = 8 - head.length - tail.length;
   if (halves.length === 1 ? missing !== 0 : missing < 1) return undefined;
@@ -74,14 +76,42 @@ function parseIpv6(text: string): Uint8Array | undefined {
   return bytes;
 }
 
-/** Renders an address in its usual form: dotted IPv4 for IPv4 and IPv4-mapped IPv6, else the text as given. */
+/**
+ * Renders an address in one canonical form, so that one address is always one
+ * client id: dotted IPv4 for IPv4 and IPv4-mapped IPv6, RFC 5952 text for other
+ * IPv6 (lower case, no leading zeros, the longest run of zero groups as `::`,
+ * no brackets or zone). Text that is not an address is returned as given.
+ */
 export function normalizeIp(text: string): string {
   const bytes = parseIp(text);
   if (!bytes) return text;
   if (isMappedIpv4(bytes)) return Array.from(bytes.subarray(12)).join(".");
-  let address = text.trim();
-  if (address.startsWith("[")) address = address.slice(1, -1);
-  return address.toLowerCase();
+  return formatIpv6(bytes);
+}
+
+function formatIpv6(bytes: Uint8Array): string {
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((bytes[i]! << 8) | bytes[i + 1]!);
+  // The longest run of two or more zero groups (the first of equals) becomes `::`.
+  let bestStart = -1;
+  let bestLength = 1;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let end = i;
+    while (end < 8 && groups[end] === 0) end++;
+    if (end - i > bestLength) {
+      bestStart = i;
+      bestLength = end - i;
+    }
+    i = end;
+  }
+  const hex = (from: number, to: number) =>
+    groups.slice(from, to).map((group) => group.toString(16)).join(":");
+  if (bestStart < 0) return hex(0, 8);
+  return `${hex(0, bestStart)}::${hex(bestStart + bestLength, 8)}`;
 }
 
 function isMappedIpv4(bytes: Uint8Array): boolean {
@@ -125,7 +155,11 @@ export class CidrSet {
 
 /** Parses one CIDR; throws {@linkcode CidrError} with the reason. */
 export function parseCidr(text: string): Block {
-  const [address = "", prefixText] = text.split("/");
+  const parts = text.split("/");
+  if (parts.length > 2) {
+    throw new CidrError(`Invalid CIDR "${text}": write one address and one prefix length`);
+  }
+  const [address = "", prefixText] = parts;
   const bytes = parseIp(address);
   if (!bytes) throw new CidrError(`Invalid CIDR "${text}": "${address}" is not an IP address`);
   const isV4 = !address.includes(":");

@@ -1,7 +1,7 @@
 /** The `identify` plugin: who is calling (API key header, Bearer token, or client IP). */
 import { z } from "zod";
 import { type ClientIdentity, definePlugin, type RequestContext } from "../plugin.ts";
-import { normalizeIp } from "../net/cidr.ts";
+import { normalizeIp, parseIp } from "../net/cidr.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 
 const SOURCE_RE = /^(header:[A-Za-z0-9!#$%&'*+.^_`|~-]+|bearer|ip)$/;
@@ -13,6 +13,9 @@ const options = z.strictObject({
     }),
   ).min(1).default(["ip"]),
   required: z.boolean().default(false),
+}).refine((value) => !value.required || value.from.some((source) => source !== "ip"), {
+  error: "Cannot require a key without a key source: add header:<name> or bearer to from",
+  path: ["required"],
 });
 
 type Source = { kind: "header"; name: string } | { kind: "bearer" } | { kind: "ip" };
@@ -40,26 +43,43 @@ export async function keyClientId(key: string): Promise<string> {
 }
 
 /**
+ * The address in one `X-Forwarded-For` hop, in canonical form, or `undefined`
+ * when the hop is not an address. Some proxies add a port
+ * (`203.0.113.7:4711`, `[2001:db8::7]:4711`); it is dropped.
+ */
+function hopAddress(hop: string): string | undefined {
+  let text = hop.trim();
+  const bracketed = /^\[([^\]]+)\](?::\d{1,5})?$/.exec(text);
+  if (bracketed) text = bracketed[1]!;
+  else if (/^[\d.]+:\d{1,5}$/.test(text)) text = text.slice(0, text.indexOf(":"));
+  return parseIp(text) ? normalizeIp(text) : undefined;
+}
+
+/**
  * The client's IP: the TCP peer, or, when the peer is a trusted proxy, the
- * right-most `X-Forwarded-For` hop that is not itself trusted.
+ * right-most `X-Forwarded-For` hop that is not itself trusted. The walk stops
+ * at a hop that is not an address (`unknown`, garbage): the client is then the
+ * last trusted hop before it, never text a caller made up.
  */
 export function clientIp(
   request: Request,
   remoteAddr: string,
   isTrusted: (address: string) => boolean,
 ): string {
-  if (!isTrusted(remoteAddr)) return normalizeIp(remoteAddr);
+  const peer = normalizeIp(remoteAddr);
+  if (!isTrusted(peer)) return peer;
   const forwarded = request.headers.get("x-forwarded-for");
-  if (!forwarded) return normalizeIp(remoteAddr);
+  if (!forwarded) return peer;
   const hops = forwarded.split(",");
-  let candidate = remoteAddr;
+  let candidate = peer;
   for (let i = hops.length - 1; i >= 0; i--) {
-    const hop = hops[i]!.trim();
-    if (hop === "") continue;
-    candidate = hop;
-    if (!isTrusted(hop)) break;
+    if (hops[i]!.trim() === "") continue;
+    const address = hopAddress(hops[i]!);
+    if (address === undefined) break;
+    candidate = address;
+    if (!isTrusted(address)) break;
   }
-  return normalizeIp(candidate);
+  return candidate;
 }
 
 function findKey(ctx: RequestContext, sources: readonly Source[]): string | undefined {
