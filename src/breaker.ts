@@ -78,6 +78,11 @@ export class Breaker {
     return true;
   }
 
+  /** Gives back a turn that ended with no outcome (the client hung up). */
+  cancel(): void {
+    if (this.#state === "half-open" && this.#probesStarted > 0) this.#probesStarted--;
+  }
+
   /** Records the outcome of a request that {@linkcode Breaker.acquire} let through. */
   record(ok: boolean, now = Date.now()): void {
     const state = this.state(now);

@@ -1,0 +1,170 @@
+/** The circuit breaker and upstream pools, against real upstreams that fail, hang or are down. */
+import assert from "node:assert/strict";
+import { delay, freePort, startGateway, startUpstream, waitFor } from "../_helpers.ts";
+
+const BREAKER =
+  "circuit-breaker: { failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 500ms, probes: 2 }";
+
+function yaml(upstream: string, breaker = BREAKER, extra = ""): string {
+  return `routes:
+  - name: api
+    upstream: ${upstream}
+    pipeline:
+      - ${breaker}
+      - proxy: {}
+${extra}`;
+}
+
+async function get(url: string, init?: RequestInit) {
+  const response = await fetch(url, init);
+  return { status: response.status, headers: response.headers, body: await response.text() };
+}
+
+async function breakerGauge(adminUrl: string): Promise<number> {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text();
+  return Number(/^sluice_breaker_state\{route="api"\} (\d+)/m.exec(text)?.[1]);
+}
+
+Deno.test("the breaker opens, stops calling the upstream, half-opens, closes on success, re-opens on a failed probe", async () => {
+  let failing = true;
+  let calls = 0;
+  await using upstream = startUpstream(() => {
+    calls++;
+    return failing ? new Response("broken", { status: 500 }) : new Response("fine");
+  });
+  await using gw = await startGateway(yaml(`{ url: ${upstream.url} }`));
+  assert.equal(await breakerGauge(gw.adminUrl), 0);
+  for (let i = 0; i < 4; i++) assert.equal((await get(`${gw.url}/x`)).status, 500);
+  assert.equal(calls, 4);
+
+  // Open: answered at once, the upstream is not called.
+  const open = await get(`${gw.url}/x`);
+  assert.equal(open.status, 503);
+  assert.equal(open.headers.get("content-type"), "application/problem+json");
+  assert.equal(JSON.parse(open.body).title, "Circuit open");
+  assert.equal(open.headers.get("retry-after"), "1");
+  assert.equal(calls, 4);
+  assert.equal(await breakerGauge(gw.adminUrl), 2);
+  const status = await (await fetch(`${gw.adminUrl}/status`)).json();
+  assert.deepEqual(status.routes[0].breaker, { [upstream.url]: "open" });
+
+  // Half-open after open_for; a failed probe opens it again.
+  await delay(550);
+  assert.equal((await get(`${gw.url}/x`)).status, 500);
+  assert.equal(calls, 5);
+  assert.equal((await get(`${gw.url}/x`)).status, 503);
+  assert.equal(calls, 5);
+
+  // Half-open again; two good probes close it.
+  failing = false;
+  await delay(550);
+  assert.equal((await get(`${gw.url}/x`)).status, 200);
+  assert.equal(await breakerGauge(gw.adminUrl), 1);
+  assert.equal((await get(`${gw.url}/x`)).status, 200);
+  assert.equal(await breakerGauge(gw.adminUrl), 0);
+  for (let i = 0; i < 5; i++) assert.equal((await get(`${gw.url}/x`)).status, 200);
+  assert.equal(calls, 12);
+  const transitions = gw.logs.lines.filter((line) => line.msg === "circuit breaker changed state");
+  assert.deepEqual(
+    transitions.map((line) => `${line.from}->${line.to}`),
+    ["closed->open", "open->half-open", "half-open->open", "open->half-open", "half-open->closed"],
+  );
+});
+
+Deno.test("timeouts and refused connections count as failures", async () => {
+  await using slow = startUpstream(async () => {
+    await delay(300);
+    return new Response("late");
+  });
+  await using gw = await startGateway(yaml(`{ url: ${slow.url}, timeout: 50ms }`));
+  for (let i = 0; i < 4; i++) assert.equal((await get(`${gw.url}/x`)).status, 504);
+  assert.equal((await get(`${gw.url}/x`)).status, 503);
+
+  const dead = `http://127.0.0.1:${freePort()}`;
+  await using gw2 = await startGateway(yaml(`{ url: ${dead} }`));
+  for (let i = 0; i < 4; i++) assert.equal((await get(`${gw2.url}/x`)).status, 502);
+  assert.equal((await get(`${gw2.url}/x`)).status, 503);
+});
+
+Deno.test("breaker state survives an unrelated config edit", async () => {
+  await using upstream = startUpstream(() => new Response("broken", { status: 503 }));
+  await using gw = await startGateway(
+    yaml(`{ url: ${upstream.url} }`, BREAKER.replace("500ms", "30s")),
+  );
+  for (let i = 0; i < 4; i++) await get(`${gw.url}/x`);
+  assert.equal((await get(`${gw.url}/x`)).status, 503);
+  await gw.config.write(yaml(
+    `{ url: ${upstream.url} }`,
+    BREAKER.replace("500ms", "30s"),
+    `  - name: other
+    match: { path_prefix: /other }
+    upstream: { url: ${upstream.url} }
+    pipeline: [ { proxy: {} } ]
+`,
+  ));
+  assert.ok(
+    await waitFor(async () => (await (await fetch(`${gw.adminUrl}/status`)).json()).version === 2),
+  );
+  const still = await get(`${gw.url}/x`);
+  assert.equal(still.status, 503);
+  assert.equal(JSON.parse(still.body).title, "Circuit open");
+  assert.ok(Number(still.headers.get("retry-after")) > 20);
+});
+
+Deno.test("a pool skips a dead target and retries an idempotent request there; a POST is not retried", async () => {
+  const hits: string[] = [];
+  await using alive = startUpstream((request) => {
+    hits.push(request.method);
+    return new Response("alive");
+  });
+  const dead = `http://127.0.0.1:${freePort()}`;
+  await using gw = await startGateway(
+    yaml(`{ targets: [${dead}, ${alive.url}], balance: round_robin }`),
+  );
+  // Round robin starts at the dead target: the GET is retried on the live one.
+  const first = await get(`${gw.url}/x`);
+  assert.equal(first.status, 200);
+  assert.equal(first.body, "alive");
+  const put = await get(`${gw.url}/x`, { method: "PUT", body: "payload" });
+  assert.equal(put.status, 200);
+  // A POST that meets the dead target is not retried.
+  const posts = [];
+  for (let i = 0; i < 4; i++) {
+    posts.push((await get(`${gw.url}/x`, { method: "POST", body: "p" })).status);
+  }
+  assert.ok(posts.includes(502), `posts: ${posts}`);
+  assert.ok(posts.includes(200), `posts: ${posts}`);
+});
+
+Deno.test("a pool whose targets are all open answers 503", async () => {
+  await using a = startUpstream(() => new Response("no", { status: 500 }));
+  await using b = startUpstream(() => new Response("no", { status: 500 }));
+  await using gw = await startGateway(yaml(`{ targets: [${a.url}, ${b.url}] }`));
+  for (let i = 0; i < 8; i++) await get(`${gw.url}/x`);
+  const answer = await get(`${gw.url}/x`);
+  assert.equal(answer.status, 503);
+  assert.equal(JSON.parse(answer.body).title, "Circuit open");
+  const status = await (await fetch(`${gw.adminUrl}/status`)).json();
+  assert.deepEqual(status.routes[0].breaker, { [a.url]: "open", [b.url]: "open" });
+});
+
+Deno.test("least_inflight sends to the target with the fewest requests in flight", async () => {
+  const seen: string[] = [];
+  await using slow = startUpstream(async () => {
+    seen.push("slow");
+    await delay(300);
+    return new Response("slow");
+  });
+  await using fast = startUpstream(() => {
+    seen.push("fast");
+    return new Response("fast");
+  });
+  await using gw = await startGateway(
+    yaml(`{ targets: [${slow.url}, ${fast.url}], balance: least_inflight }`, "identify: {}"),
+  );
+  const held = get(`${gw.url}/x`);
+  await delay(50);
+  for (let i = 0; i < 3; i++) assert.equal((await get(`${gw.url}/x`)).body, "fast");
+  assert.equal((await held).body, "slow");
+  assert.deepEqual(seen, ["slow", "fast", "fast", "fast"]);
+});
