@@ -14,6 +14,19 @@ import { BUILTIN_PLUGINS } from "./src/plugins/mod.ts";
 
 const DEFAULT_CONFIG = "config/gateway.yaml";
 
+/**
+ * The config to serve when none is named: `config/gateway.yaml` in the working
+ * directory, else the one shipped beside this file (embedded by `deno compile`).
+ */
+function defaultConfig(): string {
+  try {
+    Deno.statSync(DEFAULT_CONFIG);
+    return DEFAULT_CONFIG;
+  } catch {
+    return new URL(`./${DEFAULT_CONFIG}`, import.meta.url).pathname;
+  }
+}
+
 const USAGE = `Usage: main.ts [--config FILE] [--check FILE]
   --config FILE   the config file (default: $SLUICE_CONFIG or ${DEFAULT_CONFIG})
   --check FILE    validate FILE and exit: 0 when valid, 1 with every error
@@ -114,5 +127,5 @@ if (import.meta.main) {
     Deno.exit(0);
   }
   if (args.check !== undefined) Deno.exit(await check(args.check));
-  Deno.exit(await serve(args.config ?? Deno.env.get("SLUICE_CONFIG") ?? DEFAULT_CONFIG, log));
+  Deno.exit(await serve(args.config ?? Deno.env.get("SLUICE_CONFIG") ?? defaultConfig(), log));
 }

@@ -368,6 +368,9 @@ interface LoadedPlugin {
 
 const moduleCache = new Map<string, PluginDefinition>();
 
+/** True inside a binary made by `deno compile`. */
+const COMPILED = import.meta.url.includes("/deno-compile-");
+
 /** Imports a custom plugin module, fresh whenever its source changed. */
 async function importPlugin(
   spec: string,
@@ -390,7 +393,9 @@ async function importPlugin(
   if (!definition) {
     let module: Record<string, unknown>;
     try {
-      module = await import(`${url.href}?v=${digest}`);
+      // A query makes each new source a new module; a compiled binary's
+      // embedded modules are found by their plain URL only.
+      module = await import(COMPILED ? url.href : `${url.href}?v=${digest}`);
     } catch (error) {
       return { error: `Cannot load plugin "${spec}": ${firstLine(error)}` };
     }
