@@ -346,14 +346,30 @@ export class Gateway {
       return response;
     } finally {
       this.#inflight--;
-      const outcome = outcomeOf(response!);
-      this.metrics.requests.labels(routeName, outcome).inc();
-      if (routeName) {
-        this.metrics.requestDuration.labels(routeName).observe(
-          (performance.now() - started) / 1000,
-        );
-      }
+      this.#count(routeName, outcomeOf(response!), started);
     }
+  }
+
+  // Label lookups cost on every request: each route's and outcome's metric
+  // children are looked up once. Both label sets are bounded (routes, outcomes).
+  #counters = new Map<string, { inc(): void }>();
+  #durations = new Map<string, { observe(seconds: number): void }>();
+
+  #count(route: string, outcome: string, started: number): void {
+    const key = `${route}\u0000${outcome}`;
+    let counter = this.#counters.get(key);
+    if (!counter) {
+      counter = this.metrics.requests.labels(route, outcome);
+      this.#counters.set(key, counter);
+    }
+    counter.inc();
+    if (!route) return;
+    let duration = this.#durations.get(route);
+    if (!duration) {
+      duration = this.metrics.requestDuration.labels(route);
+      this.#durations.set(route, duration);
+    }
+    duration.observe((performance.now() - started) / 1000);
   }
 
   /**

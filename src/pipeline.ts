@@ -201,7 +201,7 @@ export class Context implements RequestContext {
   client: RequestContext["client"] = undefined;
   tier: string | undefined = undefined;
   #values: Map<ContextKey<unknown>, unknown> | undefined;
-  readonly signal: AbortSignal;
+  readonly #original: Request;
 
   constructor(
     public request: Request,
@@ -211,7 +211,12 @@ export class Context implements RequestContext {
     readonly peerTrusted: boolean,
     readonly requestId: string,
   ) {
-    this.signal = request.signal;
+    this.#original = request;
+  }
+
+  // Read only when needed: making a request's signal costs a proxy measurably.
+  get signal(): AbortSignal {
+    return this.#original.signal;
   }
 
   get<T>(key: ContextKey<T>): T | undefined {
