@@ -4,8 +4,10 @@
  */
 import type { Gateway } from "./gateway.ts";
 import { problem, PROBLEM_TYPE_BASE } from "./problem.ts";
+import { DASHBOARD_HTML } from "./dashboard.ts";
 
-const OPEN_PATHS = new Set(["/health", "/ready"]);
+// The dashboard page itself is open: it asks for the token and sends it with its own calls.
+const OPEN_PATHS = new Set(["/health", "/ready", "/"]);
 
 function json(body: unknown, status = 200): Response {
   return new Response(JSON.stringify(body, null, 2), {
@@ -76,6 +78,10 @@ export function adminHandler(gateway: Gateway): (request: Request) => Promise<Re
         headers: { allow: methods.join(", ") },
       });
     switch (path) {
+      case "/":
+        return allow(["GET"]) ?? new Response(DASHBOARD_HTML, {
+          headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" },
+        });
       case "/health":
         return allow(["GET", "HEAD"]) ?? json({ status: "ok" });
       case "/ready": {

@@ -130,3 +130,19 @@ Deno.test("a request no route matches is a 404 problem+json", async () => {
   assert.equal(body.title, "No route");
   assert.match(body.detail, /GET \/elsewhere/);
 });
+
+Deno.test("/ serves the dashboard page, whose script parses", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url, "s3cret"));
+  const response = await fetch(`${gw.adminUrl}/`);
+  assert.equal(response.status, 200);
+  assert.match(response.headers.get("content-type")!, /^text\/html/);
+  const html = await response.text();
+  assert.match(html, /<title>sluice<\/title>/);
+  const script = /<script>([\s\S]*)<\/script>/.exec(html)?.[1];
+  assert.ok(script, "no script in the page");
+  // Throws on a syntax error; nothing runs.
+  new Function(script);
+  assert.match(script, /\/status/);
+  assert.match(script, /\/metrics/);
+});
