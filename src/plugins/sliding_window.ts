@@ -15,6 +15,7 @@ import {
   toSeconds,
 } from "../ratelimit_headers.ts";
 import type { WindowDecision, WindowLimit } from "../store/store.ts";
+import { clientIdOf, clientKey, decisionCounters, formatRate, storeUnavailable } from "./_limit.ts";
 
 const COST_HEADER_RE = /^header:[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
 
@@ -79,23 +80,6 @@ interface Policy {
   names: string[];
 }
 
-function formatWindow(ms: number): string {
-  for (
-    const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], [
-      "s",
-      1_000,
-    ]] as const
-  ) {
-    if (ms % size === 0) return ms === size ? unit : `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}
-
-/** The store key of one client on one route: every key of a decision shares this hash slot. */
-export function clientKey(route: string, clientId: string): string {
-  return `{sluice:${route}:${clientId}}`;
-}
-
 export default definePlugin({
   name: "sliding-window",
   options,
@@ -109,28 +93,26 @@ export default definePlugin({
       }
     }
     const store = gateway.store;
-    const decisions = gateway.metrics.limitDecisions;
-    const label = { route: route.name, plugin: "sliding-window" };
-    const counters = {
-      allowed: decisions.labels({ ...label, decision: "allowed" }),
-      limited: decisions.labels({ ...label, decision: "limited" }),
-      shadow: decisions.labels({ ...label, decision: "shadow_limited" }),
-      unavailable: decisions.labels({ ...label, decision: "unavailable" }),
-    };
+    const counters = decisionCounters(gateway.metrics, route.name, "sliding-window", [
+      "allowed",
+      "limited",
+      "shadow_limited",
+      "unavailable",
+    ]);
 
     // Fixed policies are built once; tier policies once per tier.
     const fixed: Policy | undefined = opts.limits
       ? {
         name: opts.name ??
-          opts.limits.map((l) => `${l.count}/${formatWindow(l.periodMs)}`).join(","),
+          opts.limits.map((l) => formatRate(l.count, l.periodMs)).join(","),
         limits: opts.limits.map((l) => ({ limit: l.count, windowMs: l.periodMs })),
-        names: opts.limits.map((l) => opts.name ?? `${l.count}/${formatWindow(l.periodMs)}`),
+        names: opts.limits.map((l) => opts.name ?? formatRate(l.count, l.periodMs)),
       }
       : typeof opts.limit === "number"
       ? {
-        name: opts.name ?? `${opts.limit}/${formatWindow(opts.window!)}`,
+        name: opts.name ?? formatRate(opts.limit, opts.window!),
         limits: [{ limit: opts.limit, windowMs: opts.window! }],
-        names: [opts.name ?? `${opts.limit}/${formatWindow(opts.window!)}`],
+        names: [opts.name ?? formatRate(opts.limit, opts.window!)],
       }
       : undefined;
     const tierPolicies = new Map<string, Policy>();
@@ -199,7 +181,7 @@ export default definePlugin({
     }
 
     return async function slidingWindow(ctx, next) {
-      const clientId = ctx.client?.id ?? `ip:${ctx.remoteAddr}`;
+      const clientId = clientIdOf(ctx);
       gateway.clients.seen(clientId, ctx.tier);
       const policy = policyFor(ctx.tier);
       if (!policy) {
@@ -217,15 +199,10 @@ export default definePlugin({
       if (!decision.allowed) {
         if (decision.source === "deny") {
           counters.unavailable.inc();
-          return problem(503, {
-            type: `${PROBLEM_TYPE_BASE}limit-store-unavailable`,
-            title: "Rate-limit store unavailable",
-            detail: "The rate-limit store cannot be reached and this gateway fails closed",
-            retryAfterSeconds: decision.retryAfterMs / 1000,
-          });
+          return storeUnavailable(decision.retryAfterMs);
         }
         if (opts.shadow) {
-          counters.shadow.inc();
+          counters.shadow_limited.inc();
         } else {
           counters.limited.inc();
           const violated = decision.violated >= 0 ? decision.violated : 0;

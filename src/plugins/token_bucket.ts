@@ -11,17 +11,7 @@ import { duration, rate } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { applyRateLimitHeaders, mutableResponse, toSeconds } from "../ratelimit_headers.ts";
-
-function formatRate(count: number, periodMs: number): string {
-  const unit = periodMs === 1_000
-    ? "s"
-    : periodMs === 60_000
-    ? "m"
-    : periodMs === 3_600_000
-    ? "h"
-    : "d";
-  return `${count}/${unit}`;
-}
+import { clientIdOf, clientKey, decisionCounters, formatRate, storeUnavailable } from "./_limit.ts";
 
 export default definePlugin({
   name: "token-bucket",
@@ -42,16 +32,14 @@ export default definePlugin({
     const burst = opts.burst ?? Math.max(1, Math.floor(opts.rate.count));
     const name = opts.name ?? formatRate(opts.rate.count, opts.rate.periodMs);
     const store = gateway.store;
-    const decisions = gateway.metrics.limitDecisions;
-    const label = { route: route.name, plugin: "token-bucket" };
-    const counters = {
-      allowed: decisions.labels({ ...label, decision: "allowed" }),
-      delayed: decisions.labels({ ...label, decision: "delayed" }),
-      limited: decisions.labels({ ...label, decision: "limited" }),
-      unavailable: decisions.labels({ ...label, decision: "unavailable" }),
-    };
+    const counters = decisionCounters(gateway.metrics, route.name, "token-bucket", [
+      "allowed",
+      "delayed",
+      "limited",
+      "unavailable",
+    ]);
     const delays = gateway.metrics.shaperDelay.labels({ route: route.name });
-    const routeKey = `{sluice:${route.name}:bucket}`;
+    const routeKey = clientKey(route.name, "bucket");
     // The latest time a waiter of this instance was promised, per bucket: a
     // newcomer never goes before it, even after a waiter gave tokens back.
     const lastSlot = new Map<string, number>();
@@ -67,7 +55,7 @@ export default definePlugin({
     return async function tokenBucket(ctx, next) {
       const key = opts.scope === "route"
         ? routeKey
-        : `{sluice:${route.name}:${ctx.client?.id ?? `ip:${ctx.remoteAddr}`}}:bucket`;
+        : `${clientKey(route.name, clientIdOf(ctx))}:bucket`;
       const decision = await store.bucket(query(key, opts.cost));
       const report = [{
         name,
@@ -79,12 +67,7 @@ export default definePlugin({
       if (!decision.allowed) {
         if (decision.source === "deny") {
           counters.unavailable.inc();
-          return problem(503, {
-            type: `${PROBLEM_TYPE_BASE}limit-store-unavailable`,
-            title: "Rate-limit store unavailable",
-            detail: "The rate-limit store cannot be reached and this gateway fails closed",
-            retryAfterSeconds: decision.retryAfterMs / 1000,
-          });
+          return storeUnavailable(decision.retryAfterMs);
         }
         counters.limited.inc();
         const retryAfter = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));

@@ -1,0 +1,56 @@
+/** What the limit plugins (sliding-window, token-bucket) share. Internal to this folder. */
+import type { Metrics } from "../metrics.ts";
+import type { RequestContext } from "../plugin.ts";
+import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+
+/** A window or period as a policy name writes it: `s`, `10s`, `m`, `h`, `250ms`. */
+export function formatWindow(ms: number): string {
+  for (
+    const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], [
+      "s",
+      1_000,
+    ]] as const
+  ) {
+    if (ms % size === 0) return ms === size ? unit : `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** A rate as a policy name: `50/s`, `100/10s`. */
+export function formatRate(count: number, periodMs: number): string {
+  return `${count}/${formatWindow(periodMs)}`;
+}
+
+/** The caller's id: identify's client id, else the TCP peer. */
+export function clientIdOf(ctx: RequestContext): string {
+  return ctx.client?.id ?? `ip:${ctx.remoteAddr}`;
+}
+
+/** The store key of one client on one route: every key of a decision shares this hash slot. */
+export function clientKey(route: string, clientId: string): string {
+  return `{sluice:${route}:${clientId}}`;
+}
+
+/** Each decision's counter of `sluice_limit_decisions_total`, looked up once. */
+export function decisionCounters<D extends string>(
+  metrics: Metrics,
+  route: string,
+  plugin: string,
+  decisions: readonly D[],
+): Record<D, { inc(): void }> {
+  const counters = {} as Record<D, { inc(): void }>;
+  for (const decision of decisions) {
+    counters[decision] = metrics.limitDecisions.labels({ route, plugin, decision });
+  }
+  return counters;
+}
+
+/** The 503 of a store that is down under `on_failure: deny`. */
+export function storeUnavailable(retryAfterMs: number): Response {
+  return problem(503, {
+    type: `${PROBLEM_TYPE_BASE}limit-store-unavailable`,
+    title: "Rate-limit store unavailable",
+    detail: "The rate-limit store cannot be reached and this gateway fails closed",
+    retryAfterSeconds: retryAfterMs / 1000,
+  });
+}
