@@ -5,8 +5,9 @@
  * concurrent requests from one client spread over all of them.
  */
 import assert from "node:assert/strict";
-import { delay, freePort, repoPath, startUpstream, tempConfig, waitFor } from "../_helpers.ts";
+import { delay, startUpstream, tempConfig } from "../_helpers.ts";
 import { RedisCluster, RedisServer, redisTest } from "../_redis.ts";
+import { type GatewayProcess, kill, spawnGateway } from "../_process.ts";
 
 const LIMIT = 50;
 const REQUESTS = 300;
@@ -17,65 +18,10 @@ const EDGE_MARGIN_MS = 5_000;
 
 type Algorithm = typeof ALGORITHMS[number];
 
-interface GatewayProcess {
-  child: Deno.ChildProcess;
-  url: string;
-  /** Resolves with the exit code and stdout once the process exits. */
-  exited: Promise<{ code: number; stdout: string }>;
-}
-
-async function spawnGateway(configFile: string): Promise<GatewayProcess> {
-  const port = freePort();
-  const adminPort = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--config",
-      repoPath("deno.json"),
-      "--allow-net",
-      "--allow-read",
-      "--allow-env",
-      repoPath("main.ts"),
-      "--config",
-      configFile,
-    ],
-    env: { PORT: String(port), ADMIN_PORT: String(adminPort), NO_COLOR: "1", LOG_LEVEL: "warn" },
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const exited = child.output().then((output) => ({
-    code: output.code,
-    stdout: new TextDecoder().decode(output.stdout),
-  }));
-  // Up means serving with the store reachable (a store still connecting is marked down).
-  const up = await waitFor(async () => {
-    try {
-      const response = await fetch(`http://127.0.0.1:${adminPort}/status`);
-      return response.ok && (await response.json()).store.state === "up";
-    } catch {
-      return false;
-    }
-  }, 20_000);
-  if (!up) {
-    stop(child);
-    const { code, stdout } = await exited;
-    throw new Error(`The gateway did not start: exit ${code}\n${stdout}`);
-  }
-  return { child, url: `http://127.0.0.1:${port}`, exited };
-}
-
-function stop(child: Deno.ChildProcess): void {
-  try {
-    child.kill("SIGKILL");
-  } catch {
-    // Already gone.
-  }
-}
-
 /** Starts `count` gateways in parallel; when one fails, the others are stopped too. */
 async function spawnGateways(configFile: string, count: number): Promise<GatewayProcess[]> {
   const results = await Promise.allSettled(
-    Array.from({ length: count }, () => spawnGateway(configFile)),
+    Array.from({ length: count }, () => spawnGateway(configFile, { logLevel: "warn" })),
   );
   const started = results.flatMap((result) => result.status === "fulfilled" ? [result.value] : []);
   const failed = results.find((result) => result.status === "rejected");
@@ -87,7 +33,7 @@ async function spawnGateways(configFile: string, count: number): Promise<Gateway
 }
 
 async function stopGateways(gateways: readonly GatewayProcess[]): Promise<void> {
-  for (const gateway of gateways) stop(gateway.child);
+  for (const gateway of gateways) kill(gateway.child);
   await Promise.all(gateways.map((gateway) => gateway.exited));
 }
 

@@ -1,51 +1,8 @@
 /** The shaper on Redis across two gateway processes, and a drain with requests still waiting. */
 import assert from "node:assert/strict";
-import { delay, freePort, repoPath, startUpstream, tempConfig, waitFor } from "../_helpers.ts";
+import { delay, startUpstream, tempConfig } from "../_helpers.ts";
 import { RedisServer, redisTest } from "../_redis.ts";
-
-interface GatewayProcess {
-  child: Deno.ChildProcess;
-  url: string;
-  exited: Promise<{ code: number; lines: string[] }>;
-}
-
-async function spawnGateway(configFile: string): Promise<GatewayProcess> {
-  const port = freePort();
-  const adminPort = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--config",
-      repoPath("deno.json"),
-      "--allow-net",
-      "--allow-read",
-      "--allow-env",
-      repoPath("main.ts"),
-      "--config",
-      configFile,
-    ],
-    env: { PORT: String(port), ADMIN_PORT: String(adminPort), NO_COLOR: "1", LOG_LEVEL: "info" },
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const exited = child.output().then((output) => ({
-    code: output.code,
-    lines: new TextDecoder().decode(output.stdout).split("\n").filter(Boolean),
-  }));
-  const up = await waitFor(async () => {
-    try {
-      const response = await fetch(`http://127.0.0.1:${adminPort}/status`);
-      return response.ok && (await response.json()).store.state === "up";
-    } catch {
-      return false;
-    }
-  }, 20_000);
-  if (!up) {
-    child.kill("SIGKILL");
-    throw new Error(`the gateway did not start: ${(await exited).lines.join("\n")}`);
-  }
-  return { child, url: `http://127.0.0.1:${port}`, exited };
-}
+import { spawnGateway } from "../_process.ts";
 
 function yaml(upstream: string, store: string, steps: string): string {
   return `admin: { port: \${ADMIN_PORT} }

@@ -1,58 +1,7 @@
 /** The gateway as a process: SIGTERM drains, SIGHUP reloads, stdout is JSON lines. */
 import assert from "node:assert/strict";
-import { delay, freePort, repoPath, startUpstream, tempConfig, waitFor } from "../_helpers.ts";
-
-interface GatewayProcess {
-  child: Deno.ChildProcess;
-  url: string;
-  adminUrl: string;
-  /** Resolves with the exit code and every stdout line once the process exits. */
-  exited: Promise<{ code: number; lines: string[] }>;
-}
-
-async function spawnGateway(
-  configFile: string,
-  port: number,
-  adminPort: number,
-): Promise<GatewayProcess> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--config",
-      repoPath("deno.json"),
-      "--allow-net",
-      "--allow-read",
-      "--allow-env",
-      repoPath("main.ts"),
-      "--config",
-      configFile,
-    ],
-    env: { PORT: String(port), NO_COLOR: "1", LOG_LEVEL: "info" },
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const exited = (async () => {
-    const output = await child.output();
-    const lines = new TextDecoder().decode(output.stdout).split("\n").filter((line) => line !== "");
-    return { code: output.code, lines };
-  })();
-  const adminUrl = `http://127.0.0.1:${adminPort}`;
-  const up = await waitFor(async () => {
-    try {
-      const response = await fetch(`${adminUrl}/health`);
-      await response.body?.cancel();
-      return response.ok;
-    } catch {
-      return false;
-    }
-  }, 15_000);
-  if (!up) {
-    child.kill("SIGKILL");
-    await exited;
-    throw new Error("the gateway did not start");
-  }
-  return { child, url: `http://127.0.0.1:${port}`, adminUrl, exited };
-}
+import { delay, freePort, startUpstream, tempConfig, waitFor } from "../_helpers.ts";
+import { spawnGateway } from "../_process.ts";
 
 function configYaml(upstream: string, adminPort: number, grace = "5s"): string {
   return `admin: { port: ${adminPort} }
@@ -76,7 +25,7 @@ Deno.test("SIGTERM stops accepting, lets requests in flight finish, and exits 0"
   const adminPort = freePort();
   await using config = await tempConfig(configYaml(upstream.url, adminPort));
   const port = freePort();
-  const gw = await spawnGateway(config.file, port, adminPort);
+  const gw = await spawnGateway(config.file, { port, adminPort });
   const inflight = Array.from(
     { length: 5 },
     () =>
@@ -115,7 +64,7 @@ Deno.test("a request longer than the grace period does not hold the exit", async
   });
   const adminPort = freePort();
   await using config = await tempConfig(configYaml(upstream.url, adminPort, "300ms"));
-  const gw = await spawnGateway(config.file, freePort(), adminPort);
+  const gw = await spawnGateway(config.file, { adminPort });
   const stuck = fetch(`${gw.url}/stuck`).then(
     async (response) => {
       await response.body?.cancel();
@@ -140,7 +89,7 @@ Deno.test("SIGHUP reloads the config", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   const adminPort = freePort();
   await using config = await tempConfig(configYaml(upstream.url, adminPort));
-  const gw = await spawnGateway(config.file, freePort(), adminPort);
+  const gw = await spawnGateway(config.file, { adminPort });
   try {
     gw.child.kill("SIGHUP");
     assert.ok(
