@@ -1,0 +1,343 @@
+/**
+ * `deno task bench`: the same load against each configuration in turn, on
+ * 127.0.0.1, with wrk; prints requests/s, p50 and p99 and the ratios to the
+ * bare Deno proxy and to nginx as a proxy, and writes `.bench/results.json`.
+ *
+ *   BENCH_SECONDS=5          seconds of load per configuration
+ *   BENCH_WARMUP_SECONDS=1   seconds of unmeasured load first (0 for none)
+ *   BENCH_CONNECTIONS=50     wrk connections (-c)
+ *   BENCH_THREADS=1          wrk threads (-t)
+ *   BENCH_ONLY=sluice        run only the configurations whose name contains this
+ *   BENCH_KEEP=1             keep the run's folder (configs, logs) under .bench/
+ *   NGINX=/path/to/nginx     the nginx to use; NGINX=none runs without it (Deno upstream)
+ *
+ * Each server is its own child process; every child is stopped when the run
+ * ends, fails or is interrupted.
+ *
+ * @module
+ */
+import {
+  type ChildSet,
+  findExecutable,
+  InterruptedError,
+  PROJECT_ROOT,
+  withChildren,
+} from "./_children.ts";
+import {
+  type RunContext,
+  type Server,
+  slug,
+  startDenoScript,
+  startNginxProxy,
+  startNginxUpstream,
+  startSluice,
+} from "./_servers.ts";
+import { markdownTable } from "./_table.ts";
+import { runWrk, type WrkResult } from "./_wrk.ts";
+
+/** What a configuration is given to start. */
+export interface Setup extends RunContext {
+  /** The upstream every proxy forwards to. */
+  upstream: Server;
+  /** The nginx executable, when installed. */
+  nginx: string | undefined;
+}
+
+/** One thing to measure. */
+export interface Configuration {
+  name: string;
+  /** Why it cannot run here (it is then skipped); undefined when it can. */
+  unavailable?(setup: Setup): string | undefined;
+  /** Starts it; resolves once it answers. */
+  start(setup: Setup): Promise<Server>;
+}
+
+/** One configuration's outcome. */
+export interface BenchResult {
+  name: string;
+  status: "ok" | "skipped" | "failed";
+  /** Why it was skipped or failed. */
+  reason?: string;
+  wrk?: WrkResult;
+  /** Its requests/s over the bare Deno proxy's. */
+  vsBareProxy?: number;
+  /** Its requests/s over nginx-as-proxy's. */
+  vsNginxProxy?: number;
+}
+
+const BARE_PROXY = "bare Deno fetch proxy";
+const NGINX_PROXY = "nginx proxy";
+
+/** The configurations, in the order they run. Add new ones here. */
+export const CONFIGURATIONS: readonly Configuration[] = [
+  {
+    name: "upstream alone",
+    start: ({ upstream }) => Promise.resolve({ ...upstream, stop: () => Promise.resolve() }),
+  },
+  {
+    name: BARE_PROXY,
+    start: (setup) =>
+      startDenoScript(setup, "bare_proxy.ts", { name: BARE_PROXY, args: [setup.upstream.url] }),
+  },
+  {
+    name: NGINX_PROXY,
+    unavailable: ({ nginx }) => nginx ? undefined : "nginx is not installed",
+    start: (setup) => startNginxProxy(setup, setup.nginx!, setup.upstream.url),
+  },
+  {
+    name: "sluice: proxy only",
+    start: (setup) =>
+      startSluice(setup, {
+        name: "sluice proxy only",
+        upstream: setup.upstream.url,
+        pipeline: "[ { proxy: {} } ]",
+      }),
+  },
+];
+
+interface Settings {
+  seconds: number;
+  warmupSeconds: number;
+  connections: number;
+  threads: number;
+  only: string | undefined;
+  keep: boolean;
+}
+
+function envNumber(name: string, fallback: number, min: number): number {
+  const text = Deno.env.get(name);
+  if (text === undefined || text === "") return fallback;
+  const value = Number(text);
+  if (!Number.isFinite(value) || value < min) {
+    throw new Error(`Invalid ${name} "${text}": expected a number of at least ${min}`);
+  }
+  return value;
+}
+
+function readSettings(): Settings {
+  return {
+    seconds: envNumber("BENCH_SECONDS", 5, 1),
+    warmupSeconds: envNumber("BENCH_WARMUP_SECONDS", 1, 0),
+    connections: envNumber("BENCH_CONNECTIONS", 50, 1),
+    threads: envNumber("BENCH_THREADS", 1, 1),
+    only: Deno.env.get("BENCH_ONLY") || undefined,
+    keep: Deno.env.get("BENCH_KEEP") === "1",
+  };
+}
+
+/** Checks that `url` answers 200 with the upstream's body before it is measured. */
+async function checkAnswers(url: string): Promise<void> {
+  const response = await fetch(`${url}/`, { signal: AbortSignal.timeout(5_000) });
+  const body = await response.text();
+  if (response.status !== 200 || body !== "ok") {
+    throw new Error(
+      `Cannot measure ${url}: GET / answered ${response.status} ${
+        JSON.stringify(body.slice(0, 200))
+      }, expected 200 "ok"`,
+    );
+  }
+}
+
+async function measure(
+  configuration: Configuration,
+  setup: Setup & { wrk: string; settings: Settings },
+): Promise<BenchResult> {
+  const reason = configuration.unavailable?.(setup);
+  if (reason) return { name: configuration.name, status: "skipped", reason };
+  const { settings } = setup;
+  let server: Server | undefined;
+  try {
+    server = await configuration.start(setup);
+    await checkAnswers(server.url);
+    const wrkOptions = {
+      wrk: setup.wrk,
+      connections: settings.connections,
+      threads: settings.threads,
+      logFile: `${setup.workDir}/wrk-${slug(configuration.name)}.txt`,
+    };
+    if (settings.warmupSeconds > 0) {
+      await runWrk(setup.children, `${server.url}/`, {
+        ...wrkOptions,
+        seconds: settings.warmupSeconds,
+      });
+    }
+    const wrk = await runWrk(setup.children, `${server.url}/`, {
+      ...wrkOptions,
+      seconds: settings.seconds,
+    });
+    return { name: configuration.name, status: "ok", wrk };
+  } catch (error) {
+    return {
+      name: configuration.name,
+      status: "failed",
+      reason: String((error as Error)?.message ?? error),
+    };
+  } finally {
+    await server?.stop();
+  }
+}
+
+function addRatios(results: BenchResult[]): void {
+  const rps = (name: string) =>
+    results.find((result) => result.name === name && result.status === "ok")?.wrk?.requestsPerSec;
+  const bare = rps(BARE_PROXY);
+  const nginx = rps(NGINX_PROXY);
+  for (const result of results) {
+    if (!result.wrk) continue;
+    if (bare) result.vsBareProxy = result.wrk.requestsPerSec / bare;
+    if (nginx) result.vsNginxProxy = result.wrk.requestsPerSec / nginx;
+  }
+}
+
+function formatMs(ms: number): string {
+  return ms < 10 ? `${ms.toFixed(2)} ms` : ms < 100 ? `${ms.toFixed(1)} ms` : `${ms.toFixed(0)} ms`;
+}
+
+function formatRatio(ratio: number | undefined): string {
+  return ratio === undefined ? "n/a" : `${ratio.toFixed(2)}×`;
+}
+
+/** The results as a markdown table, then a line for each run with errors, skip or failure. */
+export function renderTable(results: readonly BenchResult[]): string {
+  const rows = [
+    ["configuration", "req/s", "p50", "p99", "vs bare proxy", "vs nginx proxy"],
+    ...results.map((result) =>
+      result.wrk
+        ? [
+          result.name,
+          Math.round(result.wrk.requestsPerSec).toLocaleString("en-US"),
+          formatMs(result.wrk.p50Ms),
+          formatMs(result.wrk.p99Ms),
+          formatRatio(result.vsBareProxy),
+          formatRatio(result.vsNginxProxy),
+        ]
+        : [result.name, result.status, "", "", "", ""]
+    ),
+  ];
+  const notes: string[] = [];
+  for (const result of results) {
+    if (result.status !== "ok") {
+      notes.push(`- ${result.name}: ${result.status}: ${result.reason ?? ""}`);
+      continue;
+    }
+    const { non2xx, socketErrors } = result.wrk!;
+    const socket = socketErrors.connect + socketErrors.read + socketErrors.write +
+      socketErrors.timeout;
+    if (non2xx > 0 || socket > 0) {
+      notes.push(
+        `- ${result.name}: ${non2xx} responses of status 400 or more, socket errors ${
+          JSON.stringify(socketErrors)
+        } (its numbers are not comparable)`,
+      );
+    }
+  }
+  return [markdownTable(rows), ...(notes.length ? ["", ...notes] : [])].join("\n");
+}
+
+async function versionOf(command: string, args: string[]): Promise<string> {
+  try {
+    const output = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" })
+      .output();
+    const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
+    return text.split("\n").find((line) => line.trim())?.trim() ?? "";
+  } catch {
+    return "";
+  }
+}
+
+async function main(): Promise<number> {
+  const settings = readSettings();
+  const wrk = await findExecutable(["wrk"]);
+  if (!wrk) {
+    console.error(
+      "Cannot run the benchmark: wrk is not installed (apt-get install wrk, or build it from https://github.com/wg/wrk)",
+    );
+    return 1;
+  }
+  const nginxEnv = Deno.env.get("NGINX");
+  const nginx = nginxEnv === "none" ? undefined : await findExecutable(
+    nginxEnv
+      ? [nginxEnv]
+      : ["nginx", "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"],
+  );
+  const configurations = CONFIGURATIONS.filter((configuration) =>
+    !settings.only || configuration.name.includes(settings.only)
+  );
+  const benchDir = `${PROJECT_ROOT}/.bench`;
+  await Deno.mkdir(benchDir, { recursive: true });
+  const workDir = await Deno.makeTempDir({ dir: benchDir, prefix: "run-" });
+  const machine = {
+    deno: Deno.version.deno,
+    v8: Deno.version.v8,
+    os: `${Deno.build.os} ${Deno.osRelease()}`,
+    cpus: navigator.hardwareConcurrency,
+    wrk: await versionOf(wrk, ["-v"]),
+    nginx: nginx ? await versionOf(nginx, ["-v"]) : "not installed",
+  };
+  console.log(
+    `sluice bench: ${settings.seconds} s per configuration (+${settings.warmupSeconds} s warm-up), ` +
+      `wrk -t${settings.threads} -c${settings.connections}, ${machine.cpus} CPUs, ` +
+      `deno ${machine.deno}, nginx: ${machine.nginx.replace(/^nginx version: /, "")}`,
+  );
+  let failed = false;
+  try {
+    const results = await withChildren(async (children: ChildSet) => {
+      const run: RunContext = { children, workDir };
+      const upstream = nginx
+        ? await startNginxUpstream(run, nginx)
+        : await startDenoScript(run, "upstream.ts", { name: "deno upstream" });
+      console.log(
+        `upstream: ${nginx ? "nginx" : "Deno.serve (nginx is not installed)"} at ${upstream.url}`,
+      );
+      const setup = { ...run, upstream, nginx, wrk, settings };
+      const results: BenchResult[] = [];
+      for (const configuration of configurations) {
+        if (children.interrupted) break;
+        console.log(`measuring: ${configuration.name}`);
+        const result = await measure(configuration, setup);
+        if (children.interrupted) break;
+        if (result.status === "failed") console.error(`  failed: ${result.reason}`);
+        if (result.status === "skipped") console.log(`  skipped: ${result.reason}`);
+        results.push(result);
+      }
+      await upstream.stop();
+      return results;
+    });
+    addRatios(results);
+    failed = results.some((result) => result.status === "failed");
+    console.log(`\n${renderTable(results)}\n`);
+    const file = `${benchDir}/results.json`;
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify(
+        {
+          date: new Date().toISOString(),
+          settings: {
+            seconds: settings.seconds,
+            warmupSeconds: settings.warmupSeconds,
+            connections: settings.connections,
+            threads: settings.threads,
+          },
+          machine,
+          upstream: nginx ? "nginx" : "deno",
+          results,
+        },
+        null,
+        2,
+      ) + "\n",
+    );
+    console.log(`results written to ${file}`);
+  } catch (error) {
+    if (!(error instanceof InterruptedError)) throw error;
+    console.error(`${error.message}: no results written`);
+    return error.exitCode;
+  } finally {
+    if (settings.keep || failed) console.log(`logs and configs kept in ${workDir}`);
+    else await Deno.remove(workDir, { recursive: true }).catch(() => {});
+  }
+  return failed ? 1 : 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main());
+}
