@@ -198,3 +198,23 @@ function indent(text: string, spaces: number): string {
   const pad = " ".repeat(spaces);
   return text.split("\n").map((line) => line ? pad + line : line).join("\n");
 }
+
+/** Starts redis-server on a free port (no persistence) and waits until it accepts connections. */
+export async function startRedis(run: RunContext, redisServer: string): Promise<Server> {
+  const port = freePort();
+  const child = await run.children.spawn("redis", redisServer, {
+    args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    logFile: `${run.workDir}/redis.log`,
+  });
+  for (let i = 0; i < 200; i++) {
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      conn.close();
+      return { url: `redis://127.0.0.1:${port}`, pid: child.pid, stop: () => child.stop() };
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+  await child.stop();
+  throw new Error(`redis-server did not start on port ${port}`);
+}

@@ -30,6 +30,7 @@ import {
   startDenoScript,
   startNginxProxy,
   startNginxUpstream,
+  startRedis,
   startSluice,
 } from "./_servers.ts";
 import { markdownTable } from "./_table.ts";
@@ -41,6 +42,8 @@ export interface Setup extends RunContext {
   upstream: Server;
   /** The nginx executable, when installed. */
   nginx: string | undefined;
+  /** A Redis for the store, when redis-server is installed. */
+  redis: Server | undefined;
 }
 
 /** One thing to measure. */
@@ -50,6 +53,8 @@ export interface Configuration {
   unavailable?(setup: Setup): string | undefined;
   /** Starts it; resolves once it answers. */
   start(setup: Setup): Promise<Server>;
+  /** The status every answer should have (429 for a configuration that limits everything). @default 200 */
+  expectStatus?: number;
 }
 
 /** One configuration's outcome. */
@@ -63,10 +68,31 @@ export interface BenchResult {
   vsBareProxy?: number;
   /** Its requests/s over nginx-as-proxy's. */
   vsNginxProxy?: number;
+  /** Its requests/s over sluice proxy-only's. */
+  vsSluiceProxy?: number;
+  /** The status its answers should have. */
+  expectStatus?: number;
 }
 
 const BARE_PROXY = "bare Deno fetch proxy";
 const NGINX_PROXY = "nginx proxy";
+const SLUICE_PROXY = "sluice: proxy only";
+
+/** A limit no benchmark client reaches: the limiter decides, never refuses. */
+const UNLIMITED_TIERS = `tiers:
+  free: { limit: 100000000, window: 1s }`;
+const LIMITER =
+  "[ { identify: {} }, { tier: {} }, { sliding-window: { limit: tier } }, { proxy: {} } ]";
+const FULL_PIPELINE = `
+      - identify: { from: [header:x-api-key, ip] }
+      - tier: { default: free }
+      - sliding-window: { limit: tier }
+      - token-bucket: { rate: 100000000/s, max_delay: 250ms }
+      - circuit-breaker: { failure_ratio: 0.5, min_requests: 20, window: 10s, open_for: 30s, probes: 3 }
+      - concurrency: { max: 10000, queue: 100, queue_timeout: 1s }
+      - proxy: {}`;
+const noRedis = ({ redis }: Setup) => redis ? undefined : "redis-server is not installed";
+const redisStore = (setup: Setup) => `store: { kind: redis, url: ${setup.redis!.url} }`;
 
 /** The configurations, in the order they run. Add new ones here. */
 export const CONFIGURATIONS: readonly Configuration[] = [
@@ -85,12 +111,56 @@ export const CONFIGURATIONS: readonly Configuration[] = [
     start: (setup) => startNginxProxy(setup, setup.nginx!, setup.upstream.url),
   },
   {
-    name: "sluice: proxy only",
+    name: SLUICE_PROXY,
     start: (setup) =>
       startSluice(setup, {
         name: "sluice proxy only",
         upstream: setup.upstream.url,
         pipeline: "[ { proxy: {} } ]",
+      }),
+  },
+  {
+    name: "sluice: limiter, memory",
+    start: (setup) =>
+      startSluice(setup, {
+        name: "sluice limiter memory",
+        upstream: setup.upstream.url,
+        pipeline: LIMITER,
+        extraYaml: `store: { kind: memory }\n${UNLIMITED_TIERS}`,
+      }),
+  },
+  {
+    name: "sluice: limiter, Redis",
+    unavailable: noRedis,
+    start: (setup) =>
+      startSluice(setup, {
+        name: "sluice limiter redis",
+        upstream: setup.upstream.url,
+        pipeline: LIMITER,
+        extraYaml: `${redisStore(setup)}\n${UNLIMITED_TIERS}`,
+      }),
+  },
+  {
+    name: "sluice: limiter, Redis, every client over its limit",
+    unavailable: noRedis,
+    expectStatus: 429,
+    start: (setup) =>
+      startSluice(setup, {
+        name: "sluice limiter redis over limit",
+        upstream: setup.upstream.url,
+        pipeline: LIMITER,
+        extraYaml: `${redisStore(setup)}\ntiers:\n  free: { limit: 1, window: 1h }`,
+      }),
+  },
+  {
+    name: "sluice: full pipeline, Redis",
+    unavailable: noRedis,
+    start: (setup) =>
+      startSluice(setup, {
+        name: "sluice full pipeline redis",
+        upstream: setup.upstream.url,
+        pipeline: FULL_PIPELINE,
+        extraYaml: `${redisStore(setup)}\n${UNLIMITED_TIERS}`,
       }),
   },
 ];
@@ -125,15 +195,15 @@ function readSettings(): Settings {
   };
 }
 
-/** Checks that `url` answers 200 with the upstream's body before it is measured. */
-async function checkAnswers(url: string): Promise<void> {
+/** Checks that `url` answers as expected (200 with the upstream's body, or `status`) before it is measured. */
+async function checkAnswers(url: string, status = 200): Promise<void> {
   const response = await fetch(`${url}/`, { signal: AbortSignal.timeout(5_000) });
   const body = await response.text();
-  if (response.status !== 200 || body !== "ok") {
+  if (status === 200 ? response.status !== 200 || body !== "ok" : response.status !== status) {
     throw new Error(
       `Cannot measure ${url}: GET / answered ${response.status} ${
         JSON.stringify(body.slice(0, 200))
-      }, expected 200 "ok"`,
+      }, expected ${status === 200 ? '200 "ok"' : status}`,
     );
   }
 }
@@ -148,7 +218,11 @@ async function measure(
   let server: Server | undefined;
   try {
     server = await configuration.start(setup);
-    await checkAnswers(server.url);
+    if (configuration.expectStatus) {
+      // The first request may still pass (it spends the quota); the rest are refused.
+      await fetch(`${server.url}/`).then((response) => response.body?.cancel());
+    }
+    await checkAnswers(server.url, configuration.expectStatus);
     const wrkOptions = {
       wrk: setup.wrk,
       connections: settings.connections,
@@ -165,7 +239,12 @@ async function measure(
       ...wrkOptions,
       seconds: settings.seconds,
     });
-    return { name: configuration.name, status: "ok", wrk };
+    return {
+      name: configuration.name,
+      status: "ok",
+      wrk,
+      expectStatus: configuration.expectStatus,
+    };
   } catch (error) {
     return {
       name: configuration.name,
@@ -182,10 +261,12 @@ function addRatios(results: BenchResult[]): void {
     results.find((result) => result.name === name && result.status === "ok")?.wrk?.requestsPerSec;
   const bare = rps(BARE_PROXY);
   const nginx = rps(NGINX_PROXY);
+  const sluice = rps(SLUICE_PROXY);
   for (const result of results) {
     if (!result.wrk) continue;
     if (bare) result.vsBareProxy = result.wrk.requestsPerSec / bare;
     if (nginx) result.vsNginxProxy = result.wrk.requestsPerSec / nginx;
+    if (sluice) result.vsSluiceProxy = result.wrk.requestsPerSec / sluice;
   }
 }
 
@@ -200,7 +281,7 @@ function formatRatio(ratio: number | undefined): string {
 /** The results as a markdown table, then a line for each run with errors, skip or failure. */
 export function renderTable(results: readonly BenchResult[]): string {
   const rows = [
-    ["configuration", "req/s", "p50", "p99", "vs bare proxy", "vs nginx proxy"],
+    ["configuration", "req/s", "p50", "p99", "vs bare proxy", "vs nginx proxy", "vs sluice proxy"],
     ...results.map((result) =>
       result.wrk
         ? [
@@ -210,8 +291,9 @@ export function renderTable(results: readonly BenchResult[]): string {
           formatMs(result.wrk.p99Ms),
           formatRatio(result.vsBareProxy),
           formatRatio(result.vsNginxProxy),
+          formatRatio(result.vsSluiceProxy),
         ]
-        : [result.name, result.status, "", "", "", ""]
+        : [result.name, result.status, "", "", "", "", ""]
     ),
   ];
   const notes: string[] = [];
@@ -223,7 +305,8 @@ export function renderTable(results: readonly BenchResult[]): string {
     const { non2xx, socketErrors } = result.wrk!;
     const socket = socketErrors.connect + socketErrors.read + socketErrors.write +
       socketErrors.timeout;
-    if (non2xx > 0 || socket > 0) {
+    // A configuration that refuses everything on purpose answers no 2xx.
+    if ((non2xx > 0 && !result.expectStatus) || socket > 0) {
       notes.push(
         `- ${result.name}: ${non2xx} responses of status 400 or more, socket errors ${
           JSON.stringify(socketErrors)
@@ -289,7 +372,11 @@ async function main(): Promise<number> {
       console.log(
         `upstream: ${nginx ? "nginx" : "Deno.serve (nginx is not installed)"} at ${upstream.url}`,
       );
-      const setup = { ...run, upstream, nginx, wrk, settings };
+      const redisServer = await findExecutable(["redis-server", "/usr/bin/redis-server"]);
+      const redis = redisServer && configurations.some((c) => c.name.includes("Redis"))
+        ? await startRedis(run, redisServer)
+        : undefined;
+      const setup = { ...run, upstream, nginx, redis, wrk, settings };
       const results: BenchResult[] = [];
       for (const configuration of configurations) {
         if (children.interrupted) break;
@@ -301,6 +388,7 @@ async function main(): Promise<number> {
         results.push(result);
       }
       await upstream.stop();
+      await redis?.stop();
       return results;
     });
     addRatios(results);
