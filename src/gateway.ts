@@ -206,7 +206,7 @@ export class Gateway {
         this.log.error("request failed", { error });
         return problem(500, { detail: "The gateway failed while answering this request" });
       },
-    }, (request, info) => this.handle(request, info.remoteAddr.hostname));
+    }, (request, info) => this.handle(request, info.remoteAddr.hostname, info.completed));
     const admin = loaded.config.admin;
     try {
       this.#admin = Deno.serve({
@@ -280,7 +280,11 @@ export class Gateway {
   }
 
   /** Answers one request: reads the current pipeline once and runs to the end on it. */
-  async handle(request: Request, remoteAddress: string): Promise<Response> {
+  async handle(
+    request: Request,
+    remoteAddress: string,
+    completed?: Promise<void>,
+  ): Promise<Response> {
     const pipeline = this.#pipeline;
     const started = performance.now();
     this.#inflight++;
@@ -316,6 +320,7 @@ export class Gateway {
         remoteAddr,
         pipeline.trusted.has(remoteAddr),
         requestId,
+        completed,
       );
       try {
         response = await route.run(ctx);

@@ -210,6 +210,7 @@ export class Context implements RequestContext {
     readonly remoteAddr: string,
     readonly peerTrusted: boolean,
     readonly requestId: string,
+    readonly completed: Promise<void> = Promise.resolve(),
   ) {
     this.#original = request;
   }

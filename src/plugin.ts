@@ -81,6 +81,8 @@ export interface RequestContext {
   readonly requestId: string;
   /** Aborted when the client hangs up. */
   readonly signal: AbortSignal;
+  /** Resolves once the response has been sent in full, or the client is gone. */
+  readonly completed: Promise<void>;
   /** The caller, once `identify` ran. */
   client: ClientIdentity | undefined;
   /** The caller's tier, once `tier` ran. */

@@ -56,17 +56,26 @@ export function toSeconds(ms: number): number {
   return Math.max(0, Math.ceil(ms / 1000));
 }
 
-/** Returns the response with headers it can change: itself, or a copy when its headers are immutable. */
-export function mutableResponse(response: Response): Response {
+/**
+ * Adds the headers to a response and returns it: the response itself, or a
+ * copy when its headers are immutable (a plugin may return one from `fetch`).
+ */
+export function withRateLimitHeaders(
+  response: Response,
+  reports: readonly PolicyReport[],
+  mode: HeaderMode,
+): Response {
+  if (mode === "none") return response;
   try {
-    response.headers.set("x-sluice-probe", "1");
-    response.headers.delete("x-sluice-probe");
+    applyRateLimitHeaders(response.headers, reports, mode);
     return response;
   } catch {
-    return new Response(response.body, {
+    const copy = new Response(response.body, {
       status: response.status,
       statusText: response.statusText,
       headers: new Headers(response.headers),
     });
+    applyRateLimitHeaders(copy.headers, reports, mode);
+    return copy;
   }
 }

@@ -92,6 +92,8 @@ export interface RequestContextOptions {
   remoteAddr?: string;
   peerTrusted?: boolean;
   requestId?: string;
+  /** Resolves when the test says the response was sent. @default already resolved */
+  completed?: Promise<void>;
 }
 
 /** A request context for calling a handler directly. */
@@ -106,5 +108,6 @@ export function requestContext(
     options.remoteAddr ?? "127.0.0.1",
     options.peerTrusted ?? false,
     options.requestId ?? crypto.randomUUID(),
+    options.completed,
   );
 }

@@ -1,6 +1,6 @@
 /**
  * The `concurrency` plugin: at most `max` requests of the route in flight to
- * the upstream (until their response body is done); up to `queue` more wait
+ * the upstream (until their response has been sent in full); up to `queue` more wait
  * in FIFO order for up to `queue_timeout`; beyond that, 503 with Retry-After.
  * A client that hangs up while queued leaves the queue at once.
  */
@@ -89,48 +89,6 @@ export class Semaphore {
   }
 }
 
-/** Calls `done` once the response's body has been read to its end, failed or been cancelled. */
-export function whenBodyDone(response: Response, done: () => void): Response {
-  const body = response.body;
-  if (!body) {
-    done();
-    return response;
-  }
-  let finished = false;
-  const finish = () => {
-    if (!finished) {
-      finished = true;
-      done();
-    }
-  };
-  const reader = body.getReader();
-  const watched = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        const { done: end, value } = await reader.read();
-        if (end) {
-          finish();
-          controller.close();
-        } else {
-          controller.enqueue(value);
-        }
-      } catch (error) {
-        finish();
-        controller.error(error);
-      }
-    },
-    cancel(reason) {
-      finish();
-      return reader.cancel(reason);
-    },
-  });
-  return new Response(watched, {
-    status: response.status,
-    statusText: response.statusText,
-    headers: response.headers,
-  });
-}
-
 export default definePlugin({
   name: "concurrency",
   options: z.strictObject({
@@ -175,9 +133,11 @@ export default definePlugin({
       }
       if (isGatewayAnswer(response) || !response.body) {
         semaphore.release();
-        return response;
+      } else {
+        // The slot is held until the body has been sent in full (or the client left).
+        ctx.completed.finally(() => semaphore.release()).catch(() => {});
       }
-      return whenBodyDone(response, () => semaphore.release());
+      return response;
     };
   },
 });

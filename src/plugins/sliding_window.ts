@@ -10,9 +10,9 @@ import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import {
   applyRateLimitHeaders,
-  mutableResponse,
   type PolicyReport,
   toSeconds,
+  withRateLimitHeaders,
 } from "../ratelimit_headers.ts";
 import type { WindowDecision, WindowLimit } from "../store/store.ts";
 import { clientIdOf, clientKey, decisionCounters, formatRate, storeUnavailable } from "./_limit.ts";
@@ -229,9 +229,7 @@ export default definePlugin({
       } else {
         counters.allowed.inc();
       }
-      const response = mutableResponse(await next());
-      applyRateLimitHeaders(response.headers, report, opts.headers);
-      return response;
+      return withRateLimitHeaders(await next(), report, opts.headers);
     };
   },
 });

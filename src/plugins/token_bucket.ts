@@ -10,7 +10,7 @@ import { abortableDelay } from "../abortable_delay.ts";
 import { duration, rate } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
-import { applyRateLimitHeaders, mutableResponse, toSeconds } from "../ratelimit_headers.ts";
+import { applyRateLimitHeaders, toSeconds, withRateLimitHeaders } from "../ratelimit_headers.ts";
 import { clientIdOf, clientKey, decisionCounters, formatRate, storeUnavailable } from "./_limit.ts";
 
 export default definePlugin({
@@ -99,9 +99,7 @@ export default definePlugin({
       } else {
         counters.allowed.inc();
       }
-      const response = mutableResponse(await next());
-      applyRateLimitHeaders(response.headers, report, opts.headers);
-      return response;
+      return withRateLimitHeaders(await next(), report, opts.headers);
     };
   },
 });

@@ -15,8 +15,10 @@ import {
 
 interface LogEntry {
   kind: "log";
-  /** Admitted units as [time, units] runs, oldest first. */
+  /** Admitted units as [time, units] runs, oldest first, from index `head`. */
   runs: number[];
+  /** Where the live runs start: trimming moves it instead of shifting the array. */
+  head: number;
   /** Units in `runs`. */
   total: number;
   expiresAt: number;
@@ -153,18 +155,18 @@ export class MemoryStore implements Store {
         entry = written.get(key);
       } else if (allowed && cost > 0) {
         if (!entry) {
-          entry = { kind: "log", runs: [], total: 0, expiresAt: 0 };
+          entry = { kind: "log", runs: [], head: 0, total: 0, expiresAt: 0 };
           this.#entries.set(key, entry);
         }
         const last = entry.runs.length - 2;
-        if (last >= 0 && entry.runs[last] === now) entry.runs[last + 1]! += cost;
+        if (last >= entry.head && entry.runs[last] === now) entry.runs[last + 1]! += cost;
         else entry.runs.push(now, cost);
         entry.total += cost;
         entry.expiresAt = now + windowMs;
         written.set(key, entry);
       }
       const remaining = Math.max(0, limit - (entry?.total ?? 0));
-      const oldest = entry && entry.runs.length > 0 ? entry.runs[0]! : undefined;
+      const oldest = entry && entry.runs.length > entry.head ? entry.runs[entry.head]! : undefined;
       return {
         limit,
         windowMs,
@@ -330,22 +332,26 @@ export class MemoryStore implements Store {
 
 /** Drops the runs at or before `cutoff` (they left the window). */
 function trimLog(entry: LogEntry, cutoff: number): void {
-  let drop = 0;
+  const runs = entry.runs;
+  let head = entry.head;
   let units = 0;
-  while (drop < entry.runs.length && entry.runs[drop]! <= cutoff) {
-    units += entry.runs[drop + 1]!;
-    drop += 2;
+  while (head < runs.length && runs[head]! <= cutoff) {
+    units += runs[head + 1]!;
+    head += 2;
   }
-  if (drop > 0) {
-    entry.runs.splice(0, drop);
-    entry.total -= units;
+  entry.total -= units;
+  // Compact now and then, so the dropped runs do not pile up.
+  if (head > 1024 && head * 2 > runs.length) {
+    runs.splice(0, head);
+    head = 0;
   }
+  entry.head = head;
 }
 
 /** The time of the unit at 0-based position `index`, oldest first. */
 function unitTime(entry: LogEntry, index: number): number {
   let seen = 0;
-  for (let i = 0; i < entry.runs.length; i += 2) {
+  for (let i = entry.head; i < entry.runs.length; i += 2) {
     seen += entry.runs[i + 1]!;
     if (seen > index) return entry.runs[i]!;
   }
