@@ -1,7 +1,7 @@
-/** Reading wrk reports (run with `deno test bench/`). */
+/** Reading wrk reports and rendering the bench table (bench/_wrk.ts, bench/_table.ts). */
 import assert from "node:assert/strict";
-import { parseWrk, parseWrkTime } from "./_wrk.ts";
-import { markdownTable } from "./_table.ts";
+import { parseWrk, parseWrkTime } from "../bench/_wrk.ts";
+import { markdownTable } from "../bench/_table.ts";
 
 const REPORT = `Running 3s test @ http://127.0.0.1:36509/
   1 threads and 50 connections
