@@ -3,7 +3,8 @@
  * for one up to `max_delay` (smoothing bursts instead of dropping them), else
  * it is answered 429 at once. Reservations are taken in arrival order, so a
  * later request never overtakes an earlier one; a client that hangs up while
- * waiting gives its tokens back.
+ * waiting gives its tokens back. A fast bucket is leased in 10 ms slices, so
+ * shaping that does not shape costs one store call per slice, not per request.
  */
 import { z } from "zod";
 import { abortableDelay } from "../abortable_delay.ts";
@@ -12,6 +13,19 @@ import { definePlugin } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { applyRateLimitHeaders, toSeconds, withRateLimitHeaders } from "../ratelimit_headers.ts";
 import { clientIdOf, clientKey, decisionCounters, formatRate, storeUnavailable } from "./_limit.ts";
+import type { SourcedBucketDecision } from "../store/store.ts";
+
+/** How many milliseconds of tokens one lease takes. */
+const LEASE_WINDOW_MS = 10;
+/** How long leased tokens stay spendable; what is left then lapses. */
+const LEASE_TTL_MS = 50;
+const LEASES_MAX = 10_000;
+
+interface Lease {
+  tokens: number;
+  until: number;
+  decision: SourcedBucketDecision;
+}
 
 export default definePlugin({
   name: "token-bucket",
@@ -52,11 +66,43 @@ export default definePlugin({
       maxDelayMs: opts.max_delay,
     });
 
+    // A fast bucket is leased: one store call takes this request's tokens and
+    // LEASE_WINDOW_MS more, which this instance then spends without a call.
+    // A slow bucket (fewer than two requests' tokens per lease window) is
+    // asked for every request, and so is any bucket with requests waiting.
+    const leaseSize = Math.min(
+      Math.floor(burst / 4),
+      Math.floor((opts.rate.count * LEASE_WINDOW_MS) / opts.rate.periodMs),
+    );
+    const leases = new Map<string, Lease>();
+
+    async function decide(key: string): Promise<SourcedBucketDecision> {
+      if (leaseSize < 2 * opts.cost || lastSlot.has(key)) {
+        return await store.bucket(query(key, opts.cost));
+      }
+      const now = Date.now();
+      const lease = leases.get(key);
+      if (lease && lease.until > now && lease.tokens >= opts.cost) {
+        lease.tokens -= opts.cost;
+        return lease.decision;
+      }
+      const batch = await store.bucket({ ...query(key, opts.cost + leaseSize), maxDelayMs: 0 });
+      if (batch.allowed && batch.delayMs === 0) {
+        if (leases.size >= LEASES_MAX) leases.delete(leases.keys().next().value!);
+        leases.set(key, { tokens: leaseSize, until: now + LEASE_TTL_MS, decision: batch });
+        return batch;
+      }
+      leases.delete(key);
+      if (batch.source === "deny") return batch;
+      // Too few tokens for a lease: this request alone, waiting if it must.
+      return await store.bucket(query(key, opts.cost));
+    }
+
     return async function tokenBucket(ctx, next) {
       const key = opts.scope === "route"
         ? routeKey
         : `${clientKey(route.name, clientIdOf(ctx))}:bucket`;
-      const decision = await store.bucket(query(key, opts.cost));
+      const decision = await decide(key);
       const report = [{
         name,
         quota: opts.rate.count,

@@ -1,6 +1,7 @@
 /** The shaper and the concurrency limit through real sockets. */
 import assert from "node:assert/strict";
 import { delay, startGateway, startUpstream, waitFor } from "../_helpers.ts";
+import { commandCalls, RedisServer, redisTest } from "../_redis.ts";
 
 function yaml(upstream: string, steps: string): string {
   return `routes:
@@ -190,3 +191,36 @@ Deno.test("queue timeout, and a client that hangs up while queued leaves the que
   await holder;
   assert.equal(seen, 1);
 });
+
+redisTest(
+  "a fast bucket on Redis is leased: far fewer store calls than requests, and never over its rate",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await using gw = await startGateway(`store: { kind: redis, url: ${redis.url} }
+routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - token-bucket: { rate: 1000/s, burst: 40 }
+      - proxy: {}
+`);
+    const started = performance.now();
+    const statuses = [];
+    for (let i = 0; i < 200; i++) {
+      const response = await fetch(`${gw.url}/x`);
+      await response.body?.cancel();
+      statuses.push(response.status);
+    }
+    const elapsedMs = performance.now() - started;
+    const allowed = statuses.filter((status) => status === 200).length;
+    // The bucket's own bound: the burst, plus what refills while the requests run.
+    assert.ok(
+      allowed <= 40 + Math.ceil(elapsedMs) + 1,
+      `${allowed} allowed in ${Math.round(elapsedMs)} ms`,
+    );
+    assert.ok(allowed > 0);
+    const calls = await commandCalls(redis, "evalsha") + await commandCalls(redis, "eval");
+    assert.ok(calls < 200, `${calls} store calls for 200 requests`);
+  },
+);
