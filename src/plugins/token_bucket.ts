@@ -76,16 +76,19 @@ export default definePlugin({
     );
     const leases = new Map<string, Lease>();
 
-    async function decide(key: string): Promise<SourcedBucketDecision> {
-      if (leaseSize < 2 * opts.cost || lastSlot.has(key)) {
-        return await store.bucket(query(key, opts.cost));
-      }
-      const now = Date.now();
+    // One lease call at a time per bucket: requests that arrive meanwhile wait
+    // for it and spend from it, instead of each leasing (and wasting) a slice.
+    const leasing = new Map<string, Promise<SourcedBucketDecision | undefined>>();
+
+    function fromLease(key: string): SourcedBucketDecision | undefined {
       const lease = leases.get(key);
-      if (lease && lease.until > now && lease.tokens >= opts.cost) {
-        lease.tokens -= opts.cost;
-        return lease.decision;
-      }
+      if (!lease || lease.until <= Date.now() || lease.tokens < opts.cost) return undefined;
+      lease.tokens -= opts.cost;
+      return lease.decision;
+    }
+
+    async function lease(key: string): Promise<SourcedBucketDecision | undefined> {
+      const now = Date.now();
       const batch = await store.bucket({ ...query(key, opts.cost + leaseSize), maxDelayMs: 0 });
       if (batch.allowed && batch.delayMs === 0) {
         if (leases.size >= LEASES_MAX) leases.delete(leases.keys().next().value!);
@@ -93,7 +96,27 @@ export default definePlugin({
         return batch;
       }
       leases.delete(key);
-      if (batch.source === "deny") return batch;
+      return batch.source === "deny" ? batch : undefined;
+    }
+
+    async function decide(key: string): Promise<SourcedBucketDecision> {
+      if (leaseSize < 2 * opts.cost || lastSlot.has(key)) {
+        return await store.bucket(query(key, opts.cost));
+      }
+      const leased = fromLease(key);
+      if (leased) return leased;
+      const pending = leasing.get(key);
+      if (pending) {
+        await pending;
+        const shared = fromLease(key);
+        if (shared) return shared;
+      } else {
+        const call = lease(key).finally(() => leasing.delete(key));
+        leasing.set(key, call);
+        // The leasing request's own tokens came with the lease.
+        const own = await call;
+        if (own) return own;
+      }
       // Too few tokens for a lease: this request alone, waiting if it must.
       return await store.bucket(query(key, opts.cost));
     }
