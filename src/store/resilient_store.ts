@@ -8,7 +8,7 @@
  */
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
-import { LoopLag } from "../loop_lag.ts";
+import { CallTimeouts, StoreTimeoutError } from "./call_timeouts.ts";
 import { MemoryStore } from "./memory_store.ts";
 import type {
   BucketQuery,
@@ -40,10 +40,6 @@ export interface ResilientStoreOptions {
   startDown?: boolean;
 }
 
-class StoreTimeoutError extends Error {
-  override name = "StoreTimeoutError";
-}
-
 const DENY_CACHE_MAX = 100_000;
 
 interface CachedDenial {
@@ -62,7 +58,7 @@ export class ResilientStore implements LimitStore {
   #down = false;
   #failures = 0;
   #firstFailureAt: number | undefined;
-  #lag = new LoopLag();
+  #timeouts = new CallTimeouts();
   #since = new Date();
   #lastError: string | null = null;
   #probe: ReturnType<typeof setInterval> | undefined;
@@ -155,30 +151,9 @@ export class ResilientStore implements LimitStore {
 
   async #call<T>(run: () => Promise<T>): Promise<T> {
     const started = performance.now();
-    const timeoutMs = this.#options.timeoutMs;
-    const lagAtStart = this.#lag.total();
-    this.#lag.hold();
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timed = this.#timeouts.start(this.#options.timeoutMs);
     try {
-      const result = await Promise.race([
-        run(),
-        new Promise<never>((_, reject) => {
-          // The timeout counts the store's time, not the gateway's: time this
-          // event loop was too busy to read the reply is added back, up to
-          // 5x the timeout in all.
-          const check = () => {
-            const waited = performance.now() - started;
-            const busy = this.#lag.total() - lagAtStart;
-            const left = Math.min(timeoutMs + busy, 5 * timeoutMs) - waited;
-            if (left > 0.5) {
-              timer = setTimeout(check, left);
-            } else {
-              reject(new StoreTimeoutError(`The store did not answer within ${timeoutMs} ms`));
-            }
-          };
-          timer = setTimeout(check, timeoutMs);
-        }),
-      ]);
+      const result = await Promise.race([run(), timed.expired]);
       this.#failures = 0;
       this.#firstFailureAt = undefined;
       return result;
@@ -186,8 +161,7 @@ export class ResilientStore implements LimitStore {
       this.#failed(error);
       throw error;
     } finally {
-      clearTimeout(timer);
-      this.#lag.release();
+      this.#timeouts.done(timed);
       this.#options.metrics?.storeDuration.observe((performance.now() - started) / 1000);
     }
   }

@@ -1,0 +1,86 @@
+/**
+ * Timeouts for store calls on one shared ticker instead of a timer per call.
+ * The ticker also measures how late it runs: time the event loop was too
+ * busy to run it (and so to read a reply) is added back to each call's
+ * timeout, up to 5x the timeout, so a busy gateway does not mistake itself
+ * for a slow store.
+ */
+
+const TICK_MS = 5;
+const MOST = 5;
+
+/** Raised when a store call passes its timeout. */
+export class StoreTimeoutError extends Error {
+  override name = "StoreTimeoutError";
+}
+
+/** One call being timed. */
+export interface TimedCall {
+  /** Rejects with {@linkcode StoreTimeoutError} when the call is out of time. */
+  readonly expired: Promise<never>;
+}
+
+interface Entry extends TimedCall {
+  started: number;
+  lagAtStart: number;
+  timeoutMs: number;
+  reject: (error: Error) => void;
+}
+
+/** The shared ticker. */
+export class CallTimeouts {
+  #calls = new Set<Entry>();
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #lag = 0;
+  #last = 0;
+
+  /** Starts timing one call. */
+  start(timeoutMs: number): TimedCall {
+    const now = performance.now();
+    if (this.#timer === undefined) {
+      this.#last = now;
+      this.#timer = setInterval(() => this.#tick(), TICK_MS);
+    }
+    let reject!: (error: Error) => void;
+    const expired = new Promise<never>((_, no) => reject = no);
+    expired.catch(() => {});
+    const entry: Entry = {
+      expired,
+      started: now,
+      lagAtStart: this.#lagNow(now),
+      timeoutMs,
+      reject,
+    };
+    this.#calls.add(entry);
+    return entry;
+  }
+
+  /** Stops timing a call (it settled). */
+  done(call: TimedCall): void {
+    this.#calls.delete(call as Entry);
+    if (this.#calls.size === 0 && this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+      this.#lag = 0;
+    }
+  }
+
+  #lagNow(now: number): number {
+    return this.#lag + Math.max(0, now - this.#last - TICK_MS);
+  }
+
+  #tick(): void {
+    const now = performance.now();
+    const late = now - this.#last - TICK_MS;
+    if (late > 0) this.#lag += late;
+    this.#last = now;
+    for (const call of this.#calls) {
+      const busy = this.#lag - call.lagAtStart;
+      const allowed = Math.min(call.timeoutMs + busy, MOST * call.timeoutMs);
+      if (now - call.started >= allowed) {
+        this.#calls.delete(call);
+        call.reject(new StoreTimeoutError(`The store did not answer within ${call.timeoutMs} ms`));
+      }
+    }
+  }
+}
