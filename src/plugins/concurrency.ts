@@ -36,6 +36,14 @@ export class Semaphore {
     return this.#queue.length;
   }
 
+  /** Takes a free slot at once when there is one and no one is in line. */
+  tryAcquire(): boolean {
+    if (this.#active >= this.max || this.#queue.length > 0) return false;
+    this.#active++;
+    this.onChange();
+    return true;
+  }
+
   /**
    * Takes a slot: "ok" at once or after waiting in line, "full" when the line
    * is full, "timeout" after `timeoutMs` in line, "aborted" when `signal` fires.
@@ -112,7 +120,9 @@ export default definePlugin({
     const retryAfterSeconds = Math.max(1, Math.ceil(opts.queue_timeout / 1000));
 
     return async function concurrency(ctx, next) {
-      const result = await semaphore.acquire(ctx.signal, opts.queue_timeout);
+      const result = semaphore.tryAcquire()
+        ? "ok"
+        : await semaphore.acquire(ctx.signal, opts.queue_timeout);
       if (result === "aborted") return new Response(null, { status: 499 });
       if (result !== "ok") {
         return problem(503, {

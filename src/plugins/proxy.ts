@@ -202,14 +202,17 @@ export default definePlugin({
       let target: string | undefined;
       for (let round = 0; round < 2; round++) {
         // One target and no breaker: nothing to choose.
-        const next = !isPool && !breakers
-          ? (round === 0 ? upstream.url : undefined)
-          : pool.take(tried, breakers);
+        // One target: nothing to choose, only its breaker to ask.
+        const next = isPool
+          ? pool.take(tried, breakers)
+          : round === 0 && (!breakers || breakers.of(upstream.url).acquire())
+          ? upstream.url
+          : undefined;
         if (next === undefined) break;
         target = next;
         tried.add(target);
         result = await attempt(ctx, target, headers, round === 0 ? firstBody : spareBody);
-        if (isPool || breakers) pool.done(target);
+        if (isPool) pool.done(target);
         const breaker = breakers?.of(target);
         if (result.kind === "response") {
           breaker?.record(!breaker.isFailureStatus(result.response.status));
