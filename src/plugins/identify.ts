@@ -106,26 +106,34 @@ export default definePlugin({
     const sources = opts.from.map(parseSource);
     const keySources = sources.filter((source) => source.kind !== "ip");
     const names = opts.from.filter((source) => source !== "ip").join(", ");
-    return async function identify(ctx, next) {
+    // Not an async function: the common paths (an IP, a key seen before) add
+    // no promise of their own to the request.
+    return function identify(ctx, next) {
       const ip = clientIp(ctx.request, ctx.remoteAddr, gateway.isTrustedProxy);
       const key = findKey(ctx, keySources);
-      let client: ClientIdentity;
-      if (key !== undefined) {
-        client = { id: await keyClientId(key), kind: "key", key, ip };
-      } else if (opts.required) {
-        return problem(401, {
-          type: `${PROBLEM_TYPE_BASE}missing-credentials`,
-          title: "Missing credentials",
-          detail: `This route needs an API key: send it as ${names}`,
-          headers: keySources.some((source) => source.kind === "bearer")
-            ? { "www-authenticate": 'Bearer realm="sluice"' }
-            : undefined,
-        });
-      } else {
-        client = { id: `ip:${ip}`, kind: "ip", ip };
+      if (key === undefined) {
+        if (opts.required) {
+          return problem(401, {
+            type: `${PROBLEM_TYPE_BASE}missing-credentials`,
+            title: "Missing credentials",
+            detail: `This route needs an API key: send it as ${names}`,
+            headers: keySources.some((source) => source.kind === "bearer")
+              ? { "www-authenticate": 'Bearer realm="sluice"' }
+              : undefined,
+          });
+        }
+        ctx.client = { id: `ip:${ip}`, kind: "ip", ip };
+        return next();
       }
-      ctx.client = client;
-      return await next();
+      const known = idCache.get(key);
+      if (known !== undefined) {
+        ctx.client = { id: known, kind: "key", key, ip };
+        return next();
+      }
+      return keyClientId(key).then((id) => {
+        ctx.client = { id, kind: "key", key, ip } satisfies ClientIdentity;
+        return next();
+      });
     };
   },
 });

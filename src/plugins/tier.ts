@@ -7,7 +7,7 @@
 import { z } from "zod";
 import { duration } from "../config/schema.ts";
 import { sha256Hex } from "../digest.ts";
-import { definePlugin } from "../plugin.ts";
+import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 
 const CACHE_MAX = 50_000;
@@ -64,13 +64,19 @@ export default definePlugin({
       return tier;
     }
 
-    return async function tier(ctx, next) {
+    // Not an async function: a caller without a key adds no promise of its own.
+    return function tier(ctx, next) {
       const client = ctx.client;
       if (!client?.key) {
         ctx.tier = options.default;
-        return await next();
+        return next();
       }
-      const digest = await sha256Hex(client.key);
+      return decide(ctx, client.key).then((answer) => answer ?? next());
+    };
+
+    /** Sets the caller's tier, or answers 401 for an unknown key. */
+    async function decide(ctx: RequestContext, key: string): Promise<Response | undefined> {
+      const digest = await sha256Hex(key);
       let name = keys.get(digest)?.tier;
       if (name === undefined && hashes.length > 0) name = await fromHashes(digest);
       if (name === undefined || !(name in tiers)) {
@@ -84,7 +90,7 @@ export default definePlugin({
         name = options.unknown_key;
       }
       ctx.tier = name;
-      return await next();
-    };
+      return undefined;
+    }
   },
 });
