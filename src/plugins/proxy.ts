@@ -63,6 +63,12 @@ function forwardable(headers: Headers, skip: ReadonlySet<string> = new Set()): [
   return pairs;
 }
 
+/** True when a hop-by-hop header is present (then the headers are copied without them). */
+function hasHopByHop(headers: Headers): boolean {
+  for (const name of HOP_BY_HOP_HEADERS) if (headers.has(name)) return true;
+  return false;
+}
+
 const REPLACED_UPSTREAM = new Set(["x-forwarded-for", "x-request-id", "accept-encoding"]);
 const REPLACED_UPSTREAM_HOST = new Set([...REPLACED_UPSTREAM, "host"]);
 
@@ -271,7 +277,9 @@ export default definePlugin({
       }
       const response = result.response;
       observe(statusClass(response.status), result.seconds);
-      const responseHeaders = forwardable(response.headers);
+      const responseHeaders = hasHopByHop(response.headers)
+        ? forwardable(response.headers)
+        : response.headers;
       const bodiless = request.method === "HEAD" || BODILESS_STATUSES.has(response.status);
       if (bodiless && response.body) {
         response.body.cancel().catch(() => {});
