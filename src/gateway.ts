@@ -21,6 +21,7 @@ import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "./problem.ts";
 import { StateRegistry } from "./state_registry.ts";
 import { FileWatcher } from "./watcher.ts";
 import { adminHandler } from "./admin.ts";
+import { Http1Client, type Http1Init } from "./http1_client.ts";
 import { createStore, storeKind } from "./store/mod.ts";
 import type { ResilientStore } from "./store/resilient_store.ts";
 import { RecentClients } from "./client_directory.ts";
@@ -34,7 +35,7 @@ export interface GatewayOptions {
   env?: EnvLookup;
   /** The logger. @default JSON lines on stdout at `info` */
   logger?: Logger;
-  /** The upstream HTTP client. @default `fetch` with a keep-alive client that may set `Host` */
+  /** The upstream HTTP client. @default a keep-alive HTTP/1.1 client (src/http1_client.ts) */
   fetch?: (input: string, init: RequestInit) => Promise<Response>;
   /** Overrides `listen.port` (0 picks a free port). */
   port?: number;
@@ -85,7 +86,7 @@ export class Gateway {
   #server!: Deno.HttpServer<Deno.NetAddr>;
   #admin!: Deno.HttpServer<Deno.NetAddr>;
   #fetch: (input: string, init: RequestInit) => Promise<Response>;
-  #httpClient: Deno.HttpClient | undefined;
+  #httpClient: Http1Client | undefined;
   #watcher: FileWatcher | undefined;
   #reloadChain: Promise<unknown> = Promise.resolve();
   #lastFailure: ReloadFailure | undefined;
@@ -105,7 +106,7 @@ export class Gateway {
       storeSignature: string;
       clients: RecentClients;
       fetch: (input: string, init: RequestInit) => Promise<Response>;
-      httpClient?: Deno.HttpClient;
+      httpClient?: Http1Client;
     },
   ) {
     this.#store = init.store;
@@ -127,12 +128,12 @@ export class Gateway {
     const log = options.logger ?? new Logger();
     const metrics = new Metrics({ processMetrics: options.processMetrics });
     const loaded = await loadConfig(options.configFile, { plugins: BUILTIN_PLUGINS, env });
-    let httpClient: Deno.HttpClient | undefined;
+    let httpClient: Http1Client | undefined;
     let upstreamFetch = options.fetch;
     if (!upstreamFetch) {
-      const client = Deno.createHttpClient({ allowHost: true });
+      const client = new Http1Client();
       httpClient = client;
-      upstreamFetch = (input, init) => fetch(input, { ...init, client });
+      upstreamFetch = (input, init) => client.fetch(input, init as Http1Init);
     }
     const state = new StateRegistry();
     const trusted = new CidrSet(loaded.config.trusted_proxies);
