@@ -69,7 +69,9 @@ function hasHopByHop(headers: Headers): boolean {
   return false;
 }
 
-const REPLACED_UPSTREAM = new Set(["x-forwarded-for", "x-request-id", "accept-encoding"]);
+// Accept-Encoding goes as the client sent it: the upstream client never
+// decodes a body, so whatever encoding comes back reaches the client as is.
+const REPLACED_UPSTREAM = new Set(["x-forwarded-for", "x-request-id"]);
 const REPLACED_UPSTREAM_HOST = new Set([...REPLACED_UPSTREAM, "host"]);
 
 function requestHeaders(ctx: RequestContext, preserveHost: boolean): [string, string][] {
@@ -85,13 +87,6 @@ function requestHeaders(ctx: RequestContext, preserveHost: boolean): [string, st
     replace(pairs, "x-forwarded-host", incoming.get("host"));
   }
   pairs.push(["x-request-id", ctx.requestId]);
-  // Deno's fetch decodes a gzip or br body whenever the request's
-  // Accept-Encoding is anything but `identity` (the client's own value
-  // included), and keeps the Content-Encoding header: the client would get a
-  // decoded body labelled gzip. There is no opt-out (denoland/deno#12291), so
-  // the upstream is asked for `identity`, and whatever encoding it sends anyway
-  // reaches the client byte for byte.
-  pairs.push(["accept-encoding", "identity"]);
   return pairs;
 }
 

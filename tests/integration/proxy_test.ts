@@ -1041,3 +1041,39 @@ Deno.test("proxy: a gzip response reaches the client byte for byte with its Cont
   assert.equal(response.headers.get("content-encoding"), "gzip");
   assert.equal(await response.text(), text);
 });
+
+Deno.test("proxy: the client's Accept-Encoding reaches the upstream as sent, and no header is added", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(`routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - proxy: {}
+`);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: gw.gateway.addr.port });
+  await conn.write(
+    new TextEncoder().encode(
+      "GET /x HTTP/1.1\r\nHost: gw.test\r\nAccept-Encoding: br, gzip\r\nConnection: close\r\n\r\n",
+    ),
+  );
+  let text = "";
+  const buffer = new Uint8Array(65536);
+  for (;;) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    text += new TextDecoder().decode(buffer.subarray(0, n));
+  }
+  conn.close();
+  const echoed = JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4));
+  const names = (echoed.headers as [string, string][]).map(([name]) => name).sort();
+  const headers = new Map(echoed.headers as [string, string][]);
+  assert.equal(headers.get("accept-encoding"), "br, gzip");
+  assert.deepEqual(names, [
+    "accept-encoding",
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+  ]);
+});
