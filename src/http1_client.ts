@@ -111,6 +111,49 @@ interface Connection {
   reused: boolean;
 }
 
+const own = new WeakSet<Response>();
+
+/**
+ * True for a response made by {@linkcode Http1Client}: its headers are
+ * mutable and hold no hop-by-hop header (the client consumed those).
+ */
+export function isClientResponse(response: Response): boolean {
+  return own.has(response);
+}
+
+/** Hop-by-hop headers: they describe one connection and are consumed by the client. */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+function withoutHopByHop(headers: [string, string][]): [string, string][] {
+  let named: Set<string> | undefined;
+  let any = false;
+  for (const [name, value] of headers) {
+    if (HOP_BY_HOP.has(name)) any = true;
+    if (name === "connection") {
+      named ??= new Set();
+      for (const token of value.split(",")) named.add(token.trim().toLowerCase());
+    }
+  }
+  if (!any) return headers;
+  return headers.filter(([name]) => !HOP_BY_HOP.has(name) && !named?.has(name));
+}
+
+function answer(body: BodyInit | null, init: ResponseInit): Response {
+  const response = new Response(body, init);
+  own.add(response);
+  return response;
+}
+
 /** Raised for an upstream that answers something that is not HTTP/1.x. */
 export class UpstreamProtocolError extends Error {
   override name = "UpstreamProtocolError";
@@ -181,6 +224,7 @@ export class Http1Client {
     let status: number;
     let statusText: string;
     let headers: [string, string][];
+    let framing: [string, string][];
     for (;;) {
       let end = reader.headEnd();
       while (end < 0) {
@@ -208,13 +252,15 @@ export class Http1Client {
         if (colon <= 0) continue;
         headers.push([line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim()]);
       }
+      framing = headers;
+      headers = withoutHopByHop(headers);
       if (status >= 100 && status < 200 && status !== 101) continue;
       break;
     }
     let length: number | undefined;
     let chunked = false;
     let close = false;
-    for (const [name, value] of headers) {
+    for (const [name, value] of framing) {
       if (name === "content-length") length = Number(value);
       else if (name === "transfer-encoding") chunked = value.toLowerCase().includes("chunked");
       else if (name === "connection") close = value.toLowerCase().includes("close");
@@ -224,7 +270,7 @@ export class Http1Client {
     if (bodiless || (!chunked && length === 0)) {
       detach();
       this.#release(connection, close || status === 101);
-      return new Response(null, init);
+      return answer(null, init);
     }
     if (!chunked && length !== undefined && length <= SMALL_BODY) {
       // Small fixed bodies are read at once and handed over as bytes.
@@ -235,7 +281,7 @@ export class Http1Client {
       reader.start += length;
       detach();
       this.#release(connection, close);
-      return new Response(bytes, init);
+      return answer(bytes, init);
     }
     const stream = chunked
       ? chunkedStream(reader)
@@ -271,7 +317,7 @@ export class Http1Client {
       },
     }, { highWaterMark: 0 });
     void signal;
-    return new Response(readable, init);
+    return answer(readable, init);
   }
 
   async #sendBody(

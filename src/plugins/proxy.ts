@@ -7,6 +7,7 @@ import { BREAKERS } from "../breaker.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { TargetPool } from "../upstream_pool.ts";
+import { isClientResponse } from "../http1_client.ts";
 import { Deadlines } from "../deadlines.ts";
 
 /** One ticker for the upstream deadlines of every request in flight. */
@@ -272,6 +273,8 @@ export default definePlugin({
       }
       const response = result.response;
       observe(statusClass(response.status), result.seconds);
+      // The gateway's own HTTP client hands over a response ready to go on.
+      if (isClientResponse(response)) return response;
       const responseHeaders = hasHopByHop(response.headers)
         ? forwardable(response.headers)
         : response.headers;
