@@ -79,6 +79,7 @@ export default definePlugin({
     // One lease call at a time per bucket: requests that arrive meanwhile wait
     // for it and spend from it, instead of each leasing (and wasting) a slice.
     const leasing = new Map<string, Promise<SourcedBucketDecision | undefined>>();
+    const noLeaseUntil = new Map<string, number>();
 
     function fromLease(key: string): SourcedBucketDecision | undefined {
       const lease = leases.get(key);
@@ -92,15 +93,22 @@ export default definePlugin({
       const batch = await store.bucket({ ...query(key, opts.cost + leaseSize), maxDelayMs: 0 });
       if (batch.allowed && batch.delayMs === 0) {
         if (leases.size >= LEASES_MAX) leases.delete(leases.keys().next().value!);
+        noLeaseUntil.delete(key);
         leases.set(key, { tokens: leaseSize, until: now + LEASE_TTL_MS, decision: batch });
         return batch;
       }
       leases.delete(key);
+      // Near its limit the bucket cannot spare a slice: ask per request for a while,
+      // instead of a failed lease call before each request's own.
+      if (noLeaseUntil.size >= LEASES_MAX) noLeaseUntil.delete(noLeaseUntil.keys().next().value!);
+      noLeaseUntil.set(key, now + LEASE_TTL_MS);
       return batch.source === "deny" ? batch : undefined;
     }
 
     async function decide(key: string): Promise<SourcedBucketDecision> {
-      if (leaseSize < 2 * opts.cost || lastSlot.has(key)) {
+      if (
+        leaseSize < 2 * opts.cost || lastSlot.has(key) || (noLeaseUntil.get(key) ?? 0) > Date.now()
+      ) {
         return await store.bucket(query(key, opts.cost));
       }
       const leased = fromLease(key);
