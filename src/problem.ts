@@ -58,26 +58,14 @@ export function problem(status: number, options: ProblemOptions = {}): Response 
     ...(options.detail === undefined ? {} : { detail: options.detail }),
     ...options.extensions,
   };
-  // One list of pairs, converted once: cheaper than setting headers one by one.
-  const headers: [string, string][] = [
-    ["content-type", "application/problem+json"],
-    ["cache-control", "no-store"],
-  ];
+  const headers = new Headers(options.headers);
+  headers.set("content-type", "application/problem+json");
+  headers.set("cache-control", "no-store");
   if (options.retryAfterSeconds !== undefined) {
-    headers.push(["retry-after", String(Math.max(1, Math.ceil(options.retryAfterSeconds)))]);
-  }
-  if (options.headers) {
-    const extra = options.headers instanceof Headers
-      ? [...options.headers]
-      : Array.isArray(options.headers)
-      ? options.headers as [string, string][]
-      : Object.entries(options.headers);
-    for (const pair of extra) {
-      const name = pair[0].toLowerCase();
-      if (name !== "content-type" && name !== "cache-control" && name !== "retry-after") {
-        headers.push(pair);
-      }
-    }
+    headers.set(
+      "retry-after",
+      String(Math.max(1, Math.ceil(options.retryAfterSeconds))),
+    );
   }
   const response = new Response(JSON.stringify(body), { status, headers });
   gatewayMade.add(response);

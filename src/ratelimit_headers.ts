@@ -51,38 +51,6 @@ export function applyRateLimitHeaders(
   }
 }
 
-/**
- * The headers of these policies as pairs, for an answer the plugin makes
- * itself (a 429): built at once instead of set one by one.
- */
-export function rateLimitHeaderPairs(
-  reports: readonly PolicyReport[],
-  mode: HeaderMode,
-): [string, string][] {
-  const pairs: [string, string][] = [];
-  if (mode === "none" || reports.length === 0) return pairs;
-  if (mode === "ietf" || mode === "both") {
-    const policies: string[] = [];
-    const states: string[] = [];
-    for (const report of reports) {
-      const name = sfString(report.name);
-      policies.push(`${name};q=${report.quota};w=${report.windowSeconds}`);
-      states.push(`${name};r=${report.remaining};t=${report.resetSeconds}`);
-    }
-    pairs.push(["ratelimit-policy", policies.join(", ")], ["ratelimit", states.join(", ")]);
-  }
-  if (mode === "legacy" || mode === "both") {
-    let tightest = reports[0]!;
-    for (const report of reports) if (report.remaining < tightest.remaining) tightest = report;
-    pairs.push(
-      ["x-ratelimit-limit", String(tightest.quota)],
-      ["x-ratelimit-remaining", String(tightest.remaining)],
-      ["x-ratelimit-reset", String(tightest.resetSeconds)],
-    );
-  }
-  return pairs;
-}
-
 /** Whole seconds for a header: milliseconds rounded up. */
 export function toSeconds(ms: number): number {
   return Math.max(0, Math.ceil(ms / 1000));

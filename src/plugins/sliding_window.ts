@@ -9,8 +9,8 @@ import { duration, rate } from "../config/schema.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import {
+  applyRateLimitHeaders,
   type PolicyReport,
-  rateLimitHeaderPairs,
   toSeconds,
   withRateLimitHeaders,
 } from "../ratelimit_headers.ts";
@@ -209,17 +209,13 @@ export default definePlugin({
           const state = decision.states[violated]!;
           const retryAfter = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
           const name = policy.names[violated]!;
-          return problem(429, {
+          const response = problem(429, {
             type: `${PROBLEM_TYPE_BASE}quota-exceeded`,
             title: "Quota exceeded",
             detail: `The quota "${name}" of ${state.limit} per ${
               toSeconds(state.windowMs)
             } s is spent; retry in ${retryAfter} s`,
             retryAfterSeconds: retryAfter,
-            headers: [...rateLimitHeaderPairs(report, opts.headers), [
-              "x-request-id",
-              ctx.requestId,
-            ]],
             extensions: {
               policy: name,
               limit: state.limit,
@@ -227,6 +223,8 @@ export default definePlugin({
               retry_after_seconds: retryAfter,
             },
           });
+          applyRateLimitHeaders(response.headers, report, opts.headers);
+          return response;
         }
       } else {
         counters.allowed.inc();
