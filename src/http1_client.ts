@@ -112,6 +112,12 @@ interface Connection {
 }
 
 const own = new WeakSet<Response>();
+const complete = new WeakSet<Response>();
+
+/** True when the client read the whole body before answering: the upstream is done with it. */
+export function isBodyComplete(response: Response): boolean {
+  return complete.has(response);
+}
 
 /**
  * True for a response made by {@linkcode Http1Client}: its headers are
@@ -270,7 +276,9 @@ export class Http1Client {
     if (bodiless || (!chunked && length === 0)) {
       detach();
       this.#release(connection, close || status === 101);
-      return answer(null, init);
+      const response = answer(null, init);
+      complete.add(response);
+      return response;
     }
     if (!chunked && length !== undefined && length <= SMALL_BODY) {
       // Small fixed bodies are read at once and handed over as bytes.
@@ -281,7 +289,9 @@ export class Http1Client {
       reader.start += length;
       detach();
       this.#release(connection, close);
-      return answer(bytes, init);
+      const response = answer(bytes, init);
+      complete.add(response);
+      return response;
     }
     const stream = chunked
       ? chunkedStream(reader)

@@ -110,17 +110,26 @@ export class Metrics {
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
+    // Read from their sources when scraped: setting a gauge on every request
+    // and every release measurably cost the concurrency plugin.
+    const concurrency = this.#concurrency;
     this.inflight = new client.Gauge({
       name: "sluice_inflight",
       help: "Requests in flight to the upstream under a concurrency limit, by route.",
       labelNames: ["route"],
       registers,
+      collect() {
+        for (const [route, source] of concurrency) this.set({ route }, source().inflight);
+      },
     });
     this.queueDepth = new client.Gauge({
       name: "sluice_queue_depth",
       help: "Requests waiting for a concurrency slot, by route.",
       labelNames: ["route"],
       registers,
+      collect() {
+        for (const [route, source] of concurrency) this.set({ route }, source().queued);
+      },
     });
     this.breakerState = new client.Gauge({
       name: "sluice_breaker_state",
@@ -135,6 +144,13 @@ export class Metrics {
     if (options.processMetrics ?? true) {
       client.collectDefaultMetrics({ register: registry, prefix: "sluice_" });
     }
+  }
+
+  #concurrency = new Map<string, () => { inflight: number; queued: number }>();
+
+  /** Where `sluice_inflight` and `sluice_queue_depth` of a route are read from when scraped. */
+  watchConcurrency(route: string, source: () => { inflight: number; queued: number }): void {
+    this.#concurrency.set(route, source);
   }
 
   /** The Prometheus text exposition of every metric. */

@@ -8,6 +8,7 @@ import { z } from "zod";
 import { duration } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import { isBodyComplete } from "../http1_client.ts";
 
 interface Waiter {
   grant: () => void;
@@ -20,8 +21,6 @@ export class Semaphore {
   readonly queueMax: number;
   #active = 0;
   #queue: Waiter[] = [];
-  /** Called whenever the counts change. */
-  onChange: () => void = () => {};
 
   constructor(max: number, queueMax: number) {
     this.max = max;
@@ -40,7 +39,6 @@ export class Semaphore {
   tryAcquire(): boolean {
     if (this.#active >= this.max || this.#queue.length > 0) return false;
     this.#active++;
-    this.onChange();
     return true;
   }
 
@@ -51,7 +49,6 @@ export class Semaphore {
   acquire(signal: AbortSignal, timeoutMs: number): Promise<"ok" | "full" | "timeout" | "aborted"> {
     if (this.#active < this.max && this.#queue.length === 0) {
       this.#active++;
-      this.onChange();
       return Promise.resolve("ok");
     }
     if (this.#queue.length >= this.queueMax) return Promise.resolve("full");
@@ -64,7 +61,6 @@ export class Semaphore {
         if (index >= 0) this.#queue.splice(index, 1);
         clearTimeout(timer);
         signal.removeEventListener("abort", onAbort);
-        this.onChange();
         resolve(result);
       };
       const onAbort = () => leave("aborted");
@@ -80,7 +76,6 @@ export class Semaphore {
       const timer = setTimeout(() => leave("timeout"), timeoutMs);
       signal.addEventListener("abort", onAbort, { once: true });
       this.#queue.push(waiter);
-      this.onChange();
     });
   }
 
@@ -93,7 +88,6 @@ export class Semaphore {
     } else {
       this.#active--;
     }
-    this.onChange();
   }
 }
 
@@ -105,15 +99,12 @@ export default definePlugin({
     queue_timeout: duration().default(1_000),
   }),
   create(opts, { route, gateway, keep, onStatus }) {
-    const inflight = gateway.metrics.inflight.labels({ route: route.name });
-    const depth = gateway.metrics.queueDepth.labels({ route: route.name });
     // Kept across hot swaps while the options stay the same: slots held stay held.
     const semaphore = keep(() => new Semaphore(opts.max, opts.queue));
-    semaphore.onChange = () => {
-      inflight.set(semaphore.active);
-      depth.set(semaphore.waiting);
-    };
-    semaphore.onChange();
+    gateway.metrics.watchConcurrency(route.name, () => ({
+      inflight: semaphore.active,
+      queued: semaphore.waiting,
+    }));
     onStatus(() => ({
       concurrency: { max: opts.max, inflight: semaphore.active, queued: semaphore.waiting },
     }));
@@ -141,11 +132,13 @@ export default definePlugin({
         semaphore.release();
         throw error;
       }
-      if (isGatewayAnswer(response) || !response.body) {
+      if (isGatewayAnswer(response) || !response.body || isBodyComplete(response)) {
+        // The upstream is done: nothing of this answer is still coming from it.
         semaphore.release();
       } else {
-        // The slot is held until the body has been sent in full (or the client left).
-        ctx.completed.finally(() => semaphore.release()).catch(() => {});
+        // A streamed body: the slot is held until it has been sent in full (or the client left).
+        const release = () => semaphore.release();
+        ctx.completed.then(release, release);
       }
       return response;
     };
