@@ -7,6 +7,8 @@
  * decodes a compressed body.
  */
 
+import { HOP_BY_HOP_HEADERS } from "./hop_by_hop.ts";
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -127,18 +129,8 @@ export function isClientResponse(response: Response): boolean {
   return own.has(response);
 }
 
-/** Hop-by-hop headers: they describe one connection and are consumed by the client. */
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
+/** Consumed by the client: they describe one connection. */
+const HOP_BY_HOP = new Set(HOP_BY_HOP_HEADERS);
 
 function withoutHopByHop(headers: [string, string][]): [string, string][] {
   let named: Set<string> | undefined;

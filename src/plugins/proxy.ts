@@ -8,23 +8,11 @@ import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { TargetPool } from "../upstream_pool.ts";
 import { isClientResponse } from "../http1_client.ts";
+import { HOP_BY_HOP_HEADERS } from "../hop_by_hop.ts";
 import { Deadlines } from "../deadlines.ts";
 
 /** One ticker for the upstream deadlines of every request in flight. */
 const DEADLINES = new Deadlines();
-
-/** Hop-by-hop headers, never forwarded in either direction. */
-export const HOP_BY_HOP_HEADERS: readonly string[] = [
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-];
 
 const BODILESS_STATUSES = new Set([101, 204, 205, 304]);
 
