@@ -16,3 +16,25 @@ export function sha256Hex(text: string): Promise<string> {
 export function sha1Hex(text: string): Promise<string> {
   return hexDigest("SHA-1", text);
 }
+
+const KEY_CACHE_MAX = 10_000;
+const keyDigests = new Map<string, string>();
+
+/** The SHA-256 hex of an API key if it was hashed lately: no work, no promise. */
+export function knownKeyDigest(key: string): string | undefined {
+  return keyDigests.get(key);
+}
+
+/**
+ * The SHA-256 hex of an API key, remembered for the next requests (bounded):
+ * identify makes the client id from it and tier looks the key up by it, so a
+ * key is hashed once, not once per plugin per request.
+ */
+export async function keyDigest(key: string): Promise<string> {
+  const known = keyDigests.get(key);
+  if (known !== undefined) return known;
+  const digest = await sha256Hex(key);
+  if (keyDigests.size >= KEY_CACHE_MAX) keyDigests.delete(keyDigests.keys().next().value!);
+  keyDigests.set(key, digest);
+  return digest;
+}

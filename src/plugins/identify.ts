@@ -1,4 +1,5 @@
 /** The `identify` plugin: who is calling (API key header, Bearer token, or client IP). */
+import { keyDigest, knownKeyDigest } from "../digest.ts";
 import { z } from "zod";
 import { type ClientIdentity, definePlugin, type RequestContext } from "../plugin.ts";
 import { normalizeIp, parseIp } from "../net/cidr.ts";
@@ -26,20 +27,9 @@ function parseSource(text: string): Source {
   return { kind: "header", name: text.slice("header:".length).toLowerCase() };
 }
 
-const ID_CACHE_MAX = 10_000;
-const idCache = new Map<string, string>();
-
 /** The client id of an API key: `key:` and the first 16 hex digits of its SHA-256. */
 export async function keyClientId(key: string): Promise<string> {
-  const cached = idCache.get(key);
-  if (cached !== undefined) return cached;
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key));
-  let hex = "";
-  for (const byte of new Uint8Array(digest, 0, 8)) hex += byte.toString(16).padStart(2, "0");
-  const id = `key:${hex}`;
-  if (idCache.size >= ID_CACHE_MAX) idCache.delete(idCache.keys().next().value!);
-  idCache.set(key, id);
-  return id;
+  return `key:${(await keyDigest(key)).slice(0, 16)}`;
 }
 
 /**
@@ -125,9 +115,9 @@ export default definePlugin({
         ctx.client = { id: `ip:${ip}`, kind: "ip", ip };
         return next();
       }
-      const known = idCache.get(key);
+      const known = knownKeyDigest(key);
       if (known !== undefined) {
-        ctx.client = { id: known, kind: "key", key, ip };
+        ctx.client = { id: `key:${known.slice(0, 16)}`, kind: "key", key, ip };
         return next();
       }
       return keyClientId(key).then((id) => {

@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import { duration } from "../config/schema.ts";
-import { sha256Hex } from "../digest.ts";
+import { keyDigest } from "../digest.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 
@@ -76,7 +76,7 @@ export default definePlugin({
 
     /** Sets the caller's tier, or answers 401 for an unknown key. */
     async function decide(ctx: RequestContext, key: string): Promise<Response | undefined> {
-      const digest = await sha256Hex(key);
+      const digest = await keyDigest(key);
       let name = keys.get(digest)?.tier;
       if (name === undefined && hashes.length > 0) name = await fromHashes(digest);
       if (name === undefined || !(name in tiers)) {
