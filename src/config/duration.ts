@@ -58,3 +58,21 @@ export function parseRate(text: string): Rate {
   }
   return { count, periodMs: DURATION_UNITS[match[2]!]! };
 }
+
+/**
+ * Writes milliseconds as a duration in the largest whole unit: `1m`, `10s`,
+ * `250ms`. The inverse of {@linkcode parseDuration} for whole units.
+ *
+ * @example
+ * ```ts
+ * import { formatDuration } from "./duration.ts";
+ * formatDuration(60000); // "1m"
+ * ```
+ */
+export function formatDuration(ms: number): string {
+  for (const unit of ["d", "h", "m", "s"]) {
+    const size = DURATION_UNITS[unit]!;
+    if (ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}

@@ -4,7 +4,7 @@
  * pass by each plugin's own schema (see `load_config.ts`).
  */
 import { z } from "zod";
-import { parseDuration, parseRate } from "./duration.ts";
+import { formatDuration, parseDuration, parseRate } from "./duration.ts";
 import { parseCidr } from "../net/cidr.ts";
 
 const DURATION_PATTERN = "^\\d+(\\.\\d+)?(ms|s|m|h|d)$";
@@ -231,26 +231,14 @@ function dropNumericDefaultsOfStrings(node: unknown): void {
   if (typeof node !== "object" || node === null) return;
   const record = node as Json;
   if (record.type === "string" && typeof record.default === "number") {
-    record.default = formatMs(record.default);
+    record.default = formatDuration(record.default);
   }
   if (record.type === "object" && typeof record.default === "object" && record.properties) {
     for (const [key, value] of Object.entries(record.default as Json)) {
       if (record.properties[key]?.type === "string" && typeof value === "number") {
-        record.default[key] = formatMs(value);
+        record.default[key] = formatDuration(value);
       }
     }
   }
   for (const value of Object.values(record)) dropNumericDefaultsOfStrings(value);
-}
-
-function formatMs(ms: number): string {
-  for (
-    const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], [
-      "s",
-      1_000,
-    ]] as const
-  ) {
-    if (ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
 }

@@ -1,19 +1,13 @@
 /** What the limit plugins (sliding-window, token-bucket) share. Internal to this folder. */
+import { formatDuration } from "../config/duration.ts";
 import type { Metrics } from "../metrics.ts";
 import type { RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 
 /** A window or period as a policy name writes it: `s`, `10s`, `m`, `h`, `250ms`. */
 export function formatWindow(ms: number): string {
-  for (
-    const [unit, size] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], [
-      "s",
-      1_000,
-    ]] as const
-  ) {
-    if (ms % size === 0) return ms === size ? unit : `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
+  // One whole unit is written alone: `50/s`, not `50/1s`.
+  return formatDuration(ms).replace(/^1(?=[smhd]$)/, "");
 }
 
 /** A rate as a policy name: `50/s`, `100/10s`. */
