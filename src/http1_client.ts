@@ -7,7 +7,7 @@
  * decodes a compressed body.
  */
 
-import { HOP_BY_HOP_HEADERS } from "./hop_by_hop.ts";
+import { dropHopByHop } from "./hop_by_hop.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -129,23 +129,6 @@ export function isClientResponse(response: Response): boolean {
   return own.has(response);
 }
 
-/** Consumed by the client: they describe one connection. */
-const HOP_BY_HOP = new Set(HOP_BY_HOP_HEADERS);
-
-function withoutHopByHop(headers: [string, string][]): [string, string][] {
-  let named: Set<string> | undefined;
-  let any = false;
-  for (const [name, value] of headers) {
-    if (HOP_BY_HOP.has(name)) any = true;
-    if (name === "connection") {
-      named ??= new Set();
-      for (const token of value.split(",")) named.add(token.trim().toLowerCase());
-    }
-  }
-  if (!any) return headers;
-  return headers.filter(([name]) => !HOP_BY_HOP.has(name) && !named?.has(name));
-}
-
 function answer(body: BodyInit | null, init: ResponseInit): Response {
   const response = new Response(body, init);
   own.add(response);
@@ -251,7 +234,9 @@ export class Http1Client {
         headers.push([line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim()]);
       }
       framing = headers;
-      headers = withoutHopByHop(headers);
+      // Hop-by-hop headers describe this connection: the client consumes them.
+      const connection = headers.find(([name]) => name === "connection")?.[1] ?? null;
+      headers = dropHopByHop(headers, connection);
       if (status >= 100 && status < 200 && status !== 101) continue;
       break;
     }
