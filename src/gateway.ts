@@ -275,11 +275,6 @@ export class Gateway {
     return { id: clientId, tier: this.#clients.tierOf(clientId) ?? null, routes };
   }
 
-  /** The state keys kept for plugins (for tests and `/status`). */
-  stateKeys(): string[] {
-    return this.#state.keys();
-  }
-
   /** Answers one request: reads the current pipeline once and runs to the end on it. */
   async handle(
     request: Request,

@@ -14,16 +14,6 @@ interface StateEntry {
 export class StateRegistry {
   #live = new Map<string, StateEntry>();
 
-  /** The number of live entries. */
-  get size(): number {
-    return this.#live.size;
-  }
-
-  /** The live keys (for `/status` and tests). */
-  keys(): string[] {
-    return [...this.#live.keys()];
-  }
-
   /** Starts collecting the state of a new pipeline. */
   begin(): StateBuild {
     return new StateBuild(this.#live, (next) => {
@@ -70,11 +60,6 @@ export class StateBuild {
     this.#next.set(key, entry);
     this.#created.set(key, entry);
     return entry.value as T;
-  }
-
-  /** True when the key was carried over from the running pipeline. */
-  kept(key: string): boolean {
-    return this.#next.has(key) && !this.#created.has(key);
   }
 
   /** Makes this build's state the running state; what it did not ask for is disposed. */

@@ -86,16 +86,6 @@ export class ResilientStore implements LimitStore {
     return this.primary.kind;
   }
 
-  /** The failure policy. */
-  get onFailure(): FailurePolicy {
-    return this.#options.onFailure;
-  }
-
-  /** True while the store is marked down. */
-  get down(): boolean {
-    return this.#down;
-  }
-
   /** The store's health. */
   health(): StoreHealth {
     return {
