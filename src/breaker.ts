@@ -6,6 +6,7 @@
  * through (half-open): their success closes it, a failure opens it again.
  */
 import { ContextKey } from "./plugin.ts";
+import { problem, PROBLEM_TYPE_BASE } from "./problem.ts";
 
 /** A breaker's state. */
 export type BreakerState = "closed" | "half-open" | "open";
@@ -184,3 +185,13 @@ export class BreakerSet {
 
 /** Where the circuit-breaker plugin hands its breakers to the proxy for one request. */
 export const BREAKERS: ContextKey<BreakerSet> = new ContextKey<BreakerSet>("sluice.breakers");
+
+/** The 503 of a route whose upstream targets are all open: nothing is called. */
+export function circuitOpen(route: string, retryAfterMs: number): Response {
+  return problem(503, {
+    type: `${PROBLEM_TYPE_BASE}circuit-open`,
+    title: "Circuit open",
+    detail: `The upstream of route "${route}" is failing; it is not called for now`,
+    retryAfterSeconds: Math.max(1, retryAfterMs) / 1000,
+  });
+}

@@ -5,10 +5,9 @@
  * = the time left; the proxy skips open targets of a pool.
  */
 import { z } from "zod";
-import { BREAKERS, BreakerSet, STATE_VALUE } from "../breaker.ts";
+import { BREAKERS, BreakerSet, circuitOpen, STATE_VALUE } from "../breaker.ts";
 import { duration } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
-import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 
 const DEFAULT_FAILURE_STATUSES = [500, 502, 503, 504];
 
@@ -56,12 +55,7 @@ export default definePlugin({
       if (!targets.some((target) => breakers.of(target).available(now))) {
         gauge.set(STATE_VALUE[breakers.worst(targets, now)]);
         const left = Math.min(...targets.map((target) => breakers.of(target).openLeft(now)));
-        return problem(503, {
-          type: `${PROBLEM_TYPE_BASE}circuit-open`,
-          title: "Circuit open",
-          detail: `The upstream of route "${route.name}" is failing; it is not called for now`,
-          retryAfterSeconds: Math.max(1, left) / 1000,
-        });
+        return circuitOpen(route.name, left);
       }
       ctx.set(BREAKERS, breakers);
       return next();

@@ -3,7 +3,7 @@
  * back, with the header rules of DESIGN.md section 3.
  */
 import { z } from "zod";
-import { BREAKERS } from "../breaker.ts";
+import { BREAKERS, circuitOpen } from "../breaker.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { TargetPool } from "../upstream_pool.ts";
@@ -207,12 +207,7 @@ export default definePlugin({
       }
       spareBody?.cancel().catch(() => {});
       if (!result || target === undefined) {
-        return problem(503, {
-          type: `${PROBLEM_TYPE_BASE}circuit-open`,
-          title: "Circuit open",
-          detail: `Every upstream of route "${route.name}" is failing; none is called for now`,
-          retryAfterSeconds: 1,
-        });
+        return circuitOpen(route.name, 1_000);
       }
       switch (result.kind) {
         case "client_closed":
