@@ -146,6 +146,9 @@ export class RedisStore implements Store {
   }
 
   async ping(): Promise<void> {
+    // A client whose first connection failed may have given up: the probe starts it again.
+    const status = this.client.status;
+    if (status === "wait" || status === "end") await this.client.connect().catch(() => {});
     if (this.client instanceof Cluster) {
       // A cluster is up when every master answers.
       await Promise.all(this.client.nodes("master").map((node) => node.ping()));

@@ -1,6 +1,6 @@
 /** A store outage is a policy: kill Redis mid-traffic, check allow / deny / local, restart it. */
 import assert from "node:assert/strict";
-import { startGateway, startUpstream, waitFor } from "../_helpers.ts";
+import { freePort, startGateway, startUpstream, waitFor } from "../_helpers.ts";
 import { commandCalls, RedisServer, redisTest } from "../_redis.ts";
 
 function yaml(redisUrl: string, onFailure: string, limit = 5): string {
@@ -147,3 +147,26 @@ redisTest("a store that is slower than its timeout is a failure the policy answe
   assert.ok(elapsed < 1_500, `the requests waited ${Math.round(elapsed)} ms on a sleeping store`);
   assert.ok(await storeErrors(gw.adminUrl) >= 1);
 });
+
+redisTest(
+  "a Redis that is down at start begins marked down, and is used once it comes up",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    const port = freePort();
+    await using gw = await startGateway(yaml(`redis://127.0.0.1:${port}`, "local", 2), {
+      env: (name) => name === "UPSTREAM" ? upstream.url : undefined,
+    });
+    assert.equal((await status(gw.adminUrl)).store.state, "down");
+    assert.deepEqual([(await send(gw.url, "k")).status, (await send(gw.url, "k")).status], [
+      200,
+      200,
+    ]);
+    await using redis = await RedisServer.start([], port);
+    assert.ok(
+      await waitFor(async () => (await status(gw.adminUrl)).store.state === "up", 10_000),
+      "the store was not up within 10 s of Redis starting",
+    );
+    assert.equal((await send(gw.url, "fresh")).status, 200);
+    assert.ok(await commandCalls(redis, "evalsha") + await commandCalls(redis, "eval") > 0);
+  },
+);
