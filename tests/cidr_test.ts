@@ -98,6 +98,15 @@ Deno.test("normalizeIp: one address, one spelling", () => {
   assert.equal(normalizeIp("unknown"), "unknown");
 });
 
+Deno.test("normalizeIp: an address seen before, and one seen after 10,000 others, keep one spelling", () => {
+  assert.equal(normalizeIp("::FFFF:192.0.2.9"), "192.0.2.9");
+  assert.equal(normalizeIp("::FFFF:192.0.2.9"), "192.0.2.9");
+  for (let i = 0; i < 10_001; i++) normalizeIp(`2001:DB8::${i.toString(16)}`);
+  assert.equal(normalizeIp("2001:DB8::0a"), "2001:db8::a");
+  assert.equal(normalizeIp("::FFFF:192.0.2.9"), "192.0.2.9");
+  assert.equal(normalizeIp("unknown"), "unknown");
+});
+
 Deno.test("CidrSet: IPv4 blocks", () => {
   const set = new CidrSet(["10.0.0.0/8", "192.168.1.0/24", "203.0.113.7/32", "172.16.0.0/12"]);
   assert.equal(set.size, 4);
