@@ -63,7 +63,9 @@ export function problem(status: number, options: ProblemOptions = {}): Response 
   if (extensions) { for (const name in extensions) body[name] = extensions[name]; }
   const headers = options.headers === undefined ? new Headers() : new Headers(options.headers);
   headers.set("content-type", "application/problem+json");
-  headers.set("cache-control", "no-store");
+  // 429 and 503 are not heuristically cacheable (RFC 9111, 4.2.2), so they
+  // need no cache-control; leaving it off keeps a refusal's answer small.
+  if (status !== 429 && status !== 503) headers.set("cache-control", "no-store");
   if (options.retryAfterSeconds !== undefined) {
     headers.set(
       "retry-after",
