@@ -206,22 +206,16 @@ export default definePlugin({
         } else {
           counters.limited.inc();
           const violated = decision.violated >= 0 ? decision.violated : 0;
-          const state = decision.states[violated]!;
           const retryAfter = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
           const name = policy.names[violated]!;
+          // The limit and the window are in the rate-limit headers; the body
+          // names the policy. A small answer is sent in one write.
           const response = problem(429, {
             type: `${PROBLEM_TYPE_BASE}quota-exceeded`,
             title: "Quota exceeded",
-            detail: `The quota "${name}" of ${state.limit} per ${
-              toSeconds(state.windowMs)
-            } s is spent; retry in ${retryAfter} s`,
+            detail: `Quota "${name}" is spent; retry in ${retryAfter} s`,
             retryAfterSeconds: retryAfter,
-            extensions: {
-              policy: name,
-              limit: state.limit,
-              window_seconds: toSeconds(state.windowMs),
-              retry_after_seconds: retryAfter,
-            },
+            extensions: { policy: name },
           });
           applyRateLimitHeaders(response.headers, report, opts.headers);
           return response;
