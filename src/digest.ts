@@ -1,5 +1,7 @@
 /** Hex digests through Web Crypto. */
 
+import { rememberBounded } from "./bounded_map.ts";
+
 async function hexDigest(algorithm: "SHA-1" | "SHA-256", text: string): Promise<string> {
   const digest = await crypto.subtle.digest(algorithm, new TextEncoder().encode(text));
   let hex = "";
@@ -34,7 +36,5 @@ export async function keyDigest(key: string): Promise<string> {
   const known = keyDigests.get(key);
   if (known !== undefined) return known;
   const digest = await sha256Hex(key);
-  if (keyDigests.size >= KEY_CACHE_MAX) keyDigests.delete(keyDigests.keys().next().value!);
-  keyDigests.set(key, digest);
-  return digest;
+  return rememberBounded(keyDigests, key, digest, KEY_CACHE_MAX);
 }

@@ -1,5 +1,7 @@
 /** IPv4 and IPv6 CIDR matching, for `trusted_proxies`. */
 
+import { rememberBounded } from "../bounded_map.ts";
+
 interface Block {
   bytes: Uint8Array;
   prefix: number;
@@ -93,14 +95,13 @@ export function normalizeIp(text: string): string {
     : isMappedIpv4(bytes)
     ? Array.from(bytes.subarray(12)).join(".")
     : formatIpv6(bytes);
-  if (normalized.size >= NORMALIZED_MAX) normalized.clear();
-  normalized.set(text, canonical);
-  return canonical;
+  return rememberBounded(normalized, text, canonical, ADDRESS_CACHE_MAX);
 }
 
-/** Canonical forms of recent addresses; cleared whole when full, so it stays bounded. */
+/** How many addresses each address cache holds. */
+const ADDRESS_CACHE_MAX = 10_000;
+/** Canonical forms of recent addresses. */
 const normalized = new Map<string, string>();
-const NORMALIZED_MAX = 10_000;
 
 function formatIpv6(bytes: Uint8Array): string {
   const groups: number[] = [];
@@ -160,9 +161,7 @@ export class CidrSet {
     const bytes = parseIp(address);
     const inside = bytes !== undefined &&
       this.#blocks.some((block) => blockHas(block, bytes));
-    if (this.#cache.size > 10_000) this.#cache.clear();
-    this.#cache.set(address, inside);
-    return inside;
+    return rememberBounded(this.#cache, address, inside, ADDRESS_CACHE_MAX);
   }
 }
 
