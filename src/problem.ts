@@ -61,7 +61,7 @@ export function problem(status: number, options: ProblemOptions = {}): Response 
   if (options.detail !== undefined) body.detail = options.detail;
   const extensions = options.extensions;
   if (extensions) { for (const name in extensions) body[name] = extensions[name]; }
-  const headers = options.headers === undefined ? new Headers() : new Headers(options.headers);
+  const headers = new Headers(options.headers);
   headers.set("content-type", "application/problem+json");
   // 429 and 503 are not heuristically cacheable (RFC 9111, 4.2.2), so they
   // need no cache-control; leaving it off keeps a refusal's answer small.
