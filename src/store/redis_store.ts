@@ -1,10 +1,12 @@
 /**
- * The Redis store (single node or Cluster, through ioredis): each decision is
- * one EVALSHA of the algorithm's script, falling back to EVAL when Redis does
- * not know the script yet (NOSCRIPT). Commands fail fast while disconnected;
- * ioredis keeps reconnecting in the background.
+ * The Redis store (single node or Cluster): each decision is one EVALSHA of
+ * the algorithm's script, falling back to EVAL when Redis does not know the
+ * script yet (NOSCRIPT). Commands fail fast while disconnected, and the client
+ * reconnects in the background. A single node is reached through sluice's own
+ * RESP client (`resp_client.ts`); a cluster through ioredis `Cluster`.
  */
-import { Cluster, Redis, type RedisOptions } from "ioredis";
+import { Cluster, type RedisOptions } from "ioredis";
+import { parseRedisUrl, RespClient, type RespReply } from "./resp_client.ts";
 import { loadScripts, type Script, type ScriptName } from "./scripts.ts";
 import {
   type BucketDecision,
@@ -33,9 +35,116 @@ export interface RedisStoreOptions {
   connectTimeoutMs?: number;
 }
 
-type Client = Redis | Cluster;
+/** The few commands the store sends, whichever client carries them. */
+interface Commands {
+  /** EVALSHA, or EVAL of `script` when Redis answers NOSCRIPT. */
+  run(
+    script: Script,
+    keys: readonly string[],
+    args: readonly (string | number)[],
+  ): Promise<unknown>;
+  hget(key: string, field: string): Promise<string | null>;
+  ping(): Promise<void>;
+  /** Connects, or starts connecting again after giving up; rejects when it cannot. */
+  connect(): Promise<void>;
+  close(): Promise<void>;
+}
 
-const BASE_OPTIONS: RedisOptions = {
+function isNoScript(error: unknown): boolean {
+  return String((error as Error)?.message).startsWith("NOSCRIPT");
+}
+
+/** One node through {@linkcode RespClient}. */
+class NodeCommands implements Commands {
+  #client: RespClient;
+
+  constructor(client: RespClient) {
+    this.#client = client;
+  }
+
+  async run(
+    script: Script,
+    keys: readonly string[],
+    args: readonly (string | number)[],
+  ): Promise<RespReply> {
+    try {
+      return await this.#client.send(["EVALSHA", script.sha, keys.length, ...keys, ...args]);
+    } catch (error) {
+      if (!isNoScript(error)) throw error;
+      return await this.#client.send(["EVAL", script.source, keys.length, ...keys, ...args]);
+    }
+  }
+
+  async hget(key: string, field: string): Promise<string | null> {
+    return await this.#client.send(["HGET", key, field]) as string | null;
+  }
+
+  async ping(): Promise<void> {
+    await this.connect();
+    await this.#client.send(["PING"]);
+  }
+
+  connect(): Promise<void> {
+    return this.#client.connect();
+  }
+
+  close(): Promise<void> {
+    return this.#client.close();
+  }
+}
+
+/** A cluster through ioredis. */
+class ClusterCommands implements Commands {
+  #cluster: Cluster;
+
+  constructor(cluster: Cluster) {
+    this.#cluster = cluster;
+    cluster.on("error", () => {
+      // Failures surface as rejected calls; the resilient wrapper counts them.
+    });
+  }
+
+  async run(
+    script: Script,
+    keys: readonly string[],
+    args: readonly (string | number)[],
+  ): Promise<unknown> {
+    try {
+      return await this.#cluster.evalsha(script.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!isNoScript(error)) throw error;
+      return await this.#cluster.eval(script.source, keys.length, ...keys, ...args);
+    }
+  }
+
+  hget(key: string, field: string): Promise<string | null> {
+    return this.#cluster.hget(key, field);
+  }
+
+  async ping(): Promise<void> {
+    await this.connect().catch(() => {});
+    // A cluster is up when every master answers.
+    const masters = this.#cluster.nodes("master");
+    if (masters.length === 0) throw new Error("Redis Cluster has no reachable master");
+    await Promise.all(masters.map((node) => node.ping()));
+  }
+
+  async connect(): Promise<void> {
+    // A client whose first connection failed may have given up: start it again.
+    const status = this.#cluster.status;
+    if (status === "wait" || status === "end") await this.#cluster.connect();
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.#cluster.quit();
+    } catch {
+      this.#cluster.disconnect();
+    }
+  }
+}
+
+const NODE_OPTIONS: RedisOptions = {
   enableOfflineQueue: false,
   maxRetriesPerRequest: 0,
   enableAutoPipelining: true,
@@ -46,16 +155,16 @@ const BASE_OPTIONS: RedisOptions = {
 /** A store on Redis or Redis Cluster. */
 export class RedisStore implements Store {
   readonly kind: "redis" | "redis-cluster";
-  readonly client: Client;
+  #commands: Commands;
   #scripts: ReadonlyMap<ScriptName, Script>;
 
   private constructor(
     kind: "redis" | "redis-cluster",
-    client: Client,
+    commands: Commands,
     scripts: ReadonlyMap<ScriptName, Script>,
   ) {
     this.kind = kind;
-    this.client = client;
+    this.#commands = commands;
     this.#scripts = scripts;
   }
 
@@ -66,6 +175,7 @@ export class RedisStore implements Store {
    */
   static async connect(options: RedisStoreOptions): Promise<RedisStore> {
     const scripts = await loadScripts();
+    const timeout = options.connectTimeoutMs ?? 1_000;
     let store: RedisStore;
     if (options.nodes && options.nodes.length > 0) {
       const nodes = options.nodes.map((node) => {
@@ -73,45 +183,36 @@ export class RedisStore implements Store {
         return { host: url.hostname, port: Number(url.port || 6379) };
       });
       const first = new URL(options.nodes[0]!);
-      const client = new Cluster(nodes, {
+      const cluster = new Cluster(nodes, {
         enableOfflineQueue: false,
         lazyConnect: true,
         enableAutoPipelining: true,
         clusterRetryStrategy: (times: number) => Math.min(100 * times, 1_000),
         redisOptions: {
-          ...BASE_OPTIONS,
+          ...NODE_OPTIONS,
           password: first.password ? decodeURIComponent(first.password) : undefined,
           username: first.username ? decodeURIComponent(first.username) : undefined,
         },
       });
-      store = new RedisStore("redis-cluster", client, scripts);
+      store = new RedisStore("redis-cluster", new ClusterCommands(cluster), scripts);
     } else {
-      const client = new Redis(options.url || "redis://127.0.0.1:6379", BASE_OPTIONS);
-      store = new RedisStore("redis", client, scripts);
+      const client = new RespClient({
+        ...parseRedisUrl(options.url || "redis://127.0.0.1:6379"),
+        connectTimeoutMs: timeout,
+      });
+      store = new RedisStore("redis", new NodeCommands(client), scripts);
     }
-    store.client.on("error", () => {
-      // Failures surface as rejected calls; the resilient wrapper counts them.
-    });
-    const timeout = options.connectTimeoutMs ?? 1_000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
-      store.client.connect().catch(() => {}),
+      store.#commands.connect().catch(() => {}),
       new Promise((resolve) => timer = setTimeout(resolve, timeout)),
     ]);
     clearTimeout(timer);
     return store;
   }
 
-  async #run(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown> {
-    const script = this.#scripts.get(name)!;
-    try {
-      return await this.client.evalsha(script.sha, keys.length, ...keys, ...args);
-    } catch (error) {
-      if (String((error as Error)?.message).includes("NOSCRIPT")) {
-        return await this.client.eval(script.source, keys.length, ...keys, ...args);
-      }
-      throw error;
-    }
+  #run(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown> {
+    return this.#commands.run(this.#scripts.get(name)!, keys, args);
   }
 
   async window(query: WindowQuery): Promise<WindowDecision> {
@@ -142,29 +243,14 @@ export class RedisStore implements Store {
   }
 
   async hashGet(key: string, field: string): Promise<string | undefined> {
-    return (await this.client.hget(key, field)) ?? undefined;
+    return (await this.#commands.hget(key, field)) ?? undefined;
   }
 
-  async ping(): Promise<void> {
-    // A client whose first connection failed may have given up: the probe starts it again.
-    const status = this.client.status;
-    if (status === "wait" || status === "end") await this.client.connect().catch(() => {});
-    if (this.client instanceof Cluster) {
-      // A cluster is up when every master answers.
-      await Promise.all(this.client.nodes("master").map((node) => node.ping()));
-      if (this.client.nodes("master").length === 0) {
-        throw new Error("Redis Cluster has no reachable master");
-      }
-      return;
-    }
-    await this.client.ping();
+  ping(): Promise<void> {
+    return this.#commands.ping();
   }
 
-  async close(): Promise<void> {
-    try {
-      await this.client.quit();
-    } catch {
-      this.client.disconnect();
-    }
+  close(): Promise<void> {
+    return this.#commands.close();
   }
 }
