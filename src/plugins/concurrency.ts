@@ -132,7 +132,9 @@ export default definePlugin({
         semaphore.release();
         throw error;
       }
-      if (isGatewayAnswer(response) || !response.body || isBodyComplete(response)) {
+      // Reading `response.body` turns a body held in memory into a stream, which
+      // Deno then sends in more steps: ask the cheap questions first.
+      if (isGatewayAnswer(response) || isBodyComplete(response) || !response.body) {
         // The upstream is done: nothing of this answer is still coming from it.
         semaphore.release();
       } else {
