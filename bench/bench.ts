@@ -1,10 +1,16 @@
 /**
- * `deno task bench`: the same load against each configuration in turn, on
- * 127.0.0.1, with wrk; prints requests/s, p50 and p99 and the ratios to the
- * bare Deno proxy and to nginx as a proxy, and writes `.bench/results.json`.
+ * `deno task bench`: the same load against each configuration, on 127.0.0.1,
+ * with wrk; prints requests/s, p50 and p99 and the ratios to the bare Deno
+ * proxy and to nginx as a proxy, and writes `.bench/results.json`.
  *
- *   BENCH_SECONDS=5          seconds of load per configuration
- *   BENCH_WARMUP_SECONDS=1   seconds of unmeasured load first (0 for none)
+ * Every configuration is started first; then each round measures them all in
+ * turn, and a configuration's result is its median round. On a small shared
+ * machine one measurement moves by 15-25%; interleaved rounds expose every
+ * configuration to the same slow and fast moments, so the ratios hold still.
+ *
+ *   BENCH_SECONDS=5          seconds of load per configuration and round
+ *   BENCH_ROUNDS=3           rounds (the median round is reported)
+ *   BENCH_WARMUP_SECONDS=1   seconds of unmeasured load before the first round (0 for none)
  *   BENCH_CONNECTIONS=50     wrk connections (-c)
  *   BENCH_THREADS=1          wrk threads (-t)
  *   BENCH_ONLY=sluice        run only the configurations whose name contains this
@@ -63,7 +69,10 @@ export interface BenchResult {
   status: "ok" | "skipped" | "failed";
   /** Why it was skipped or failed. */
   reason?: string;
+  /** The median round. */
   wrk?: WrkResult;
+  /** Requests/s of every round, in order. */
+  rounds?: number[];
   /** Its requests/s over the bare Deno proxy's. */
   vsBareProxy?: number;
   /** Its requests/s over nginx-as-proxy's. */
@@ -167,6 +176,7 @@ export const CONFIGURATIONS: readonly Configuration[] = [
 
 interface Settings {
   seconds: number;
+  rounds: number;
   warmupSeconds: number;
   connections: number;
   threads: number;
@@ -187,6 +197,7 @@ function envNumber(name: string, fallback: number, min: number): number {
 function readSettings(): Settings {
   return {
     seconds: envNumber("BENCH_SECONDS", 5, 1),
+    rounds: envNumber("BENCH_ROUNDS", 3, 1),
     warmupSeconds: envNumber("BENCH_WARMUP_SECONDS", 1, 0),
     connections: envNumber("BENCH_CONNECTIONS", 50, 1),
     threads: envNumber("BENCH_THREADS", 1, 1),
@@ -208,13 +219,22 @@ async function checkAnswers(url: string, status = 200): Promise<void> {
   }
 }
 
-async function measure(
+type BenchSetup = Setup & { wrk: string; settings: Settings };
+
+/** A configuration that is running and answers as it should, with its rounds so far. */
+interface Running {
+  configuration: Configuration;
+  server: Server;
+  rounds: WrkResult[];
+}
+
+/** Starts a configuration and checks its answers; a skip or failure is returned as its result. */
+async function launch(
   configuration: Configuration,
-  setup: Setup & { wrk: string; settings: Settings },
-): Promise<BenchResult> {
+  setup: BenchSetup,
+): Promise<Running | BenchResult> {
   const reason = configuration.unavailable?.(setup);
   if (reason) return { name: configuration.name, status: "skipped", reason };
-  const { settings } = setup;
   let server: Server | undefined;
   try {
     server = await configuration.start(setup);
@@ -223,37 +243,47 @@ async function measure(
       await fetch(`${server.url}/`).then((response) => response.body?.cancel());
     }
     await checkAnswers(server.url, configuration.expectStatus);
-    const wrkOptions = {
-      wrk: setup.wrk,
-      connections: settings.connections,
-      threads: settings.threads,
-      logFile: `${setup.workDir}/wrk-${slug(configuration.name)}.txt`,
-    };
-    if (settings.warmupSeconds > 0) {
-      await runWrk(setup.children, `${server.url}/`, {
-        ...wrkOptions,
-        seconds: settings.warmupSeconds,
-      });
-    }
-    const wrk = await runWrk(setup.children, `${server.url}/`, {
-      ...wrkOptions,
-      seconds: settings.seconds,
-    });
-    return {
-      name: configuration.name,
-      status: "ok",
-      wrk,
-      expectStatus: configuration.expectStatus,
-    };
+    return { configuration, server, rounds: [] };
   } catch (error) {
+    await server?.stop();
     return {
       name: configuration.name,
       status: "failed",
       reason: String((error as Error)?.message ?? error),
     };
-  } finally {
-    await server?.stop();
   }
+}
+
+/** One round of load against a running configuration (after a warm-up in the first round). */
+async function measureRound(running: Running, setup: BenchSetup, round: number): Promise<void> {
+  const { settings } = setup;
+  const name = slug(running.configuration.name);
+  const wrkOptions = {
+    wrk: setup.wrk,
+    connections: settings.connections,
+    threads: settings.threads,
+  };
+  const url = `${running.server.url}/`;
+  if (round === 1 && settings.warmupSeconds > 0) {
+    await runWrk(setup.children, url, {
+      ...wrkOptions,
+      seconds: settings.warmupSeconds,
+      logFile: `${setup.workDir}/wrk-${name}-warmup.txt`,
+    });
+  }
+  running.rounds.push(
+    await runWrk(setup.children, url, {
+      ...wrkOptions,
+      seconds: settings.seconds,
+      logFile: `${setup.workDir}/wrk-${name}-${round}.txt`,
+    }),
+  );
+}
+
+/** The round with the median requests/s (the lower middle one of an even count). */
+export function medianRound(rounds: readonly WrkResult[]): WrkResult {
+  const sorted = [...rounds].sort((a, b) => a.requestsPerSec - b.requestsPerSec);
+  return sorted[Math.floor((sorted.length - 1) / 2)]!;
 }
 
 function addRatios(results: BenchResult[]): void {
@@ -278,22 +308,38 @@ function formatRatio(ratio: number | undefined): string {
   return ratio === undefined ? "n/a" : `${ratio.toFixed(2)}×`;
 }
 
+/** The lowest and highest round in thousands of requests/s: `17.9-19.0k`. */
+function formatRounds(rounds: readonly number[]): string {
+  const k = (value: number) => (value / 1000).toFixed(1);
+  return `${k(Math.min(...rounds))}-${k(Math.max(...rounds))}k`;
+}
+
 /** The results as a markdown table, then a line for each run with errors, skip or failure. */
 export function renderTable(results: readonly BenchResult[]): string {
   const rows = [
-    ["configuration", "req/s", "p50", "p99", "vs bare proxy", "vs nginx proxy", "vs sluice proxy"],
+    [
+      "configuration",
+      "req/s",
+      "rounds",
+      "p50",
+      "p99",
+      "vs bare proxy",
+      "vs nginx proxy",
+      "vs sluice proxy",
+    ],
     ...results.map((result) =>
       result.wrk
         ? [
           result.name,
           Math.round(result.wrk.requestsPerSec).toLocaleString("en-US"),
+          formatRounds(result.rounds ?? [result.wrk.requestsPerSec]),
           formatMs(result.wrk.p50Ms),
           formatMs(result.wrk.p99Ms),
           formatRatio(result.vsBareProxy),
           formatRatio(result.vsNginxProxy),
           formatRatio(result.vsSluiceProxy),
         ]
-        : [result.name, result.status, "", "", "", "", ""]
+        : [result.name, result.status, "", "", "", "", "", ""]
     ),
   ];
   const notes: string[] = [];
@@ -358,7 +404,8 @@ async function main(): Promise<number> {
     nginx: nginx ? await versionOf(nginx, ["-v"]) : "not installed",
   };
   console.log(
-    `sluice bench: ${settings.seconds} s per configuration (+${settings.warmupSeconds} s warm-up), ` +
+    `sluice bench: ${settings.rounds} rounds of ${settings.seconds} s per configuration ` +
+      `(+${settings.warmupSeconds} s warm-up), ` +
       `wrk -t${settings.threads} -c${settings.connections}, ${machine.cpus} CPUs, ` +
       `deno ${machine.deno}, nginx: ${machine.nginx.replace(/^nginx version: /, "")}`,
   );
@@ -377,16 +424,55 @@ async function main(): Promise<number> {
         ? await startRedis(run, redisServer)
         : undefined;
       const setup = { ...run, upstream, nginx, redis, wrk, settings };
-      const results: BenchResult[] = [];
+      const outcomes: (Running | BenchResult)[] = [];
       for (const configuration of configurations) {
         if (children.interrupted) break;
-        console.log(`measuring: ${configuration.name}`);
-        const result = await measure(configuration, setup);
-        if (children.interrupted) break;
-        if (result.status === "failed") console.error(`  failed: ${result.reason}`);
-        if (result.status === "skipped") console.log(`  skipped: ${result.reason}`);
-        results.push(result);
+        console.log(`starting: ${configuration.name}`);
+        const outcome = await launch(configuration, setup);
+        if ("status" in outcome && outcome.status === "failed") {
+          console.error(`  failed: ${outcome.reason}`);
+        }
+        if ("status" in outcome && outcome.status === "skipped") {
+          console.log(`  skipped: ${outcome.reason}`);
+        }
+        outcomes.push(outcome);
       }
+      const running = outcomes.filter((outcome): outcome is Running => "server" in outcome);
+      const failures = new Map<Running, string>();
+      for (let round = 1; round <= settings.rounds && !children.interrupted; round++) {
+        console.log(`round ${round} of ${settings.rounds}`);
+        for (const entry of running) {
+          if (children.interrupted) break;
+          if (failures.has(entry)) continue;
+          try {
+            await measureRound(entry, setup, round);
+          } catch (error) {
+            const reason = String((error as Error)?.message ?? error);
+            failures.set(entry, reason);
+            console.error(`  ${entry.configuration.name} failed: ${reason}`);
+          }
+        }
+      }
+      for (const entry of running) await entry.server.stop();
+      const results: BenchResult[] = outcomes.map((outcome) => {
+        if (!("server" in outcome)) return outcome;
+        const { configuration, rounds } = outcome;
+        const failure = failures.get(outcome);
+        if (failure !== undefined || rounds.length === 0) {
+          return {
+            name: configuration.name,
+            status: "failed",
+            reason: failure ?? "interrupted before a round",
+          };
+        }
+        return {
+          name: configuration.name,
+          status: "ok",
+          wrk: medianRound(rounds),
+          rounds: rounds.map((round) => round.requestsPerSec),
+          expectStatus: configuration.expectStatus,
+        };
+      });
       await upstream.stop();
       await redis?.stop();
       return results;
@@ -402,6 +488,7 @@ async function main(): Promise<number> {
           date: new Date().toISOString(),
           settings: {
             seconds: settings.seconds,
+            rounds: settings.rounds,
             warmupSeconds: settings.warmupSeconds,
             connections: settings.connections,
             threads: settings.threads,

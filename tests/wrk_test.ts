@@ -1,7 +1,8 @@
-/** Reading wrk reports and rendering the bench table (bench/_wrk.ts, bench/_table.ts). */
+/** Reading wrk reports, choosing the median round and rendering the bench table (bench/). */
 import assert from "node:assert/strict";
 import { parseWrk, parseWrkTime } from "../bench/_wrk.ts";
 import { markdownTable } from "../bench/_table.ts";
+import { medianRound } from "../bench/bench.ts";
 
 const REPORT = `Running 3s test @ http://127.0.0.1:36509/
   1 threads and 50 connections
@@ -63,4 +64,11 @@ Deno.test("markdownTable aligns the columns", () => {
       "| longer | 1,234 |",
     ].join("\n"),
   );
+});
+
+Deno.test("the bench reports the median round: the middle one, or the lower middle of an even count", () => {
+  const round = (requestsPerSec: number) => ({ ...parseWrk(REPORT), requestsPerSec });
+  assert.equal(medianRound([round(30), round(10), round(20)]).requestsPerSec, 20);
+  assert.equal(medianRound([round(40), round(10), round(30), round(20)]).requestsPerSec, 20);
+  assert.equal(medianRound([round(7)]).requestsPerSec, 7);
 });
