@@ -13,6 +13,7 @@ import type { EnvLookup } from "./config/interpolate.ts";
 import { processEnv } from "./config/interpolate.ts";
 import { Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
+import { isSealed } from "./response_headers.ts";
 import { CidrSet, normalizeIp } from "./net/cidr.ts";
 import { buildPipeline, Context, type Pipeline, PipelineBuildError } from "./pipeline.ts";
 import type { GatewayServices } from "./plugin.ts";
@@ -328,10 +329,15 @@ export class Gateway {
           detail: "A plugin of this route failed; the gateway log has the details",
         });
       }
-      try {
-        if (!response.headers.has("x-request-id")) response.headers.set("x-request-id", requestId);
-      } catch {
-        // A plugin returned a response with immutable headers.
+      // A sealed answer was built with its X-Request-Id (and reading its headers would cost).
+      if (!isSealed(ctx, response)) {
+        try {
+          if (!response.headers.has("x-request-id")) {
+            response.headers.set("x-request-id", requestId);
+          }
+        } catch {
+          // A plugin returned a response with immutable headers.
+        }
       }
       if (this.log.enabled("debug")) {
         this.log.debug("request", {

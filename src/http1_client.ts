@@ -23,6 +23,12 @@ export interface Http1Init {
   headers?: HeadersInit;
   body?: ReadableStream<Uint8Array> | null;
   signal?: AbortSignal | null;
+  /**
+   * Called with the response's header list just before the `Response` is
+   * built, to add headers to it (building a response with all its headers
+   * is cheaper in Deno than adding them afterwards).
+   */
+  completeHeaders?: (headers: [string, string][]) => void;
 }
 
 /** Options for {@linkcode Http1Client}. */
@@ -165,7 +171,7 @@ export class Http1Client {
       const onAbort = () => this.#discard(connection);
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
-        const response = await this.#exchange(connection, method, head, body, signal, () => {
+        const response = await this.#exchange(connection, method, head, body, init, () => {
           signal?.removeEventListener("abort", onAbort);
         });
         return response;
@@ -190,7 +196,7 @@ export class Http1Client {
     method: string,
     head: Uint8Array,
     body: ReadableStream<Uint8Array> | null,
-    signal: AbortSignal | undefined,
+    init: Http1Init,
     detach: () => void,
   ): Promise<Response> {
     const { conn, reader } = connection;
@@ -249,11 +255,12 @@ export class Http1Client {
       else if (name === "connection") close = value.toLowerCase().includes("close");
     }
     const bodiless = method === "HEAD" || BODILESS_STATUSES.has(status) || status < 200;
-    const init = { status, statusText, headers };
+    init.completeHeaders?.(headers);
+    const responseInit = { status, statusText, headers };
     if (bodiless || (!chunked && length === 0)) {
       detach();
       this.#release(connection, close || status === 101);
-      const response = answer(null, init);
+      const response = answer(null, responseInit);
       complete.add(response);
       return response;
     }
@@ -266,7 +273,7 @@ export class Http1Client {
       reader.start += length;
       detach();
       this.#release(connection, close);
-      const response = answer(bytes, init);
+      const response = answer(bytes, responseInit);
       complete.add(response);
       return response;
     }
@@ -303,8 +310,7 @@ export class Http1Client {
         finish(false);
       },
     }, { highWaterMark: 0 });
-    void signal;
-    return answer(readable, init);
+    return answer(readable, responseInit);
   }
 
   async #sendBody(

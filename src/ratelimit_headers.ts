@@ -25,6 +25,35 @@ function sfString(name: string): string {
   return `"${name.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
 }
 
+/** One limit plugin's headers: its policy reports and which headers it writes. */
+export interface RateLimitHeaderSet {
+  reports: readonly PolicyReport[];
+  mode: HeaderMode;
+}
+
+/** The report the legacy headers show: the one with the least left (the first of equals). */
+function tightest(reports: readonly PolicyReport[]): PolicyReport {
+  let least = reports[0]!;
+  for (const report of reports) if (report.remaining < least.remaining) least = report;
+  return least;
+}
+
+function writesIetf(mode: HeaderMode): boolean {
+  return mode === "ietf" || mode === "both";
+}
+
+function writesLegacy(mode: HeaderMode): boolean {
+  return mode === "legacy" || mode === "both";
+}
+
+function pushIetf(pairs: [string, string][], reports: readonly PolicyReport[]): void {
+  for (const report of reports) {
+    const name = sfString(report.name);
+    pairs.push(["ratelimit-policy", `${name};q=${report.quota};w=${report.windowSeconds}`]);
+    pairs.push(["ratelimit", `${name};r=${report.remaining};t=${report.resetSeconds}`]);
+  }
+}
+
 /** Sets the headers of these policies on `headers`, keeping policies other plugins set. */
 export function applyRateLimitHeaders(
   headers: Headers,
@@ -32,23 +61,61 @@ export function applyRateLimitHeaders(
   mode: HeaderMode,
 ): void {
   if (mode === "none" || reports.length === 0) return;
-  if (mode === "ietf" || mode === "both") {
-    for (const report of reports) {
-      const name = sfString(report.name);
-      headers.append("ratelimit-policy", `${name};q=${report.quota};w=${report.windowSeconds}`);
-      headers.append("ratelimit", `${name};r=${report.remaining};t=${report.resetSeconds}`);
+  if (writesIetf(mode)) {
+    const pairs: [string, string][] = [];
+    pushIetf(pairs, reports);
+    for (const [name, value] of pairs) headers.append(name, value);
+  }
+  if (writesLegacy(mode)) {
+    // The legacy headers hold one policy: the one with the least left.
+    const least = tightest(reports);
+    const existing = headers.get("x-ratelimit-remaining");
+    if (existing !== null && Number(existing) <= least.remaining) return;
+    headers.set("x-ratelimit-limit", String(least.quota));
+    headers.set("x-ratelimit-remaining", String(least.remaining));
+    headers.set("x-ratelimit-reset", String(least.resetSeconds));
+  }
+}
+
+/**
+ * Adds the headers of several limit plugins to a header list that is about to
+ * become a response, as {@linkcode applyRateLimitHeaders} would for each set
+ * in turn: IETF policies accumulate, the legacy headers end on the tightest
+ * (headers the list already holds, such as an upstream's, count too).
+ */
+export function appendRateLimitHeaders(
+  pairs: [string, string][],
+  sets: readonly RateLimitHeaderSet[],
+): void {
+  let legacy: PolicyReport | undefined;
+  let legacyRemaining = Infinity;
+  let upstreamLegacy = false;
+  for (const [name, value] of pairs) {
+    if (name.toLowerCase() === "x-ratelimit-remaining") {
+      legacyRemaining = Number(value);
+      upstreamLegacy = true;
     }
   }
-  if (mode === "legacy" || mode === "both") {
-    // The legacy headers hold one policy: the one with the least left.
-    let tightest = reports[0]!;
-    for (const report of reports) if (report.remaining < tightest.remaining) tightest = report;
-    const existing = headers.get("x-ratelimit-remaining");
-    if (existing !== null && Number(existing) <= tightest.remaining) return;
-    headers.set("x-ratelimit-limit", String(tightest.quota));
-    headers.set("x-ratelimit-remaining", String(tightest.remaining));
-    headers.set("x-ratelimit-reset", String(tightest.resetSeconds));
+  for (const set of sets) {
+    if (set.reports.length === 0) continue;
+    if (writesIetf(set.mode)) pushIetf(pairs, set.reports);
+    if (writesLegacy(set.mode)) {
+      const least = tightest(set.reports);
+      if (!(legacyRemaining <= least.remaining)) {
+        legacy = least;
+        legacyRemaining = least.remaining;
+      }
+    }
   }
+  if (!legacy) return;
+  if (upstreamLegacy) {
+    for (let i = pairs.length - 1; i >= 0; i--) {
+      if (/^x-ratelimit-(limit|remaining|reset)$/i.test(pairs[i]![0])) pairs.splice(i, 1);
+    }
+  }
+  pairs.push(["x-ratelimit-limit", String(legacy.quota)]);
+  pairs.push(["x-ratelimit-remaining", String(legacy.remaining)]);
+  pairs.push(["x-ratelimit-reset", String(legacy.resetSeconds)]);
 }
 
 /** Whole seconds for a header: milliseconds rounded up. */

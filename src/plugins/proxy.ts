@@ -7,8 +7,9 @@ import { BREAKERS, circuitOpen } from "../breaker.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { TargetPool } from "../upstream_pool.ts";
-import { isClientResponse } from "../http1_client.ts";
-import { dropHopByHop, HOP_BY_HOP_HEADERS } from "../hop_by_hop.ts";
+import { type Http1Init, isClientResponse } from "../http1_client.ts";
+import { addGatewayHeaders, seal } from "../response_headers.ts";
+import { dropHopByHop } from "../hop_by_hop.ts";
 import { Deadlines } from "../deadlines.ts";
 
 /** One ticker for the upstream deadlines of every request in flight. */
@@ -36,12 +37,6 @@ export function upstreamUrl(
 /** The header pairs to forward: hop-by-hop headers and those named in `Connection` left out. */
 function forwardable(headers: Headers, skip?: ReadonlySet<string>): [string, string][] {
   return dropHopByHop(headers, headers.get("connection"), skip);
-}
-
-/** True when a hop-by-hop header is present (then the headers are copied without them). */
-function hasHopByHop(headers: Headers): boolean {
-  for (const name of HOP_BY_HOP_HEADERS) if (headers.has(name)) return true;
-  return false;
 }
 
 // Accept-Encoding goes as the client sent it: the upstream client never
@@ -139,16 +134,19 @@ export default definePlugin({
     ): Promise<Attempt> {
       const deadline = DEADLINES.start(timeoutMs, () => ctx.signal);
       const started = performance.now();
+      const init: RequestInit & Http1Init = {
+        method: ctx.request.method,
+        headers,
+        body,
+        redirect: "manual",
+        signal: deadline.signal,
+        // The gateway's own client adds the gateway's headers as it builds the answer.
+        completeHeaders: (pairs) => addGatewayHeaders(ctx, pairs),
+      };
       try {
         const response = await gateway.fetch(
           upstreamUrl(target, ctx.url.pathname, ctx.url.search, stripPrefix),
-          {
-            method: ctx.request.method,
-            headers,
-            body,
-            redirect: "manual",
-            signal: deadline.signal,
-          },
+          init,
         );
         return { kind: "response", response, seconds: (performance.now() - started) / 1000 };
       } catch (error) {
@@ -243,19 +241,21 @@ export default definePlugin({
       const response = result.response;
       observe(statusClass(response.status), result.seconds);
       // The gateway's own HTTP client hands over a response ready to go on.
-      if (isClientResponse(response)) return response;
-      const responseHeaders = hasHopByHop(response.headers)
-        ? forwardable(response.headers)
-        : response.headers;
+      if (isClientResponse(response)) return seal(ctx, response);
+      const responseHeaders = forwardable(response.headers);
+      addGatewayHeaders(ctx, responseHeaders);
       const bodiless = request.method === "HEAD" || BODILESS_STATUSES.has(response.status);
       if (bodiless && response.body) {
         response.body.cancel().catch(() => {});
       }
-      return new Response(bodiless ? null : response.body, {
-        status: response.status,
-        statusText: response.statusText,
-        headers: responseHeaders,
-      });
+      return seal(
+        ctx,
+        new Response(bodiless ? null : response.body, {
+          status: response.status,
+          statusText: response.statusText,
+          headers: responseHeaders,
+        }),
+      );
     };
   },
 });

@@ -8,12 +8,13 @@ import { z } from "zod";
 import { duration, rate } from "../config/schema.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import { type PolicyReport, toSeconds, withRateLimitHeaders } from "../ratelimit_headers.ts";
 import {
-  applyRateLimitHeaders,
-  type PolicyReport,
-  toSeconds,
-  withRateLimitHeaders,
-} from "../ratelimit_headers.ts";
+  addGatewayHeaders,
+  announceRateLimitHeaders,
+  isSealed,
+  seal,
+} from "../response_headers.ts";
 import type { WindowDecision, WindowLimit } from "../store/store.ts";
 import { clientIdOf, clientKey, decisionCounters, formatRate, storeUnavailable } from "./_limit.ts";
 
@@ -210,20 +211,28 @@ export default definePlugin({
           const name = policy.names[violated]!;
           // The limit and the window are in the rate-limit headers; the body
           // names the policy. A small answer is sent in one write.
-          const response = problem(429, {
-            type: `${PROBLEM_TYPE_BASE}quota-exceeded`,
-            title: "Quota exceeded",
-            detail: `Quota "${name}" is spent; retry in ${retryAfter} s`,
-            retryAfterSeconds: retryAfter,
-            extensions: { policy: name },
-          });
-          applyRateLimitHeaders(response.headers, report, opts.headers);
-          return response;
+          const headers: [string, string][] = [];
+          addGatewayHeaders(ctx, headers, { reports: report, mode: opts.headers });
+          return seal(
+            ctx,
+            problem(429, {
+              type: `${PROBLEM_TYPE_BASE}quota-exceeded`,
+              title: "Quota exceeded",
+              detail: `Quota "${name}" is spent; retry in ${retryAfter} s`,
+              retryAfterSeconds: retryAfter,
+              extensions: { policy: name },
+              headers,
+            }),
+          );
         }
       } else {
         counters.allowed.inc();
       }
-      return withRateLimitHeaders(await next(), report, opts.headers);
+      announceRateLimitHeaders(ctx, report, opts.headers);
+      const response = await next();
+      return isSealed(ctx, response)
+        ? response
+        : withRateLimitHeaders(response, report, opts.headers);
     };
   },
 });

@@ -11,7 +11,13 @@ import { abortableDelay } from "../abortable_delay.ts";
 import { duration, rate } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
-import { applyRateLimitHeaders, toSeconds, withRateLimitHeaders } from "../ratelimit_headers.ts";
+import { toSeconds, withRateLimitHeaders } from "../ratelimit_headers.ts";
+import {
+  addGatewayHeaders,
+  announceRateLimitHeaders,
+  isSealed,
+  seal,
+} from "../response_headers.ts";
 import { clientIdOf, clientKey, decisionCounters, formatRate, storeUnavailable } from "./_limit.ts";
 import type { SourcedBucketDecision } from "../store/store.ts";
 
@@ -148,16 +154,20 @@ export default definePlugin({
         }
         counters.limited.inc();
         const retryAfter = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
-        const response = problem(429, {
-          type: `${PROBLEM_TYPE_BASE}rate-exceeded`,
-          title: "Rate exceeded",
-          detail:
-            `The rate "${name}" with bursts of ${burst} is spent for now; retry in ${retryAfter} s`,
-          retryAfterSeconds: retryAfter,
-          extensions: { policy: name, retry_after_seconds: retryAfter },
-        });
-        applyRateLimitHeaders(response.headers, report, opts.headers);
-        return response;
+        const headers: [string, string][] = [];
+        addGatewayHeaders(ctx, headers, { reports: report, mode: opts.headers });
+        return seal(
+          ctx,
+          problem(429, {
+            type: `${PROBLEM_TYPE_BASE}rate-exceeded`,
+            title: "Rate exceeded",
+            detail:
+              `The rate "${name}" with bursts of ${burst} is spent for now; retry in ${retryAfter} s`,
+            retryAfterSeconds: retryAfter,
+            extensions: { policy: name, retry_after_seconds: retryAfter },
+            headers,
+          }),
+        );
       }
       const now = Date.now();
       const slot = Math.max(now + decision.delayMs, lastSlot.get(key) ?? 0);
@@ -176,7 +186,11 @@ export default definePlugin({
       } else {
         counters.allowed.inc();
       }
-      return withRateLimitHeaders(await next(), report, opts.headers);
+      announceRateLimitHeaders(ctx, report, opts.headers);
+      const response = await next();
+      return isSealed(ctx, response)
+        ? response
+        : withRateLimitHeaders(response, report, opts.headers);
     };
   },
 });

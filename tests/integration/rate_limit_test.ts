@@ -1,7 +1,7 @@
 /** Rate limiting through real sockets on the memory store: headers, 429s, tiers, isolation, reloads. */
 import assert from "node:assert/strict";
 import { sha256Hex } from "../../src/digest.ts";
-import { startGateway, startUpstream, waitFor } from "../_helpers.ts";
+import { repoPath, startGateway, startUpstream, waitFor } from "../_helpers.ts";
 
 function yaml(upstream: string, pipeline: string, extra = ""): string {
   return `tiers:
@@ -246,4 +246,64 @@ Deno.test("a bad tier reference is a config error at its line", async () => {
     ),
     /keys\[0\]\.tier: Unknown tier "gold"/,
   );
+});
+
+Deno.test("stacked limits on a proxied answer: every IETF policy, the tightest legacy one, the upstream's own if tighter", async () => {
+  let calls = 0;
+  await using upstream = startUpstream(() =>
+    ++calls === 1
+      ? new Response("ok", {
+        headers: {
+          "x-ratelimit-limit": "1000",
+          "x-ratelimit-remaining": "1",
+          "x-ratelimit-reset": "9",
+        },
+      })
+      : new Response("ok")
+  );
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [ip] }
+      - sliding-window: { limit: 3, window: 1h }
+      - token-bucket: { rate: 100/s, burst: 5 }
+      - plugin: ${repoPath("tests/fixtures/tag_plugin.ts")}
+        with: { value: seen }`,
+  ));
+  const first = await send(`${gw.url}/api/x`, undefined, { "x-request-id": "req-1" });
+  assert.equal(first.status, 200);
+  assert.equal(first.headers.get("ratelimit-policy"), `"100/s";q=100;w=1, "3/h";q=3;w=3600`);
+  assert.match(first.headers.get("ratelimit")!, /^"100\/s";r=4;t=\d+, "3\/h";r=2;t=\d+$/);
+  // The upstream's own legacy headers say less is left: they stay.
+  assert.equal(first.headers.get("x-ratelimit-limit"), "1000");
+  assert.equal(first.headers.get("x-ratelimit-remaining"), "1");
+  assert.equal(first.headers.get("x-request-id"), "req-1");
+  assert.equal(first.headers.get("x-tag"), "seen");
+  const second = await send(`${gw.url}/api/x`);
+  assert.equal(second.headers.get("x-ratelimit-limit"), "3");
+  assert.equal(second.headers.get("x-ratelimit-remaining"), "1");
+  assert.match(second.headers.get("x-request-id")!, /^[0-9a-f-]{36}$/);
+  await send(`${gw.url}/api/x`);
+  const refused = await send(`${gw.url}/api/x`);
+  assert.equal(refused.status, 429);
+  // The shaper after the refusing limit never ran: only the refusing policy is reported.
+  assert.equal(refused.headers.get("ratelimit-policy"), `"3/h";q=3;w=3600`);
+  assert.equal(refused.headers.get("x-ratelimit-remaining"), "0");
+  assert.match(refused.headers.get("x-request-id")!, /^[0-9a-f-]{36}$/);
+  assert.equal(calls, 3);
+});
+
+Deno.test("a plugin that answers itself behind a limit gets the limit's headers and a request id", async () => {
+  await using upstream = startUpstream(() => new Response("upstream"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [ip] }
+      - sliding-window: { limit: 3, window: 1h }
+      - plugin: ${repoPath("tests/fixtures/answer_plugin.ts")}
+        with: { body: own }`,
+  ));
+  const answer = await send(`${gw.url}/api/x`);
+  assert.equal(answer.body, "own");
+  assert.equal(answer.headers.get("ratelimit-policy"), `"3/h";q=3;w=3600`);
+  assert.equal(answer.headers.get("x-ratelimit-remaining"), "2");
+  assert.match(answer.headers.get("x-request-id")!, /^[0-9a-f-]{36}$/);
 });

@@ -1,0 +1,81 @@
+/**
+ * The headers the gateway adds to an answer (the limit plugins' rate-limit
+ * headers, `X-Request-Id`), known before the answer exists and written into it
+ * as it is built.
+ *
+ * Why: Deno prepares a `Response` for sending when it is constructed, and
+ * reading `response.headers` later throws that work away, to be done again
+ * when the answer is sent. So the limit plugins announce their headers before
+ * they call `next()`; the proxy, and a limit plugin that refuses, build the
+ * answer once with every header and mark it sealed. A response that is not
+ * sealed (a custom plugin's, another problem answer) gets its headers the
+ * ordinary way, after the fact.
+ *
+ * @module
+ */
+import { ContextKey, type RequestContext } from "./plugin.ts";
+import {
+  appendRateLimitHeaders,
+  type HeaderMode,
+  type PolicyReport,
+  type RateLimitHeaderSet,
+} from "./ratelimit_headers.ts";
+
+interface Pending {
+  /** Outermost plugin first. */
+  sets: RateLimitHeaderSet[];
+  sealed: Response | undefined;
+}
+
+const PENDING = new ContextKey<Pending>("sluice.response-headers");
+
+function pendingOf(ctx: RequestContext): Pending {
+  let pending = ctx.get(PENDING);
+  if (!pending) {
+    pending = { sets: [], sealed: undefined };
+    ctx.set(PENDING, pending);
+  }
+  return pending;
+}
+
+/** Announces a limit plugin's headers for whatever answer the rest of the pipeline builds. */
+export function announceRateLimitHeaders(
+  ctx: RequestContext,
+  reports: readonly PolicyReport[],
+  mode: HeaderMode,
+): void {
+  if (mode === "none" || reports.length === 0) return;
+  pendingOf(ctx).sets.push({ reports, mode });
+}
+
+/**
+ * Adds the gateway's headers to the header list of an answer about to be
+ * built: the announced rate-limit headers (and `own`, those of a plugin that
+ * answers itself), then `X-Request-Id` unless the list has one.
+ */
+export function addGatewayHeaders(
+  ctx: RequestContext,
+  pairs: [string, string][],
+  own?: RateLimitHeaderSet,
+): void {
+  const sets = ctx.get(PENDING)?.sets;
+  if (own || (sets && sets.length > 0)) {
+    // The innermost plugin's headers go first, as if each plugin added its own on the way out.
+    const ordered: RateLimitHeaderSet[] = own ? [own] : [];
+    if (sets) { for (let i = sets.length - 1; i >= 0; i--) ordered.push(sets[i]!); }
+    appendRateLimitHeaders(pairs, ordered);
+  }
+  for (const [name] of pairs) if (name.toLowerCase() === "x-request-id") return;
+  pairs.push(["x-request-id", ctx.requestId]);
+}
+
+/** Marks `response` as built with {@linkcode addGatewayHeaders}; returns it. */
+export function seal(ctx: RequestContext, response: Response): Response {
+  pendingOf(ctx).sealed = response;
+  return response;
+}
+
+/** True when `response` already carries every header the gateway adds. */
+export function isSealed(ctx: RequestContext, response: Response): boolean {
+  return ctx.get(PENDING)?.sealed === response;
+}
