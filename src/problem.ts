@@ -40,6 +40,28 @@ export function isGatewayAnswer(response: Response): boolean {
   return gatewayMade.has(response);
 }
 
+/** The caller's headers as a list, without those `problem()` sets itself (`own`). */
+function headerPairs(init: HeadersInit | undefined, own: ReadonlySet<string>): [string, string][] {
+  if (init === undefined) return [];
+  const pairs: [string, string][] = [];
+  const entries: Iterable<[string, string]> | [string, string][] = init instanceof Headers
+    ? init
+    : Array.isArray(init)
+    ? init as [string, string][]
+    : Symbol.iterator in init
+    ? init as Iterable<[string, string]>
+    : Object.entries(init);
+  for (const [name, value] of entries) {
+    if (!own.has(name.toLowerCase())) pairs.push([name, value]);
+  }
+  return pairs;
+}
+
+const SETS_TYPE = new Set(["content-type"]);
+const SETS_TYPE_CACHE = new Set(["content-type", "cache-control"]);
+const SETS_TYPE_RETRY = new Set(["content-type", "retry-after"]);
+const SETS_TYPE_CACHE_RETRY = new Set(["content-type", "cache-control", "retry-after"]);
+
 /**
  * Builds an `application/problem+json` response.
  *
@@ -61,16 +83,22 @@ export function problem(status: number, options: ProblemOptions = {}): Response 
   if (options.detail !== undefined) body.detail = options.detail;
   const extensions = options.extensions;
   if (extensions) { for (const name in extensions) body[name] = extensions[name]; }
-  const headers = new Headers(options.headers);
-  headers.set("content-type", "application/problem+json");
+  // One header list, validated once when the Response is built (a Headers
+  // object here would be validated again when copied into the response).
   // 429 and 503 are not heuristically cacheable (RFC 9111, 4.2.2), so they
   // need no cache-control; leaving it off keeps a refusal's answer small.
-  if (status !== 429 && status !== 503) headers.set("cache-control", "no-store");
+  const noStore = status !== 429 && status !== 503;
+  const retry = options.retryAfterSeconds !== undefined;
+  const headers = headerPairs(
+    options.headers,
+    noStore
+      ? (retry ? SETS_TYPE_CACHE_RETRY : SETS_TYPE_CACHE)
+      : (retry ? SETS_TYPE_RETRY : SETS_TYPE),
+  );
+  headers.push(["content-type", "application/problem+json"]);
+  if (noStore) headers.push(["cache-control", "no-store"]);
   if (options.retryAfterSeconds !== undefined) {
-    headers.set(
-      "retry-after",
-      String(Math.max(1, Math.ceil(options.retryAfterSeconds))),
-    );
+    headers.push(["retry-after", String(Math.max(1, Math.ceil(options.retryAfterSeconds)))]);
   }
   const response = new Response(JSON.stringify(body), { status, headers });
   gatewayMade.add(response);
