@@ -20,9 +20,16 @@ export interface PolicyReport {
   resetSeconds: number;
 }
 
-/** Quotes a policy name as an RFC 8941 string. */
+const quoted = new Map<string, string>();
+
+/** Quotes a policy name as an RFC 8941 string (names come from the config: few, so kept). */
 function sfString(name: string): string {
-  return `"${name.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+  let text = quoted.get(name);
+  if (text === undefined) {
+    text = `"${name.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+    if (quoted.size < 1_000) quoted.set(name, text);
+  }
+  return text;
 }
 
 /** One limit plugin's headers: its policy reports and which headers it writes. */
@@ -81,7 +88,9 @@ export function applyRateLimitHeaders(
  * Adds the headers of several limit plugins to a header list that is about to
  * become a response, as {@linkcode applyRateLimitHeaders} would for each set
  * in turn: IETF policies accumulate, the legacy headers end on the tightest
- * (headers the list already holds, such as an upstream's, count too).
+ * (headers the list already holds, such as an upstream's, count too). Names
+ * in `pairs` are in lower case, as a `Headers` object and the upstream client
+ * give them.
  */
 export function appendRateLimitHeaders(
   pairs: [string, string][],
@@ -91,7 +100,7 @@ export function appendRateLimitHeaders(
   let legacyRemaining = Infinity;
   let upstreamLegacy = false;
   for (const [name, value] of pairs) {
-    if (name.toLowerCase() === "x-ratelimit-remaining") {
+    if (name === "x-ratelimit-remaining") {
       legacyRemaining = Number(value);
       upstreamLegacy = true;
     }
@@ -110,7 +119,7 @@ export function appendRateLimitHeaders(
   if (!legacy) return;
   if (upstreamLegacy) {
     for (let i = pairs.length - 1; i >= 0; i--) {
-      if (/^x-ratelimit-(limit|remaining|reset)$/i.test(pairs[i]![0])) pairs.splice(i, 1);
+      if (/^x-ratelimit-(limit|remaining|reset)$/.test(pairs[i]![0])) pairs.splice(i, 1);
     }
   }
   pairs.push(["x-ratelimit-limit", String(legacy.quota)]);

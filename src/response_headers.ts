@@ -51,7 +51,9 @@ export function announceRateLimitHeaders(
 /**
  * Adds the gateway's headers to the header list of an answer about to be
  * built: the announced rate-limit headers (and `own`, those of a plugin that
- * answers itself), then `X-Request-Id` unless the list has one.
+ * answers itself), then `X-Request-Id` unless the list has one. Names in
+ * `pairs` are in lower case, as a `Headers` object and the upstream client
+ * give them.
  */
 export function addGatewayHeaders(
   ctx: RequestContext,
@@ -65,7 +67,7 @@ export function addGatewayHeaders(
     if (sets) { for (let i = sets.length - 1; i >= 0; i--) ordered.push(sets[i]!); }
     appendRateLimitHeaders(pairs, ordered);
   }
-  for (const [name] of pairs) if (name.toLowerCase() === "x-request-id") return;
+  for (const [name] of pairs) if (name === "x-request-id") return;
   pairs.push(["x-request-id", ctx.requestId]);
 }
 

@@ -43,9 +43,9 @@ Deno.test("headers built into the answer read the same as headers each plugin ad
       (sets: RateLimitHeaderSet[], upstreamRemaining: number | null) => {
         const upstream: [string, string][] = [["server", "upstream"]];
         if (upstreamRemaining !== null) {
-          upstream.push(["X-RateLimit-Limit", "1000"]);
-          upstream.push(["X-RateLimit-Remaining", String(upstreamRemaining)]);
-          upstream.push(["X-RateLimit-Reset", "9"]);
+          upstream.push(["x-ratelimit-limit", "1000"]);
+          upstream.push(["x-ratelimit-remaining", String(upstreamRemaining)]);
+          upstream.push(["x-ratelimit-reset", "9"]);
         }
         const afterwards = new Headers(upstream);
         for (const set of sets) applyRateLimitHeaders(afterwards, set.reports, set.mode);
