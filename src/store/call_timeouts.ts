@@ -16,15 +16,13 @@ export class StoreTimeoutError extends Error {
 
 /** One call being timed. */
 export interface TimedCall {
-  /** Rejects with {@linkcode StoreTimeoutError} when the call is out of time. */
-  readonly expired: Promise<never>;
+  readonly started: number;
 }
 
 interface Entry extends TimedCall {
-  started: number;
   lagAtStart: number;
   timeoutMs: number;
-  reject: (error: Error) => void;
+  expire: (error: StoreTimeoutError) => void;
 }
 
 /** The shared ticker. */
@@ -34,35 +32,30 @@ export class CallTimeouts {
   #lag = 0;
   #last = 0;
 
-  /** Starts timing one call. */
-  start(timeoutMs: number): TimedCall {
+  /**
+   * Starts timing one call: `expire` runs once if the call is out of time
+   * before {@linkcode CallTimeouts.done} is called for it.
+   */
+  start(timeoutMs: number, expire: (error: StoreTimeoutError) => void): TimedCall {
     const now = performance.now();
     if (this.#timer === undefined) {
       this.#last = now;
       this.#timer = setInterval(() => this.#tick(), TICK_MS);
     }
-    let reject!: (error: Error) => void;
-    const expired = new Promise<never>((_, no) => reject = no);
-    expired.catch(() => {});
-    const entry: Entry = {
-      expired,
-      started: now,
-      lagAtStart: this.#lagNow(now),
-      timeoutMs,
-      reject,
-    };
+    const entry: Entry = { started: now, lagAtStart: this.#lagNow(now), timeoutMs, expire };
     this.#calls.add(entry);
     return entry;
   }
 
-  /** Stops timing a call (it settled). */
-  done(call: TimedCall): void {
-    this.#calls.delete(call as Entry);
+  /** Stops timing a call (it settled); false when it had already expired. */
+  done(call: TimedCall): boolean {
+    const pending = this.#calls.delete(call as Entry);
     if (this.#calls.size === 0 && this.#timer !== undefined) {
       clearInterval(this.#timer);
       this.#timer = undefined;
       this.#lag = 0;
     }
+    return pending;
   }
 
   #lagNow(now: number): number {
@@ -79,7 +72,7 @@ export class CallTimeouts {
       const allowed = Math.min(call.timeoutMs + busy, MOST * call.timeoutMs);
       if (now - call.started >= allowed) {
         this.#calls.delete(call);
-        call.reject(new StoreTimeoutError(`The store did not answer within ${call.timeoutMs} ms`));
+        call.expire(new StoreTimeoutError(`The store did not answer within ${call.timeoutMs} ms`));
       }
     }
   }

@@ -139,21 +139,44 @@ export class ResilientStore implements LimitStore {
     }
   }
 
-  async #call<T>(run: () => Promise<T>): Promise<T> {
-    const started = performance.now();
-    const timed = this.#timeouts.start(this.#options.timeoutMs);
-    try {
-      const result = await Promise.race([run(), timed.expired]);
-      this.#failures = 0;
-      this.#firstFailureAt = undefined;
-      return result;
-    } catch (error) {
-      this.#failed(error);
-      throw error;
-    } finally {
-      this.#timeouts.done(timed);
-      this.#options.metrics?.storeDuration.observe((performance.now() - started) / 1000);
-    }
+  /**
+   * One store call, bounded by the timeout: settles with the call, or rejects
+   * with a StoreTimeoutError when the ticker finds it out of time (one
+   * promise per call, no race).
+   */
+  #call<T>(run: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const timed = this.#timeouts.start(this.#options.timeoutMs, (error) => {
+        this.#observe(timed.started);
+        this.#failed(error);
+        reject(error);
+      });
+      let call: Promise<T>;
+      try {
+        call = run();
+      } catch (error) {
+        call = Promise.reject(error);
+      }
+      call.then(
+        (result) => {
+          if (!this.#timeouts.done(timed)) return; // Answered after its timeout.
+          this.#observe(timed.started);
+          this.#failures = 0;
+          this.#firstFailureAt = undefined;
+          resolve(result);
+        },
+        (error) => {
+          if (!this.#timeouts.done(timed)) return;
+          this.#observe(timed.started);
+          this.#failed(error);
+          reject(error);
+        },
+      );
+    });
+  }
+
+  #observe(started: number): void {
+    this.#options.metrics?.storeDuration.observe((performance.now() - started) / 1000);
   }
 
   #failed(error: unknown): void {

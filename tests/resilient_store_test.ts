@@ -1,0 +1,111 @@
+/** The failure policy around a remote store, with a fake store whose answers the test controls. */
+import assert from "node:assert/strict";
+import { MemoryStore } from "../src/store/memory_store.ts";
+import { ResilientStore } from "../src/store/resilient_store.ts";
+import type { Store, WindowDecision, WindowQuery } from "../src/store/store.ts";
+
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A remote store that answers through a memory store after `delayMs`, or fails while `failing`. */
+class FakeRemote implements Store {
+  readonly kind = "redis" as const;
+  calls = 0;
+  delayMs = 0;
+  failing = false;
+  #memory = new MemoryStore();
+
+  async window(query: WindowQuery): Promise<WindowDecision> {
+    this.calls++;
+    if (this.delayMs > 0) await delay(this.delayMs);
+    if (this.failing) throw new Error("connection refused");
+    return this.#memory.window(query);
+  }
+  bucket(): never {
+    throw new Error("not used");
+  }
+  hashGet(): Promise<undefined> {
+    return Promise.resolve(undefined);
+  }
+  ping(): Promise<void> {
+    return this.failing ? Promise.reject(new Error("connection refused")) : Promise.resolve();
+  }
+  async close(): Promise<void> {
+    await this.#memory.close();
+  }
+}
+
+const query = (limit: number): WindowQuery => ({
+  key: "{sluice:r:c}",
+  algorithm: "log",
+  limits: [{ limit, windowMs: 60_000 }],
+  cost: 1,
+});
+
+Deno.test("a call slower than the timeout is answered by the policy at the timeout, and counts as a failure", async () => {
+  const remote = new FakeRemote();
+  const store = new ResilientStore(remote, { timeoutMs: 30, onFailure: "deny" });
+  try {
+    remote.delayMs = 300;
+    const started = performance.now();
+    const decision = await store.window(query(5));
+    const waited = performance.now() - started;
+    assert.equal(decision.source, "deny");
+    assert.equal(decision.allowed, false);
+    assert.ok(
+      waited < 250,
+      `answered by the policy after ${waited.toFixed(0)} ms, not the store's 300`,
+    );
+    assert.equal(store.health().consecutive_failures, 1);
+    assert.match(store.health().last_error!, /did not answer within 30 ms/);
+    remote.delayMs = 0;
+    await delay(300); // The late answer arrives and is ignored.
+    const next = await store.window(query(5));
+    assert.equal(next.source, "store");
+    assert.equal(store.health().consecutive_failures, 0);
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("failures in a row mark the store down: the fallback answers without calling it, until the probe sees it again", async () => {
+  const remote = new FakeRemote();
+  const store = new ResilientStore(remote, {
+    timeoutMs: 50,
+    onFailure: "local",
+    failureThreshold: 3,
+    probeIntervalMs: 20,
+  });
+  try {
+    remote.failing = true;
+    for (let i = 0; i < 3; i++) assert.equal((await store.window(query(5))).source, "local");
+    assert.equal(store.health().state, "down");
+    const callsWhenDown = remote.calls;
+    for (let i = 0; i < 5; i++) assert.equal((await store.window(query(100))).source, "local");
+    assert.equal(remote.calls, callsWhenDown, "no store call while down");
+    remote.failing = false;
+    for (let i = 0; i < 50 && store.health().state === "down"; i++) await delay(20);
+    assert.equal(store.health().state, "up");
+    assert.equal((await store.window(query(100))).source, "store");
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("a client over its limit is answered from memory until its reset, with no store call", async () => {
+  const remote = new FakeRemote();
+  const store = new ResilientStore(remote, { timeoutMs: 100, onFailure: "allow" });
+  try {
+    assert.equal((await store.window(query(1))).allowed, true);
+    const denied = await store.window(query(1));
+    assert.equal(denied.allowed, false);
+    assert.equal(denied.source, "store");
+    const calls = remote.calls;
+    const cached = await store.window(query(1));
+    assert.equal(cached.allowed, false);
+    assert.equal(cached.source, "cache");
+    assert.ok(cached.retryAfterMs > 0 && cached.retryAfterMs <= denied.retryAfterMs);
+    assert.equal(remote.calls, calls);
+  } finally {
+    await store.close();
+  }
+});
