@@ -115,14 +115,19 @@ export class MemoryStore implements Store {
   }
 
   window(query: WindowQuery): Promise<WindowDecision> {
+    return Promise.resolve(this.decideWindow(query));
+  }
+
+  /** {@linkcode MemoryStore.window} without the promise. */
+  decideWindow(query: WindowQuery): WindowDecision {
     const now = query.now ?? this.#clock();
     switch (query.algorithm) {
       case "log":
-        return Promise.resolve(this.#log(query, now));
+        return this.#log(query, now);
       case "counter":
-        return Promise.resolve(this.#counter(query, now));
+        return this.#counter(query, now);
       case "fixed":
-        return Promise.resolve(this.#fixed(query, now));
+        return this.#fixed(query, now);
     }
   }
 
@@ -132,8 +137,11 @@ export class MemoryStore implements Store {
     let retry = 0;
     let violated = -1;
     const entries: (LogEntry | undefined)[] = [];
-    limits.forEach(({ limit, windowMs }, i) => {
+    const keys: string[] = [];
+    for (let i = 0; i < limits.length; i++) {
+      const { limit, windowMs } = limits[i]!;
       const key = limitKey(query.key, "log", windowMs);
+      keys.push(key);
       const entry = this.#get(key, "log", now);
       if (entry) trimLog(entry, now - windowMs);
       entries.push(entry);
@@ -145,13 +153,13 @@ export class MemoryStore implements Store {
         if (wait > retry) retry = wait;
         if (violated < 0) violated = i;
       }
-    });
+    }
     // Limits with the same window share one log: the request is logged in it once.
-    const written = new Map<string, LogEntry>();
+    const written = limits.length > 1 ? new Map<string, LogEntry>() : undefined;
     const states = limits.map(({ limit, windowMs }, i) => {
       let entry = entries[i];
-      const key = limitKey(query.key, "log", windowMs);
-      if (allowed && cost > 0 && written.has(key)) {
+      const key = keys[i]!;
+      if (allowed && cost > 0 && written?.has(key)) {
         entry = written.get(key);
       } else if (allowed && cost > 0) {
         if (!entry) {
@@ -163,7 +171,7 @@ export class MemoryStore implements Store {
         else entry.runs.push(now, cost);
         entry.total += cost;
         entry.expiresAt = now + windowMs;
-        written.set(key, entry);
+        written?.set(key, entry);
       }
       const remaining = Math.max(0, limit - (entry?.total ?? 0));
       const oldest = entry && entry.runs.length > entry.head ? entry.runs[entry.head]! : undefined;

@@ -99,10 +99,22 @@ export class ResilientStore implements LimitStore {
   }
 
   /** A sliding-window decision; never rejects. */
-  async window(query: WindowQuery): Promise<SourcedWindowDecision> {
+  window(query: WindowQuery): Promise<SourcedWindowDecision> {
     if (this.primary === this.local) {
-      return { ...(await this.local.window(query)), source: "store" };
+      // The memory store as the store: decided at once, no promise of its own.
+      const decision = this.local.decideWindow(query);
+      return Promise.resolve({
+        allowed: decision.allowed,
+        retryAfterMs: decision.retryAfterMs,
+        violated: decision.violated,
+        states: decision.states,
+        source: "store",
+      });
     }
+    return this.#remoteWindow(query);
+  }
+
+  async #remoteWindow(query: WindowQuery): Promise<SourcedWindowDecision> {
     const cacheKey = query.cost > 0 ? denialKey(query) : undefined;
     if (cacheKey) {
       const cached = this.#cachedDenial(cacheKey, query.cost);
