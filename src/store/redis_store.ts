@@ -54,6 +54,16 @@ function isNoScript(error: unknown): boolean {
   return String((error as Error)?.message).startsWith("NOSCRIPT");
 }
 
+/** How long the probe's PING may take before the connection is replaced. */
+const PING_TIMEOUT_MS = 1_000;
+
+class PingTimeout extends Error {
+  override name = "PingTimeout";
+  constructor() {
+    super(`PING got no answer within ${PING_TIMEOUT_MS} ms`);
+  }
+}
+
 /** One node through {@linkcode RespClient}. */
 class NodeCommands implements Commands {
   #client: RespClient;
@@ -81,7 +91,22 @@ class NodeCommands implements Commands {
 
   async ping(): Promise<void> {
     await this.connect();
-    await this.#client.send(["PING"]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([
+        this.#client.send(["PING"]),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new PingTimeout()), PING_TIMEOUT_MS);
+        }),
+      ]);
+    } catch (error) {
+      // A connection that does not even answer PING may be dead without
+      // knowing it (cut off, no reset): start a new one.
+      if (error instanceof PingTimeout) this.#client.reset(error.message);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   connect(): Promise<void> {

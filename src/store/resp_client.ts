@@ -131,6 +131,18 @@ export class RespClient {
     });
   }
 
+  /**
+   * Drops the connection (its waiting commands are rejected with `reason`)
+   * and connects again in the background: for a connection that has stopped
+   * answering without closing, as one cut off by the network does.
+   */
+  reset(reason: string): void {
+    if (this.#state !== "open") return;
+    this.#lastError = reason;
+    this.#drop(new Error(`Redis at ${this.#address()} was dropped: ${reason}`));
+    this.#scheduleReconnect();
+  }
+
   /** Closes the connection for good; commands still waiting are rejected. */
   async close(): Promise<void> {
     this.#state = "closed";

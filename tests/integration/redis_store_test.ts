@@ -120,3 +120,96 @@ redisTest("on a 3-master cluster every key of a decision lands in one slot", asy
     await store.close();
   }
 });
+
+/** A TCP relay to Redis; `silence()` makes its first connection swallow what the client sends. */
+class Relay {
+  readonly #listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  readonly #conns: Deno.Conn[] = [];
+  readonly #tasks: Promise<unknown>[] = [];
+  #silent = false;
+  connections = 0;
+
+  constructor(redisPort: number) {
+    this.#tasks.push(this.#accept(redisPort));
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${(this.#listener.addr as Deno.NetAddr).port}`;
+  }
+
+  silence(): void {
+    this.#silent = true;
+  }
+
+  async #accept(redisPort: number): Promise<void> {
+    try {
+      for await (const client of this.#listener) {
+        const index = ++this.connections;
+        const redis = await Deno.connect({ hostname: "127.0.0.1", port: redisPort });
+        this.#conns.push(client, redis);
+        this.#tasks.push(
+          this.#pipe(client, redis, () => index === 1 && this.#silent),
+          this.#pipe(redis, client, () => false),
+        );
+      }
+    } catch {
+      // Closed.
+    }
+  }
+
+  async #pipe(from: Deno.Conn, to: Deno.Conn, swallow: () => boolean): Promise<void> {
+    const buffer = new Uint8Array(16 * 1024);
+    try {
+      while (true) {
+        const n = await from.read(buffer);
+        if (n === null) break;
+        if (!swallow()) await to.write(buffer.subarray(0, n));
+      }
+    } catch {
+      // Closed.
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#listener.close();
+    for (const conn of this.#conns) {
+      try {
+        conn.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    await Promise.all(this.#tasks);
+  }
+}
+
+redisTest(
+  "a connection that stops answering without closing is replaced after a PING gets no answer",
+  async () => {
+    await using server = await RedisServer.start();
+    const relay = new Relay(server.port);
+    const store = await RedisStore.connect({ url: relay.url });
+    try {
+      const query = {
+        key: "{sluice:r:c}",
+        algorithm: "fixed" as const,
+        limits: [{ limit: 5, windowMs: 60_000 }],
+        cost: 1,
+      };
+      assert.equal((await store.window(query)).allowed, true);
+      relay.silence();
+      await assert.rejects(store.ping(), /PING got no answer within 1000 ms/);
+      let pong = false;
+      for (let i = 0; i < 50 && !pong; i++) {
+        pong = await store.ping().then(() => true, () => false);
+        if (!pong) await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      assert.equal(pong, true, "a new connection answers");
+      assert.equal(relay.connections, 2);
+      assert.equal((await store.window(query)).states[0]!.remaining, 3, "counters kept in Redis");
+    } finally {
+      await store.close();
+      await relay.close();
+    }
+  },
+);
