@@ -8,8 +8,8 @@
  * machine one measurement moves by 15-25%; interleaved rounds expose every
  * configuration to the same slow and fast moments, so the ratios hold still.
  *
- *   BENCH_SECONDS=5          seconds of load per configuration and round
- *   BENCH_ROUNDS=3           rounds (the median round is reported)
+ *   BENCH_SECONDS=4          seconds of load per configuration and round
+ *   BENCH_ROUNDS=5           rounds (the median round is reported)
  *   BENCH_WARMUP_SECONDS=1   seconds of unmeasured load before the first round (0 for none)
  *   BENCH_CONNECTIONS=50     wrk connections (-c)
  *   BENCH_THREADS=1          wrk threads (-t)
@@ -196,8 +196,8 @@ function envNumber(name: string, fallback: number, min: number): number {
 
 function readSettings(): Settings {
   return {
-    seconds: envNumber("BENCH_SECONDS", 5, 1),
-    rounds: envNumber("BENCH_ROUNDS", 3, 1),
+    seconds: envNumber("BENCH_SECONDS", 4, 1),
+    rounds: envNumber("BENCH_ROUNDS", 5, 1),
     warmupSeconds: envNumber("BENCH_WARMUP_SECONDS", 1, 0),
     connections: envNumber("BENCH_CONNECTIONS", 50, 1),
     threads: envNumber("BENCH_THREADS", 1, 1),
