@@ -53,11 +53,16 @@ function writesLegacy(mode: HeaderMode): boolean {
   return mode === "legacy" || mode === "both";
 }
 
-function pushIetf(pairs: [string, string][], reports: readonly PolicyReport[]): void {
+/** The IETF field values of these reports: each policy, and where the client stands in it. */
+function ietfValues(
+  reports: readonly PolicyReport[],
+  policies: string[],
+  states: string[],
+): void {
   for (const report of reports) {
     const name = sfString(report.name);
-    pairs.push(["ratelimit-policy", `${name};q=${report.quota};w=${report.windowSeconds}`]);
-    pairs.push(["ratelimit", `${name};r=${report.remaining};t=${report.resetSeconds}`]);
+    policies.push(`${name};q=${report.quota};w=${report.windowSeconds}`);
+    states.push(`${name};r=${report.remaining};t=${report.resetSeconds}`);
   }
 }
 
@@ -69,9 +74,11 @@ export function applyRateLimitHeaders(
 ): void {
   if (mode === "none" || reports.length === 0) return;
   if (writesIetf(mode)) {
-    const pairs: [string, string][] = [];
-    pushIetf(pairs, reports);
-    for (const [name, value] of pairs) headers.append(name, value);
+    const policies: string[] = [];
+    const states: string[] = [];
+    ietfValues(reports, policies, states);
+    headers.append("ratelimit-policy", policies.join(", "));
+    headers.append("ratelimit", states.join(", "));
   }
   if (writesLegacy(mode)) {
     // The legacy headers hold one policy: the one with the least left.
@@ -105,9 +112,13 @@ export function appendRateLimitHeaders(
       upstreamLegacy = true;
     }
   }
+  // Every policy in one field line per header (a list, RFC 9651): each line
+  // costs the HTTP server as much as a header.
+  const policies: string[] = [];
+  const states: string[] = [];
   for (const set of sets) {
     if (set.reports.length === 0) continue;
-    if (writesIetf(set.mode)) pushIetf(pairs, set.reports);
+    if (writesIetf(set.mode)) ietfValues(set.reports, policies, states);
     if (writesLegacy(set.mode)) {
       const least = tightest(set.reports);
       if (!(legacyRemaining <= least.remaining)) {
@@ -115,6 +126,10 @@ export function appendRateLimitHeaders(
         legacyRemaining = least.remaining;
       }
     }
+  }
+  if (policies.length > 0) {
+    pairs.push(["ratelimit-policy", policies.join(", ")]);
+    pairs.push(["ratelimit", states.join(", ")]);
   }
   if (!legacy) return;
   if (upstreamLegacy) {
