@@ -119,12 +119,15 @@ interface Connection {
   reused: boolean;
 }
 
-const own = new WeakSet<Response>();
-const complete = new WeakSet<Response>();
+// Marks on the responses themselves (properties, not WeakSets: nothing for
+// the GC to track).
+const CLIENT_MADE = Symbol("sluice.client-made");
+const BODY_COMPLETE = Symbol("sluice.body-complete");
+type Marked = Response & { [CLIENT_MADE]?: true; [BODY_COMPLETE]?: true };
 
 /** True when the client read the whole body before answering: the upstream is done with it. */
 export function isBodyComplete(response: Response): boolean {
-  return complete.has(response);
+  return (response as Marked)[BODY_COMPLETE] === true;
 }
 
 /**
@@ -132,12 +135,28 @@ export function isBodyComplete(response: Response): boolean {
  * mutable and hold no hop-by-hop header (the client consumed those).
  */
 export function isClientResponse(response: Response): boolean {
-  return own.has(response);
+  return (response as Marked)[CLIENT_MADE] === true;
 }
 
-function answer(body: BodyInit | null, init: ResponseInit): Response {
-  const response = new Response(body, init);
-  own.add(response);
+function answer(
+  body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null,
+  init: { status: number; statusText: string; headers: [string, string][] },
+  complete: boolean,
+): Response {
+  let response: Response;
+  if (init.status === 200 && !(body instanceof ReadableStream)) {
+    // Deno (2.9) keeps a 200 with a body in memory and no init on a fast path
+    // and sends its headers in one step; a response built with an init gets a
+    // native twin with a finalizer, which costs more in GC than it saves.
+    response = new Response(body);
+    const headers = response.headers;
+    for (const [name, value] of init.headers) headers.append(name, value);
+  } else {
+    response = new Response(body, init);
+  }
+  const marked = response as Marked;
+  marked[CLIENT_MADE] = true;
+  if (complete) marked[BODY_COMPLETE] = true;
   return response;
 }
 
@@ -260,9 +279,7 @@ export class Http1Client {
     if (bodiless || (!chunked && length === 0)) {
       detach();
       this.#release(connection, close || status === 101);
-      const response = answer(null, responseInit);
-      complete.add(response);
-      return response;
+      return answer(null, responseInit, true);
     }
     if (!chunked && length !== undefined && length <= SMALL_BODY) {
       // Small fixed bodies are read at once and handed over as bytes.
@@ -273,9 +290,7 @@ export class Http1Client {
       reader.start += length;
       detach();
       this.#release(connection, close);
-      const response = answer(bytes, responseInit);
-      complete.add(response);
-      return response;
+      return answer(bytes, responseInit, true);
     }
     const stream = chunked
       ? chunkedStream(reader)
@@ -310,7 +325,7 @@ export class Http1Client {
         finish(false);
       },
     }, { highWaterMark: 0 });
-    return answer(readable, responseInit);
+    return answer(readable, responseInit, false);
   }
 
   async #sendBody(

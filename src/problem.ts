@@ -33,11 +33,13 @@ const STATUS_TITLES: Record<number, string> = {
   504: "Gateway Timeout",
 };
 
-const gatewayMade = new WeakSet<Response>();
+// A mark on the response itself (a property, not a WeakSet: nothing for the GC to track).
+const GATEWAY_MADE = Symbol("sluice.gateway-made");
+type Marked = Response & { [GATEWAY_MADE]?: true };
 
 /** True when the response was made by {@linkcode problem}: the gateway answered, not the upstream. */
 export function isGatewayAnswer(response: Response): boolean {
-  return gatewayMade.has(response);
+  return (response as Marked)[GATEWAY_MADE] === true;
 }
 
 /** The caller's headers as a list, without those `problem()` sets itself (`own`). */
@@ -101,6 +103,6 @@ export function problem(status: number, options: ProblemOptions = {}): Response 
     headers.push(["retry-after", String(Math.max(1, Math.ceil(options.retryAfterSeconds)))]);
   }
   const response = new Response(JSON.stringify(body), { status, headers });
-  gatewayMade.add(response);
+  (response as Marked)[GATEWAY_MADE] = true;
   return response;
 }

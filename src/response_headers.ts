@@ -21,22 +21,13 @@ import {
   type RateLimitHeaderSet,
 } from "./ratelimit_headers.ts";
 
-interface Pending {
-  /** Outermost plugin first. */
-  sets: RateLimitHeaderSet[];
-  sealed: Response | undefined;
-}
+/** Outermost plugin first. */
+const PENDING = new ContextKey<RateLimitHeaderSet[]>("sluice.rate-limit-headers");
 
-const PENDING = new ContextKey<Pending>("sluice.response-headers");
-
-function pendingOf(ctx: RequestContext): Pending {
-  let pending = ctx.get(PENDING);
-  if (!pending) {
-    pending = { sets: [], sealed: undefined };
-    ctx.set(PENDING, pending);
-  }
-  return pending;
-}
+// A mark on the response itself (a property, not a WeakSet: nothing for the
+// GC to track): the context whose headers it was built with.
+const SEALED = Symbol("sluice.sealed");
+type Marked = Response & { [SEALED]?: RequestContext };
 
 /** Announces a limit plugin's headers for whatever answer the rest of the pipeline builds. */
 export function announceRateLimitHeaders(
@@ -45,7 +36,9 @@ export function announceRateLimitHeaders(
   mode: HeaderMode,
 ): void {
   if (mode === "none" || reports.length === 0) return;
-  pendingOf(ctx).sets.push({ reports, mode });
+  const sets = ctx.get(PENDING);
+  if (sets) sets.push({ reports, mode });
+  else ctx.set(PENDING, [{ reports, mode }]);
 }
 
 /**
@@ -60,7 +53,7 @@ export function addGatewayHeaders(
   pairs: [string, string][],
   own?: RateLimitHeaderSet,
 ): void {
-  const sets = ctx.get(PENDING)?.sets;
+  const sets = ctx.get(PENDING);
   if (own || (sets && sets.length > 0)) {
     // The innermost plugin's headers go first, as if each plugin added its own on the way out.
     const ordered: RateLimitHeaderSet[] = own ? [own] : [];
@@ -73,11 +66,11 @@ export function addGatewayHeaders(
 
 /** Marks `response` as built with {@linkcode addGatewayHeaders}; returns it. */
 export function seal(ctx: RequestContext, response: Response): Response {
-  pendingOf(ctx).sealed = response;
+  (response as Marked)[SEALED] = ctx;
   return response;
 }
 
 /** True when `response` already carries every header the gateway adds. */
 export function isSealed(ctx: RequestContext, response: Response): boolean {
-  return ctx.get(PENDING)?.sealed === response;
+  return (response as Marked)[SEALED] === ctx;
 }
