@@ -11,7 +11,7 @@ import { abortableDelay } from "../abortable_delay.ts";
 import { duration, rate } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
-import { toSeconds, withRateLimitHeaders } from "../ratelimit_headers.ts";
+import { type PolicyReport, toSeconds, withRateLimitHeaders } from "../ratelimit_headers.ts";
 import {
   addGatewayHeaders,
   announceRateLimitHeaders,
@@ -87,11 +87,35 @@ export default definePlugin({
     const leasing = new Map<string, Promise<SourcedBucketDecision | undefined>>();
     const noLeaseUntil = new Map<string, number>();
 
-    function fromLease(key: string): SourcedBucketDecision | undefined {
+    function fromLease(key: string, now = Date.now()): SourcedBucketDecision | undefined {
       const lease = leases.get(key);
-      if (!lease || lease.until <= Date.now() || lease.tokens < opts.cost) return undefined;
+      if (!lease || lease.until <= now || lease.tokens < opts.cost) return undefined;
       lease.tokens -= opts.cost;
       return lease.decision;
+    }
+
+    /** The common case, decided at once: tokens from this instance's lease. */
+    function leased(key: string, now: number): SourcedBucketDecision | undefined {
+      if (leaseSize < 2 * opts.cost || lastSlot.has(key)) return undefined;
+      if (noLeaseUntil.size > 0 && (noLeaseUntil.get(key) ?? 0) > now) return undefined;
+      return fromLease(key, now);
+    }
+
+    // Requests served from one lease share its decision, and so its report.
+    let lastDecision: SourcedBucketDecision | undefined;
+    let lastReport: PolicyReport[] = [];
+    function reportOf(decision: SourcedBucketDecision): PolicyReport[] {
+      if (decision !== lastDecision) {
+        lastDecision = decision;
+        lastReport = [{
+          name,
+          quota: opts.rate.count,
+          windowSeconds: toSeconds(opts.rate.periodMs),
+          remaining: decision.remaining,
+          resetSeconds: toSeconds(decision.resetMs),
+        }];
+      }
+      return lastReport;
     }
 
     async function lease(key: string): Promise<SourcedBucketDecision | undefined> {
@@ -139,14 +163,8 @@ export default definePlugin({
       const key = opts.scope === "route"
         ? routeKey
         : `${clientKey(route.name, clientIdOf(ctx))}:bucket`;
-      const decision = await decide(key);
-      const report = [{
-        name,
-        quota: opts.rate.count,
-        windowSeconds: toSeconds(opts.rate.periodMs),
-        remaining: decision.remaining,
-        resetSeconds: toSeconds(decision.resetMs),
-      }];
+      const decision = leased(key, Date.now()) ?? await decide(key);
+      const report = reportOf(decision);
       if (!decision.allowed) {
         if (decision.source === "deny") {
           counters.unavailable.inc();
@@ -169,8 +187,8 @@ export default definePlugin({
           }),
         );
       }
-      const now = Date.now();
-      const slot = Math.max(now + decision.delayMs, lastSlot.get(key) ?? 0);
+      const now = decision.delayMs > 0 || lastSlot.size > 0 ? Date.now() : 0;
+      const slot = now === 0 ? 0 : Math.max(now + decision.delayMs, lastSlot.get(key) ?? 0);
       if (slot > now) {
         lastSlot.set(key, slot);
         const delay = slot - now;
