@@ -1,8 +1,15 @@
 /** What the limit plugins (sliding-window, token-bucket) share. Internal to this folder. */
 import { formatDuration } from "../config/duration.ts";
 import type { Metrics } from "../metrics.ts";
-import type { RequestContext } from "../plugin.ts";
-import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import type { Next, RequestContext } from "../plugin.ts";
+import { problem, PROBLEM_TYPE_BASE, type ProblemOptions } from "../problem.ts";
+import { type HeaderMode, type PolicyReport, withRateLimitHeaders } from "../ratelimit_headers.ts";
+import {
+  addGatewayHeaders,
+  announceRateLimitHeaders,
+  isSealed,
+  seal,
+} from "../response_headers.ts";
 
 /** A window or period as a policy name writes it: `s`, `10s`, `m`, `h`, `250ms`. */
 export function formatWindow(ms: number): string {
@@ -47,4 +54,34 @@ export function storeUnavailable(retryAfterMs: number): Response {
     detail: "The rate-limit store cannot be reached and this gateway fails closed",
     retryAfterSeconds: retryAfterMs / 1000,
   });
+}
+
+/**
+ * A limit plugin's refusal: a problem answer built with this plugin's
+ * rate-limit headers, those the plugins before it announced, and the request id.
+ */
+export function refusal(
+  ctx: RequestContext,
+  reports: readonly PolicyReport[],
+  mode: HeaderMode,
+  options: ProblemOptions,
+): Response {
+  const headers: [string, string][] = [];
+  addGatewayHeaders(ctx, headers, { reports, mode });
+  return seal(ctx, problem(429, { ...options, headers }));
+}
+
+/**
+ * Runs the rest of the pipeline, whose answer carries this plugin's
+ * rate-limit headers: written in as it is built when it can be, else added.
+ */
+export async function nextWithHeaders(
+  ctx: RequestContext,
+  next: Next,
+  reports: readonly PolicyReport[],
+  mode: HeaderMode,
+): Promise<Response> {
+  announceRateLimitHeaders(ctx, reports, mode);
+  const response = await next();
+  return isSealed(ctx, response) ? response : withRateLimitHeaders(response, reports, mode);
 }

@@ -8,15 +8,17 @@ import { z } from "zod";
 import { duration, rate } from "../config/schema.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
-import { type PolicyReport, toSeconds, withRateLimitHeaders } from "../ratelimit_headers.ts";
-import {
-  addGatewayHeaders,
-  announceRateLimitHeaders,
-  isSealed,
-  seal,
-} from "../response_headers.ts";
+import { type PolicyReport, toSeconds } from "../ratelimit_headers.ts";
 import type { WindowDecision, WindowLimit } from "../store/store.ts";
-import { clientIdOf, clientKey, decisionCounters, formatRate, storeUnavailable } from "./_limit.ts";
+import {
+  clientIdOf,
+  clientKey,
+  decisionCounters,
+  formatRate,
+  nextWithHeaders,
+  refusal,
+  storeUnavailable,
+} from "./_limit.ts";
 
 const COST_HEADER_RE = /^header:[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
 
@@ -211,28 +213,18 @@ export default definePlugin({
           const name = policy.names[violated]!;
           // The limit and the window are in the rate-limit headers; the body
           // names the policy. A small answer is sent in one write.
-          const headers: [string, string][] = [];
-          addGatewayHeaders(ctx, headers, { reports: report, mode: opts.headers });
-          return seal(
-            ctx,
-            problem(429, {
-              type: `${PROBLEM_TYPE_BASE}quota-exceeded`,
-              title: "Quota exceeded",
-              detail: `Quota "${name}" is spent; retry in ${retryAfter} s`,
-              retryAfterSeconds: retryAfter,
-              extensions: { policy: name },
-              headers,
-            }),
-          );
+          return refusal(ctx, report, opts.headers, {
+            type: `${PROBLEM_TYPE_BASE}quota-exceeded`,
+            title: "Quota exceeded",
+            detail: `Quota "${name}" is spent; retry in ${retryAfter} s`,
+            retryAfterSeconds: retryAfter,
+            extensions: { policy: name },
+          });
         }
       } else {
         counters.allowed.inc();
       }
-      announceRateLimitHeaders(ctx, report, opts.headers);
-      const response = await next();
-      return isSealed(ctx, response)
-        ? response
-        : withRateLimitHeaders(response, report, opts.headers);
+      return await nextWithHeaders(ctx, next, report, opts.headers);
     };
   },
 });

@@ -10,15 +10,17 @@ import { z } from "zod";
 import { abortableDelay } from "../abortable_delay.ts";
 import { duration, rate } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
-import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
-import { type PolicyReport, toSeconds, withRateLimitHeaders } from "../ratelimit_headers.ts";
+import { PROBLEM_TYPE_BASE } from "../problem.ts";
+import { type PolicyReport, toSeconds } from "../ratelimit_headers.ts";
 import {
-  addGatewayHeaders,
-  announceRateLimitHeaders,
-  isSealed,
-  seal,
-} from "../response_headers.ts";
-import { clientIdOf, clientKey, decisionCounters, formatRate, storeUnavailable } from "./_limit.ts";
+  clientIdOf,
+  clientKey,
+  decisionCounters,
+  formatRate,
+  nextWithHeaders,
+  refusal,
+  storeUnavailable,
+} from "./_limit.ts";
 import type { SourcedBucketDecision } from "../store/store.ts";
 
 /** How many milliseconds of tokens one lease takes. */
@@ -172,23 +174,17 @@ export default definePlugin({
         }
         counters.limited.inc();
         const retryAfter = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
-        const headers: [string, string][] = [];
-        addGatewayHeaders(ctx, headers, { reports: report, mode: opts.headers });
-        return seal(
-          ctx,
-          problem(429, {
-            type: `${PROBLEM_TYPE_BASE}rate-exceeded`,
-            title: "Rate exceeded",
-            detail:
-              `The rate "${name}" with bursts of ${burst} is spent for now; retry in ${retryAfter} s`,
-            retryAfterSeconds: retryAfter,
-            extensions: { policy: name, retry_after_seconds: retryAfter },
-            headers,
-          }),
-        );
+        return refusal(ctx, report, opts.headers, {
+          type: `${PROBLEM_TYPE_BASE}rate-exceeded`,
+          title: "Rate exceeded",
+          detail:
+            `The rate "${name}" with bursts of ${burst} is spent for now; retry in ${retryAfter} s`,
+          retryAfterSeconds: retryAfter,
+          extensions: { policy: name, retry_after_seconds: retryAfter },
+        });
       }
-      const now = decision.delayMs > 0 || lastSlot.size > 0 ? Date.now() : 0;
-      const slot = now === 0 ? 0 : Math.max(now + decision.delayMs, lastSlot.get(key) ?? 0);
+      const now = Date.now();
+      const slot = Math.max(now + decision.delayMs, lastSlot.get(key) ?? 0);
       if (slot > now) {
         lastSlot.set(key, slot);
         const delay = slot - now;
@@ -204,11 +200,7 @@ export default definePlugin({
       } else {
         counters.allowed.inc();
       }
-      announceRateLimitHeaders(ctx, report, opts.headers);
-      const response = await next();
-      return isSealed(ctx, response)
-        ? response
-        : withRateLimitHeaders(response, report, opts.headers);
+      return await nextWithHeaders(ctx, next, report, opts.headers);
     };
   },
 });
