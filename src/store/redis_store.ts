@@ -37,9 +37,13 @@ export interface RedisStoreOptions {
 
 /** The few commands the store sends, whichever client carries them. */
 interface Commands {
-  /** EVALSHA, or EVAL of `script` when Redis answers NOSCRIPT. */
-  run(
-    script: Script,
+  evalsha(
+    sha: string,
+    keys: readonly string[],
+    args: readonly (string | number)[],
+  ): Promise<unknown>;
+  eval(
+    source: string,
     keys: readonly string[],
     args: readonly (string | number)[],
   ): Promise<unknown>;
@@ -72,17 +76,20 @@ class NodeCommands implements Commands {
     this.#client = client;
   }
 
-  async run(
-    script: Script,
+  evalsha(
+    sha: string,
     keys: readonly string[],
     args: readonly (string | number)[],
   ): Promise<RespReply> {
-    try {
-      return await this.#client.send(["EVALSHA", script.sha, keys.length, ...keys, ...args]);
-    } catch (error) {
-      if (!isNoScript(error)) throw error;
-      return await this.#client.send(["EVAL", script.source, keys.length, ...keys, ...args]);
-    }
+    return this.#client.send(["EVALSHA", sha, keys.length, ...keys, ...args]);
+  }
+
+  eval(
+    source: string,
+    keys: readonly string[],
+    args: readonly (string | number)[],
+  ): Promise<RespReply> {
+    return this.#client.send(["EVAL", source, keys.length, ...keys, ...args]);
   }
 
   async hget(key: string, field: string): Promise<string | null> {
@@ -129,17 +136,20 @@ class ClusterCommands implements Commands {
     });
   }
 
-  async run(
-    script: Script,
+  evalsha(
+    sha: string,
     keys: readonly string[],
     args: readonly (string | number)[],
   ): Promise<unknown> {
-    try {
-      return await this.#cluster.evalsha(script.sha, keys.length, ...keys, ...args);
-    } catch (error) {
-      if (!isNoScript(error)) throw error;
-      return await this.#cluster.eval(script.source, keys.length, ...keys, ...args);
-    }
+    return this.#cluster.evalsha(sha, keys.length, ...keys, ...args);
+  }
+
+  eval(
+    source: string,
+    keys: readonly string[],
+    args: readonly (string | number)[],
+  ): Promise<unknown> {
+    return this.#cluster.eval(source, keys.length, ...keys, ...args);
   }
 
   hget(key: string, field: string): Promise<string | null> {
@@ -236,8 +246,15 @@ export class RedisStore implements Store {
     return store;
   }
 
-  #run(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown> {
-    return this.#commands.run(this.#scripts.get(name)!, keys, args);
+  /** EVALSHA of the script, or EVAL of its source when Redis answers NOSCRIPT. */
+  async #run(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown> {
+    const script = this.#scripts.get(name)!;
+    try {
+      return await this.#commands.evalsha(script.sha, keys, args);
+    } catch (error) {
+      if (!isNoScript(error)) throw error;
+      return await this.#commands.eval(script.source, keys, args);
+    }
   }
 
   async window(query: WindowQuery): Promise<WindowDecision> {
