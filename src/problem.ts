@@ -42,8 +42,11 @@ export function isGatewayAnswer(response: Response): boolean {
   return (response as Marked)[GATEWAY_MADE] === true;
 }
 
-/** The caller's headers as a list, without those `problem()` sets itself (`own`). */
-function headerPairs(init: HeadersInit | undefined, own: ReadonlySet<string>): [string, string][] {
+/** The caller's headers as a list, without those for which `replaced(name)` holds. */
+function headerPairs(
+  init: HeadersInit | undefined,
+  replaced: (lowerCaseName: string) => boolean,
+): [string, string][] {
   if (init === undefined) return [];
   const pairs: [string, string][] = [];
   const entries: Iterable<[string, string]> | [string, string][] = init instanceof Headers
@@ -54,15 +57,10 @@ function headerPairs(init: HeadersInit | undefined, own: ReadonlySet<string>): [
     ? init as Iterable<[string, string]>
     : Object.entries(init);
   for (const [name, value] of entries) {
-    if (!own.has(name.toLowerCase())) pairs.push([name, value]);
+    if (!replaced(name.toLowerCase())) pairs.push([name, value]);
   }
   return pairs;
 }
-
-const SETS_TYPE = new Set(["content-type"]);
-const SETS_TYPE_CACHE = new Set(["content-type", "cache-control"]);
-const SETS_TYPE_RETRY = new Set(["content-type", "retry-after"]);
-const SETS_TYPE_CACHE_RETRY = new Set(["content-type", "cache-control", "retry-after"]);
 
 /**
  * Builds an `application/problem+json` response.
@@ -90,17 +88,17 @@ export function problem(status: number, options: ProblemOptions = {}): Response 
   // 429 and 503 are not heuristically cacheable (RFC 9111, 4.2.2), so they
   // need no cache-control; leaving it off keeps a refusal's answer small.
   const noStore = status !== 429 && status !== 503;
-  const retry = options.retryAfterSeconds !== undefined;
+  const retryAfter = options.retryAfterSeconds;
   const headers = headerPairs(
     options.headers,
-    noStore
-      ? (retry ? SETS_TYPE_CACHE_RETRY : SETS_TYPE_CACHE)
-      : (retry ? SETS_TYPE_RETRY : SETS_TYPE),
+    (name) =>
+      name === "content-type" || (noStore && name === "cache-control") ||
+      (retryAfter !== undefined && name === "retry-after"),
   );
   headers.push(["content-type", "application/problem+json"]);
   if (noStore) headers.push(["cache-control", "no-store"]);
-  if (options.retryAfterSeconds !== undefined) {
-    headers.push(["retry-after", String(Math.max(1, Math.ceil(options.retryAfterSeconds)))]);
+  if (retryAfter !== undefined) {
+    headers.push(["retry-after", String(Math.max(1, Math.ceil(retryAfter)))]);
   }
   const response = new Response(JSON.stringify(body), { status, headers });
   (response as Marked)[GATEWAY_MADE] = true;
