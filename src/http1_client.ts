@@ -8,6 +8,7 @@
  */
 
 import { dropHopByHop } from "./hop_by_hop.ts";
+import { writeAll } from "./net/write_all.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -461,11 +462,6 @@ function requestHead(
 
 function isChunkedHead(head: Uint8Array): boolean {
   return decoder.decode(head).includes("\r\ntransfer-encoding: chunked\r\n");
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
 }
 
 async function* fixedStream(reader: Reader, length: number): AsyncGenerator<Uint8Array> {

@@ -16,6 +16,7 @@
  */
 
 import { setImmediate } from "node:timers";
+import { writeAll } from "../net/write_all.ts";
 
 /** An error reply from Redis (`-ERR ...`, `-NOSCRIPT ...`). */
 export class RedisReplyError extends Error {
@@ -319,11 +320,6 @@ export class RespClient {
       if (this.#state === "idle") this.connect().catch(() => {});
     }, delay);
   }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
 }
 
 /** One command as RESP: an array of bulk strings. */
