@@ -15,7 +15,8 @@
 import { findExecutable, InterruptedError, PROJECT_ROOT, withChildren } from "./_children.ts";
 import { type Server, startDenoScript } from "./_servers.ts";
 import { markdownTable } from "./_table.ts";
-import { runWrk } from "./_wrk.ts";
+import { runWrk, type WrkResult } from "./_wrk.ts";
+import { medianRound } from "./bench.ts";
 
 function setting(name: string, fallback: string): string {
   return Deno.env.get(name) || fallback;
@@ -48,7 +49,7 @@ async function main(): Promise<number> {
           }),
         );
       }
-      const results: number[][] = counts.map(() => []);
+      const results: WrkResult[][] = counts.map(() => []);
       for (let round = 1; round <= rounds && !children.interrupted; round++) {
         for (const [i, server] of servers.entries()) {
           const report = await runWrk(children, `${server.url}/`, {
@@ -58,10 +59,10 @@ async function main(): Promise<number> {
             threads: 1,
             logFile: `${workDir}/wrk-${counts[i]}-${round}.txt`,
           });
-          results[i]!.push(report.requestsPerSec);
+          results[i]!.push(report);
         }
       }
-      return results.map((values) => [...values].sort((a, b) => a - b)[(values.length - 1) >> 1]!);
+      return results.map((rounds) => medianRound(rounds).requestsPerSec);
     });
     const base = medians[0]!;
     console.log(
