@@ -51,6 +51,8 @@ class Reader {
   buf = new Uint8Array(READ_SIZE);
   start = 0;
   end = 0;
+  /** A read started while the connection was idle, for the next {@linkcode Reader.fill} to take. */
+  #pending: Promise<boolean> | undefined;
   constructor(readonly conn: Deno.Conn) {}
 
   get buffered(): number {
@@ -58,7 +60,23 @@ class Reader {
   }
 
   /** Reads more bytes; false at end of stream. */
-  async fill(): Promise<boolean> {
+  fill(): Promise<boolean> {
+    const pending = this.#pending;
+    if (pending === undefined) return this.#read();
+    this.#pending = undefined;
+    return pending;
+  }
+
+  /**
+   * Starts the next read now, on an idle connection: it settles when the
+   * upstream closes the connection (or sends bytes nobody asked for), and
+   * otherwise is the first read of the next exchange.
+   */
+  watch(): Promise<boolean> {
+    return this.#pending = this.#read();
+  }
+
+  async #read(): Promise<boolean> {
     if (this.start === this.end) {
       this.start = 0;
       this.end = 0;
@@ -118,6 +136,10 @@ interface Connection {
   conn: Deno.Conn;
   reader: Reader;
   reused: boolean;
+  /** In the idle pool, waiting for a request. */
+  idle: boolean;
+  /** Called when the idle read settles: while still idle, the connection is over. */
+  onIdleRead: () => void;
 }
 
 // Marks on the responses themselves (properties, not WeakSets: nothing for
@@ -187,7 +209,8 @@ export class Http1Client {
     const body = init.body ?? null;
     const head = requestHead(method, target, origin, init.headers, body !== null);
     for (let attempt = 0;; attempt++) {
-      const connection = await this.#acquire(origin);
+      // A retry takes a new connection: the idle ones may be as stale as the one that failed.
+      const connection = await this.#acquire(origin, attempt > 0);
       const onAbort = () => this.#discard(connection);
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
@@ -373,11 +396,11 @@ export class Http1Client {
     return { origin, target };
   }
 
-  async #acquire(origin: Origin): Promise<Connection> {
-    const idle = this.#idle.get(origin.key);
-    const kept = idle?.pop();
+  async #acquire(origin: Origin, fresh: boolean): Promise<Connection> {
+    const kept = fresh ? undefined : this.#idle.get(origin.key)?.pop();
     if (kept) {
       kept.reused = true;
+      kept.idle = false;
       return kept;
     }
     const conn = origin.tls
@@ -385,7 +408,17 @@ export class Http1Client {
       : await Deno.connect({ hostname: origin.hostname, port: origin.port });
     if (!origin.tls) (conn as Deno.TcpConn).setNoDelay(true);
     this.#open.add(conn);
-    return { origin, conn, reader: new Reader(conn), reused: false };
+    const connection: Connection = {
+      origin,
+      conn,
+      reader: new Reader(conn),
+      reused: false,
+      idle: false,
+      onIdleRead: () => {
+        if (connection.idle) this.#discard(connection);
+      },
+    };
+    return connection;
   }
 
   #release(connection: Connection, close: boolean): void {
@@ -400,9 +433,15 @@ export class Http1Client {
       return;
     }
     idle.push(connection);
+    connection.idle = true;
+    // An upstream closes idle connections when it likes (its keep-alive
+    // timeout, a restart): a read kept open while idle sees that at once, and
+    // the connection leaves the pool before a request is sent on it.
+    connection.reader.watch().then(connection.onIdleRead, connection.onIdleRead);
   }
 
   #discard(connection: Connection): void {
+    connection.idle = false;
     const idle = this.#idle.get(connection.origin.key);
     const index = idle?.indexOf(connection) ?? -1;
     if (index >= 0) idle!.splice(index, 1);

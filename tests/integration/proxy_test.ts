@@ -1008,6 +1008,38 @@ Deno.test("proxy: upstream connections are kept alive and reused", async () => {
   assert.ok(ports.size <= 3, `20 sequential requests used ${ports.size} upstream connections`);
 });
 
+Deno.test("proxy: after the upstream restarts, the next requests reach it (a POST first), not 502", async () => {
+  const port = freePort();
+  const serve = (generation: string, wait: number) =>
+    Deno.serve({ port, hostname: "127.0.0.1", onListen() {} }, async (request) => {
+      await request.body?.cancel();
+      await delay(wait);
+      return new Response(generation);
+    });
+  const first = serve("first", 30);
+  await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${port}`));
+  // Concurrent requests leave several kept-alive connections in the gateway's pool.
+  const answers = await Promise.all(
+    Array.from({ length: 20 }, () => fetch(`${gw.url}/warm`).then((r) => r.text())),
+  );
+  assert.deepEqual(new Set(answers), new Set(["first"]));
+  await first.shutdown();
+  const second = serve("second", 0);
+  try {
+    await delay(100);
+    const post = await fetch(`${gw.url}/after`, { method: "POST", body: "payload" });
+    assert.equal(post.status, 200);
+    assert.equal(await post.text(), "second");
+    for (let i = 0; i < 25; i++) {
+      const response = await fetch(`${gw.url}/after/${i}`);
+      assert.equal(response.status, 200, `request ${i} after the restart`);
+      assert.equal(await response.text(), "second");
+    }
+  } finally {
+    await second.shutdown();
+  }
+});
+
 Deno.test("proxy: a gzip response reaches the client byte for byte with its Content-Encoding", async () => {
   const text = "sluice keeps the upstream's bytes. ".repeat(2_000);
   const gzipped = new Uint8Array(
