@@ -255,6 +255,7 @@ export class Http1Client {
     let statusText: string;
     let headers: [string, string][];
     let framing: [string, string][];
+    let http10 = false;
     for (;;) {
       let end = reader.headEnd();
       while (end < 0) {
@@ -269,12 +270,13 @@ export class Http1Client {
       const text = decoder.decode(reader.buf.subarray(reader.start, end));
       reader.start = end + 4;
       const lines = text.split("\r\n");
-      const match = /^HTTP\/1\.[01] (\d{3})(?: (.*))?$/.exec(lines[0] ?? "");
+      const match = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0] ?? "");
       if (!match) {
         throw new UpstreamProtocolError(`upstream answered something other than HTTP/1.x`);
       }
-      status = Number(match[1]);
-      statusText = match[2] ?? "";
+      http10 = match[1] === "0";
+      status = Number(match[2]);
+      statusText = match[3] ?? "";
       headers = [];
       for (let i = 1; i < lines.length; i++) {
         const line = lines[i]!;
@@ -291,11 +293,15 @@ export class Http1Client {
     }
     let length: number | undefined;
     let chunked = false;
-    let close = false;
+    // An HTTP/1.0 answer ends its connection unless it says keep-alive (RFC 9112, 9.3).
+    let close = http10;
     for (const [name, value] of framing) {
       if (name === "content-length") length = Number(value);
       else if (name === "transfer-encoding") chunked = value.toLowerCase().includes("chunked");
-      else if (name === "connection") close = value.toLowerCase().includes("close");
+      else if (name === "connection") {
+        const tokens = value.toLowerCase();
+        close = tokens.includes("close") || (http10 && !tokens.includes("keep-alive"));
+      }
     }
     const bodiless = method === "HEAD" || BODILESS_STATUSES.has(status) || status < 200;
     init.completeHeaders?.(headers);

@@ -1040,6 +1040,41 @@ Deno.test("proxy: after the upstream restarts, the next requests reach it (a POS
   }
 });
 
+Deno.test("proxy: an HTTP/1.0 answer without keep-alive ends its connection: the next request takes a new one", async () => {
+  // An HTTP/1.0 upstream answers one request per connection; this one then
+  // leaves the socket open and reads nothing more.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      const buffer = new Uint8Array(4096);
+      let seen = "";
+      while (!seen.includes("\r\n\r\n")) {
+        const n = await conn.read(buffer).catch(() => null);
+        if (n === null) break;
+        seen += decoder.decode(buffer.subarray(0, n));
+      }
+      await conn.write(encoder.encode("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        .catch(() => {});
+    }
+  })();
+  try {
+    const { port } = listener.addr as Deno.NetAddr;
+    await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${port}`, "2s"));
+    for (let i = 0; i < 3; i++) {
+      const response = await fetch(`${gw.url}/one/${i}`);
+      assert.equal(response.status, 200, `request ${i}`);
+      assert.equal(await response.text(), "ok");
+    }
+    assert.equal(conns.length, 3, "one connection per HTTP/1.0 answer");
+  } finally {
+    listener.close();
+    for (const conn of conns) conn.close();
+    await accepting.catch(() => {});
+  }
+});
+
 Deno.test("proxy: a gzip response reaches the client byte for byte with its Content-Encoding", async () => {
   const text = "sluice keeps the upstream's bytes. ".repeat(2_000);
   const gzipped = new Uint8Array(
