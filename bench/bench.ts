@@ -1,7 +1,9 @@
 /**
  * `deno task bench`: the same load against each configuration, on 127.0.0.1,
- * with wrk; prints requests/s, p50 and p99 and the ratios to the bare Deno
- * proxy and to nginx as a proxy, and writes `.bench/results.json`.
+ * with wrk; prints requests/s, p50 and p99, the ratios to the bare Deno
+ * proxy, to nginx as a proxy and to sluice proxy-only, and the CPU time each
+ * server spent per request (its processes, from /proc; n/a off Linux), and
+ * writes `.bench/results.json`.
  *
  * Every configuration is started first; then each round measures them all in
  * turn, and a configuration's result is its median round. On a small shared
@@ -39,6 +41,7 @@ import {
   startRedis,
   startSluice,
 } from "./_servers.ts";
+import { cpuSeconds } from "./_cpu.ts";
 import { markdownTable } from "./_table.ts";
 import { runWrk, type WrkResult } from "./_wrk.ts";
 
@@ -70,7 +73,7 @@ export interface BenchResult {
   /** Why it was skipped or failed. */
   reason?: string;
   /** The median round. */
-  wrk?: WrkResult;
+  wrk?: RoundResult;
   /** Requests/s of every round, in order. */
   rounds?: number[];
   /** Its requests/s over the bare Deno proxy's. */
@@ -225,7 +228,13 @@ type BenchSetup = Setup & { wrk: string; settings: Settings };
 interface Running {
   configuration: Configuration;
   server: Server;
-  rounds: WrkResult[];
+  rounds: RoundResult[];
+}
+
+/** One round: wrk's report and the CPU the server spent per request. */
+export interface RoundResult extends WrkResult {
+  /** CPU microseconds of the server's processes per request; undefined where /proc cannot tell. */
+  cpuMicrosPerRequest?: number;
 }
 
 /** Starts a configuration and checks its answers; a skip or failure is returned as its result. */
@@ -271,17 +280,22 @@ async function measureRound(running: Running, setup: BenchSetup, round: number):
       logFile: `${setup.workDir}/wrk-${name}-warmup.txt`,
     });
   }
-  running.rounds.push(
-    await runWrk(setup.children, url, {
-      ...wrkOptions,
-      seconds: settings.seconds,
-      logFile: `${setup.workDir}/wrk-${name}-${round}.txt`,
-    }),
-  );
+  const cpuBefore = await cpuSeconds(running.server.pid);
+  const report = await runWrk(setup.children, url, {
+    ...wrkOptions,
+    seconds: settings.seconds,
+    logFile: `${setup.workDir}/wrk-${name}-${round}.txt`,
+  });
+  const cpuAfter = await cpuSeconds(running.server.pid);
+  const cpuMicrosPerRequest = cpuBefore !== undefined && cpuAfter !== undefined &&
+      report.requests > 0
+    ? (cpuAfter - cpuBefore) * 1e6 / report.requests
+    : undefined;
+  running.rounds.push({ ...report, cpuMicrosPerRequest });
 }
 
 /** The round with the median requests/s (the lower middle one of an even count). */
-export function medianRound(rounds: readonly WrkResult[]): WrkResult {
+export function medianRound<R extends WrkResult>(rounds: readonly R[]): R {
   const sorted = [...rounds].sort((a, b) => a.requestsPerSec - b.requestsPerSec);
   return sorted[Math.floor((sorted.length - 1) / 2)]!;
 }
@@ -326,6 +340,7 @@ export function renderTable(results: readonly BenchResult[]): string {
       "vs bare proxy",
       "vs nginx proxy",
       "vs sluice proxy",
+      "CPU µs/req",
     ],
     ...results.map((result) =>
       result.wrk
@@ -338,8 +353,11 @@ export function renderTable(results: readonly BenchResult[]): string {
           formatRatio(result.vsBareProxy),
           formatRatio(result.vsNginxProxy),
           formatRatio(result.vsSluiceProxy),
+          result.wrk.cpuMicrosPerRequest === undefined
+            ? "n/a"
+            : result.wrk.cpuMicrosPerRequest.toFixed(1),
         ]
-        : [result.name, result.status, "", "", "", "", "", ""]
+        : [result.name, result.status, "", "", "", "", "", "", ""]
     ),
   ];
   const notes: string[] = [];

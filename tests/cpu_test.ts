@@ -1,0 +1,36 @@
+/** The CPU time per request the bench reports (bench/_cpu.ts). */
+import assert from "node:assert/strict";
+import { cpuSeconds, statTicks } from "../bench/_cpu.ts";
+
+Deno.test("statTicks adds utime and stime, counting fields after a command name with spaces and parentheses", () => {
+  const line = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 120 0 0 0 " +
+    "731 269 0 0 20 0 5 0 3452292 3133440 394 18446744073709551615";
+  assert.equal(statTicks(line), 1000);
+  assert.throws(() => statTicks("no parentheses here"), /Cannot read/);
+});
+
+Deno.test({
+  name: "cpuSeconds counts the CPU of a process's descendants (an nginx master and its worker)",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    // An idle shell whose child is busy for 0.5 s, then waits.
+    const busy = `const end = Date.now() + 500; while (Date.now() < end);
+      await new Promise((resolve) => setTimeout(resolve, 10_000));`;
+    const shell = new Deno.Command("sh", {
+      args: ["-c", `"$0" eval "$1" & wait`, Deno.execPath(), busy],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      const seconds = await cpuSeconds(shell.pid);
+      assert.ok(seconds !== undefined);
+      assert.ok(seconds >= 0.3, `the shell and its busy child used ${seconds.toFixed(2)} s`);
+      assert.equal(await cpuSeconds(2 ** 22 + 12345), undefined, "a process that does not exist");
+    } finally {
+      await new Deno.Command("pkill", { args: ["-P", String(shell.pid)] }).output();
+      shell.kill();
+      await shell.status;
+    }
+  },
+});
