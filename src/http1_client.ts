@@ -140,6 +140,10 @@ interface Connection {
   idle: boolean;
   /** Called when the idle read settles: while still idle, the connection is over. */
   onIdleRead: () => void;
+  /** The request body still going out (an upstream may answer before it has read it all). */
+  sending: Promise<void> | undefined;
+  /** Released while its body was still going out: `close` for the release once it is sent. */
+  releaseWhenSent: boolean | undefined;
 }
 
 // Marks on the responses themselves (properties, not WeakSets: nothing for
@@ -248,7 +252,20 @@ export class Http1Client {
     if (body) {
       chunkedBody = head.length > 0 && isChunkedHead(head);
       // The body goes while the answer is read: an upstream may answer early.
-      this.#sendBody(connection, body, chunkedBody).catch(() => this.#discard(connection));
+      // The connection is not reused before the body is all sent: the next
+      // request's bytes would land inside this body.
+      const sending = this.#sendBody(connection, body, chunkedBody);
+      connection.sending = sending;
+      sending.then(() => {
+        connection.sending = undefined;
+        const close = connection.releaseWhenSent;
+        connection.releaseWhenSent = undefined;
+        if (close !== undefined) this.#release(connection, close);
+      }, () => {
+        connection.sending = undefined;
+        connection.releaseWhenSent = undefined;
+        this.#discard(connection);
+      });
     }
     // Skip interim answers (100 Continue and the like).
     let status: number;
@@ -420,6 +437,8 @@ export class Http1Client {
       reader: new Reader(conn),
       reused: false,
       idle: false,
+      sending: undefined,
+      releaseWhenSent: undefined,
       onIdleRead: () => {
         if (connection.idle) this.#discard(connection);
       },
@@ -428,6 +447,12 @@ export class Http1Client {
   }
 
   #release(connection: Connection, close: boolean): void {
+    // A connection already discarded (aborted, failed) never goes back.
+    if (!this.#open.has(connection.conn)) return;
+    if (connection.sending && !close) {
+      connection.releaseWhenSent = false;
+      return;
+    }
     if (close || this.#closed || connection.reader.buffered > 0) {
       this.#discard(connection);
       return;

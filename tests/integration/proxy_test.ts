@@ -1075,6 +1075,78 @@ Deno.test("proxy: an HTTP/1.0 answer without keep-alive ends its connection: the
   }
 });
 
+Deno.test("proxy: a connection whose upload is still going is not reused, even after an early answer", async () => {
+  // Like nginx answering 401 before reading an upload: the upstream answers
+  // the POST at its head, keeps the connection, and answers GET /other too.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const received: string[] = [];
+  const conns: Deno.Conn[] = [];
+  let postAnswered = false;
+  const serve = async (conn: Deno.Conn, index: number) => {
+    const buffer = new Uint8Array(65536);
+    let answeredPost = false;
+    let answeredGet = false;
+    for (;;) {
+      const n = await conn.read(buffer).catch(() => null);
+      if (n === null) return;
+      received[index] += decoder.decode(buffer.subarray(0, n));
+      const text = received[index]!;
+      if (!answeredPost && /^POST \/upload [^]*?\r\n\r\n/.test(text)) {
+        answeredPost = true;
+        await conn.write(
+          encoder.encode("HTTP/1.1 401 Unauthorized\r\ncontent-length: 4\r\n\r\nnope"),
+        );
+        postAnswered = true;
+      }
+      if (!answeredGet && /GET \/other [^]*?\r\n\r\n/.test(text)) {
+        answeredGet = true;
+        await conn.write(encoder.encode("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nother"));
+      }
+    }
+  };
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      received.push("");
+      serve(conn, received.length - 1);
+    }
+  })();
+  try {
+    const { port } = listener.addr as Deno.NetAddr;
+    await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${port}`, "2s"));
+    // A slow upload: its first part, then the rest once the other request went.
+    let finish!: () => void;
+    const upload = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        controller.enqueue(encoder.encode("first part;"));
+        await new Promise<void>((resolve) => finish = resolve);
+        controller.enqueue(encoder.encode("GET /smuggled HTTP/1.1\r\n\r\n"));
+        controller.close();
+      },
+    });
+    const post = fetch(`${gw.url}/upload`, { method: "POST", body: upload });
+    assert.ok(await waitFor(() => postAnswered, 2_000), "the upstream answered the POST early");
+    await delay(50);
+    const other = await fetch(`${gw.url}/other`);
+    assert.equal(other.status, 200);
+    assert.equal(await other.text(), "other");
+    finish();
+    const answer = await post;
+    assert.equal(answer.status, 401);
+    await answer.body?.cancel();
+    for (const text of received) {
+      assert.ok(
+        !(text.includes("POST /upload") && text.includes("GET /other")),
+        `one connection carried both requests, the second inside the first's body:\n${text}`,
+      );
+    }
+  } finally {
+    listener.close();
+    for (const conn of conns) conn.close();
+    await accepting.catch(() => {});
+  }
+});
+
 Deno.test("proxy: a gzip response reaches the client byte for byte with its Content-Encoding", async () => {
   const text = "sluice keeps the upstream's bytes. ".repeat(2_000);
   const gzipped = new Uint8Array(
