@@ -13,19 +13,26 @@ Deno.test({
   name: "cpuSeconds counts the CPU of a process's descendants (an nginx master and its worker)",
   ignore: Deno.build.os !== "linux",
   async fn() {
-    // An idle shell whose child is busy for 0.5 s, then waits.
-    const busy = `const end = Date.now() + 500; while (Date.now() < end);
-      await new Promise((resolve) => setTimeout(resolve, 10_000));`;
+    // An idle shell whose child works until it has used 0.4 s of CPU, says so, and waits.
+    const busy = `const ticks = () => {
+        const stat = Deno.readTextFileSync("/proc/self/stat");
+        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        return Number(fields[11]) + Number(fields[12]);
+      };
+      while (ticks() < 40) for (let i = 0; i < 1e6; i++);
+      console.log("busy");
+      await new Promise((resolve) => setTimeout(resolve, 30_000));`;
     const shell = new Deno.Command("sh", {
       args: ["-c", `"$0" eval "$1" & wait`, Deno.execPath(), busy],
-      stdout: "null",
+      stdout: "piped",
       stderr: "null",
     }).spawn();
     try {
-      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      const line = await shell.stdout.pipeThrough(new TextDecoderStream()).getReader().read();
+      assert.equal(line.value?.trim(), "busy");
       const seconds = await cpuSeconds(shell.pid);
       assert.ok(seconds !== undefined);
-      assert.ok(seconds >= 0.3, `the shell and its busy child used ${seconds.toFixed(2)} s`);
+      assert.ok(seconds >= 0.4, `the shell and its busy child used ${seconds.toFixed(2)} s`);
       assert.equal(await cpuSeconds(2 ** 22 + 12345), undefined, "a process that does not exist");
     } finally {
       await new Deno.Command("pkill", { args: ["-P", String(shell.pid)] }).output();
