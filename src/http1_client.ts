@@ -18,6 +18,16 @@ const SMALL_BODY = 64 * 1024;
 const MAX_HEAD = 64 * 1024;
 const BODILESS_STATUSES = new Set([204, 304]);
 
+/** Methods a request may be repeated with (RFC 9110, 9.2.2): a retry is safe only for these. */
+export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
+  "GET",
+  "HEAD",
+  "OPTIONS",
+  "TRACE",
+  "PUT",
+  "DELETE",
+]);
+
 /** What {@linkcode Http1Client.fetch} takes: a subset of `RequestInit`. */
 export interface Http1Init {
   method?: string;
@@ -214,7 +224,7 @@ export class Http1Client {
     const head = requestHead(method, target, origin, init.headers, body !== null);
     for (let attempt = 0;; attempt++) {
       // A retry takes a new connection: the idle ones may be as stale as the one that failed.
-      const connection = await this.#acquire(origin, attempt > 0);
+      const connection = await this.#acquire(origin, attempt > 0, signal);
       const onAbort = () => this.#discard(connection);
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
@@ -226,9 +236,10 @@ export class Http1Client {
         signal?.removeEventListener("abort", onAbort);
         this.#discard(connection);
         if (signal?.aborted) throw signal.reason;
-        // A kept-alive connection the upstream had closed: once more on a new one.
+        // A kept-alive connection the upstream had closed: once more on a new
+        // one, for a method that may be repeated (RFC 9110, 9.2.2; RFC 9112, 9.3.1).
         if (
-          connection.reused && body === null && attempt === 0 &&
+          connection.reused && body === null && attempt === 0 && IDEMPOTENT_METHODS.has(method) &&
           !(error instanceof UpstreamProtocolError)
         ) {
           continue;
@@ -284,7 +295,7 @@ export class Http1Client {
         }
         end = reader.headEnd();
       }
-      const text = decoder.decode(reader.buf.subarray(reader.start, end));
+      const text = latin1(reader.buf.subarray(reader.start, end));
       reader.start = end + 4;
       const lines = text.split("\r\n");
       const match = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0] ?? "");
@@ -297,38 +308,51 @@ export class Http1Client {
       headers = [];
       for (let i = 1; i < lines.length; i++) {
         const line = lines[i]!;
+        const first = line.charCodeAt(0);
+        if ((first === 32 || first === 9) && headers.length > 0) {
+          // A folded line continues the field before it (RFC 9112, 5.2): joined with a space.
+          const last = headers[headers.length - 1]!;
+          last[1] = `${last[1]} ${line.trim()}`.trim();
+          continue;
+        }
         const colon = line.indexOf(":");
         if (colon <= 0) continue;
         headers.push([line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim()]);
       }
       framing = headers;
       // Hop-by-hop headers describe this connection: the client consumes them.
-      const connection = headers.find(([name]) => name === "connection")?.[1] ?? null;
+      let connection: string | null = null;
+      for (const [name, value] of headers) {
+        if (name === "connection") {
+          connection = connection === null ? value : `${connection}, ${value}`;
+        }
+      }
       headers = dropHopByHop(headers, connection);
       if (status >= 100 && status < 200 && status !== 101) continue;
       break;
     }
-    let length: number | undefined;
-    let chunked = false;
-    // An HTTP/1.0 answer ends its connection unless it says keep-alive (RFC 9112, 9.3).
-    let close = http10;
-    for (const [name, value] of framing) {
-      if (name === "content-length") length = Number(value);
-      else if (name === "transfer-encoding") chunked = value.toLowerCase().includes("chunked");
-      else if (name === "connection") {
-        const tokens = value.toLowerCase();
-        close = tokens.includes("close") || (http10 && !tokens.includes("keep-alive"));
-      }
+    const { length, chunked, untilClose, close } = bodyFraming(framing, http10);
+    if (untilClose || chunked) {
+      // The length is the transfer coding's, not the Content-Length a client
+      // would trust (RFC 9112, 6.3): it does not go on.
+      headers = headers.filter(([name]) => name !== "content-length");
     }
-    const bodiless = method === "HEAD" || BODILESS_STATUSES.has(status) || status < 200;
+    // A 205 has no content: its connection is kept only when it says so with Content-Length: 0.
+    const bodiless = method === "HEAD" || BODILESS_STATUSES.has(status) || status === 205 ||
+      status < 200;
+    if (status === 205 && length !== 0) {
+      detach();
+      this.#discard(connection);
+      return answer(null, { status, statusText, headers }, true);
+    }
     init.completeHeaders?.(headers);
     const responseInit = { status, statusText, headers };
-    if (bodiless || (!chunked && length === 0)) {
+    if (bodiless || (!chunked && !untilClose && length === 0)) {
       detach();
       this.#release(connection, close || status === 101);
       return answer(null, responseInit, true);
     }
-    if (!chunked && length !== undefined && length <= SMALL_BODY) {
+    if (!chunked && !untilClose && length !== undefined && length <= SMALL_BODY) {
       // Small fixed bodies are read at once and handed over as bytes.
       while (reader.buffered < length) {
         if (!await reader.fill()) throw new Error("upstream closed the connection mid-body");
@@ -341,7 +365,7 @@ export class Http1Client {
     }
     const stream = chunked
       ? chunkedStream(reader)
-      : length !== undefined
+      : length !== undefined && !untilClose
       ? fixedStream(reader, length)
       : untilCloseStream(reader);
     let done = false;
@@ -358,7 +382,7 @@ export class Http1Client {
         try {
           const next = await source.next();
           if (next.done) {
-            finish(length !== undefined || chunked);
+            finish(!untilClose && (length !== undefined || chunked));
             controller.close();
           } else {
             controller.enqueue(next.value);
@@ -419,16 +443,22 @@ export class Http1Client {
     return { origin, target };
   }
 
-  async #acquire(origin: Origin, fresh: boolean): Promise<Connection> {
+  async #acquire(
+    origin: Origin,
+    fresh: boolean,
+    signal: AbortSignal | undefined,
+  ): Promise<Connection> {
     const kept = fresh ? undefined : this.#idle.get(origin.key)?.pop();
     if (kept) {
       kept.reused = true;
       kept.idle = false;
       return kept;
     }
-    const conn = origin.tls
-      ? await Deno.connectTls({ hostname: origin.hostname, port: origin.port })
-      : await Deno.connect({ hostname: origin.hostname, port: origin.port });
+    const connecting: Promise<Deno.Conn> = origin.tls
+      ? Deno.connectTls({ hostname: origin.hostname, port: origin.port })
+      : Deno.connect({ hostname: origin.hostname, port: origin.port });
+    // A connect can take minutes (SYN retries to a host that drops them): the deadline holds.
+    const conn = signal ? await untilAborted(connecting, signal) : await connecting;
     if (!origin.tls) (conn as Deno.TcpConn).setNoDelay(true);
     this.#open.add(conn);
     const connection: Connection = {
@@ -507,11 +537,20 @@ function requestHead(
   init: HeadersInit | undefined,
   hasBody: boolean,
 ): Uint8Array {
-  const pairs: [string, string][] = init instanceof Headers
+  const checked = init instanceof Headers;
+  const pairs: [string, string][] = checked
     ? [...init]
     : Array.isArray(init)
     ? init as [string, string][]
     : Object.entries(init ?? {});
+  // A Headers object has validated its fields; a plain list must not split the head.
+  if (!checked) {
+    for (const [name, value] of pairs) {
+      if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || /[\r\n\0]/.test(value)) {
+        throw new TypeError(`Invalid request header ${JSON.stringify(name)}`);
+      }
+    }
+  }
   let head = `${method} ${target} HTTP/1.1\r\n`;
   let host = false;
   let length = false;
@@ -527,7 +566,86 @@ function requestHead(
   else if (!hasBody && !length && (method === "POST" || method === "PUT" || method === "PATCH")) {
     head += "content-length: 0\r\n";
   }
-  return encoder.encode(head + "\r\n");
+  return latin1Bytes(head + "\r\n");
+}
+
+/** `connecting`, or the signal's reason once it aborts (a connection that opens later is closed). */
+function untilAborted<T extends Deno.Conn>(
+  connecting: Promise<T>,
+  signal: AbortSignal,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+    connecting.then((conn) => {
+      signal.removeEventListener("abort", onAbort);
+      if (signal.aborted) conn.close();
+      else resolve(conn);
+    }, (error) => {
+      signal.removeEventListener("abort", onAbort);
+      reject(error);
+    });
+  });
+}
+
+/** One char per byte: header values are octets (RFC 9110, 5.5), kept as they came. */
+function latin1(bytes: Uint8Array): string {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 8192) {
+    text += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192) as unknown as number[]);
+  }
+  return text;
+}
+
+/** One byte per char, as a client's header values came (each char is a byte: a ByteString). */
+function latin1Bytes(text: string): Uint8Array {
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code > 0xff) throw new TypeError("A request head holds a character that is not a byte");
+    bytes[i] = code;
+  }
+  return bytes;
+}
+
+/** How a response's body is delimited (RFC 9112, 6.3), from its framing headers. */
+export function bodyFraming(
+  framing: readonly (readonly [string, string])[],
+  http10: boolean,
+): { length: number | undefined; chunked: boolean; untilClose: boolean; close: boolean } {
+  let lengths: string | undefined;
+  let codings: string | undefined;
+  let connection = "";
+  for (const [name, value] of framing) {
+    if (name === "content-length") lengths = lengths === undefined ? value : `${lengths},${value}`;
+    else if (name === "transfer-encoding") {
+      codings = codings === undefined ? value : `${codings},${value}`;
+    } else if (name === "connection") connection += `,${value.toLowerCase()}`;
+  }
+  const tokens = connection.split(",").map((token) => token.trim());
+  // An HTTP/1.0 answer ends its connection unless it says keep-alive (RFC 9112, 9.3).
+  let close = tokens.includes("close") || (http10 && !tokens.includes("keep-alive"));
+  if (codings !== undefined) {
+    // Transfer-Encoding wins over Content-Length; a body not chunked last runs to the close.
+    const last = codings.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean)
+      .pop();
+    const chunked = last === "chunked";
+    if (!chunked) close = true;
+    return { length: undefined, chunked, untilClose: !chunked, close };
+  }
+  let length: number | undefined;
+  if (lengths !== undefined) {
+    // Repeated equal values are one length; anything else is no length at all.
+    for (const part of lengths.split(",")) {
+      const text = part.trim();
+      if (!/^\d{1,15}$/.test(text) || (length !== undefined && Number(text) !== length)) {
+        throw new UpstreamProtocolError(`upstream sent an invalid Content-Length: ${lengths}`);
+      }
+      length = Number(text);
+    }
+  }
+  return { length, chunked: false, untilClose: false, close };
 }
 
 function isChunkedHead(head: Uint8Array): boolean {
@@ -548,8 +666,11 @@ async function* chunkedStream(reader: Reader): AsyncGenerator<Uint8Array> {
   for (;;) {
     const sizeLine = await reader.line();
     if (sizeLine === undefined) throw new Error("upstream closed the connection mid-body");
-    const size = parseInt(sizeLine.split(";")[0]!.trim(), 16);
-    if (Number.isNaN(size)) throw new UpstreamProtocolError("upstream sent a bad chunk size");
+    const sizeText = sizeLine.split(";")[0]!.trim();
+    if (!/^[0-9A-Fa-f]{1,12}$/.test(sizeText)) {
+      throw new UpstreamProtocolError("upstream sent a bad chunk size");
+    }
+    const size = parseInt(sizeText, 16);
     if (size === 0) {
       // Trailers, then the blank line.
       for (;;) {

@@ -7,7 +7,7 @@ import { BREAKERS, circuitOpen } from "../breaker.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { TargetPool } from "../upstream_pool.ts";
-import { type Http1Init, isClientResponse } from "../http1_client.ts";
+import { type Http1Init, IDEMPOTENT_METHODS, isClientResponse } from "../http1_client.ts";
 import { addGatewayHeaders, seal } from "../response_headers.ts";
 import { dropHopByHop } from "../hop_by_hop.ts";
 import { Deadlines } from "../deadlines.ts";
@@ -71,9 +71,6 @@ function replace(pairs: [string, string][], name: string, value: string | null):
 function statusClass(status: number): string {
   return `${Math.floor(status / 100)}xx`;
 }
-
-/** Methods a pool may send again to another target when the first refused the connection. */
-const IDEMPOTENT_METHODS = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]);
 
 /** The error's message with its cause's: Deno's fetch says "fetch failed" and puts the reason in `cause`. */
 function errorText(error: unknown): string {
@@ -164,11 +161,16 @@ export default definePlugin({
     return async function proxy(ctx) {
       const request = ctx.request;
       const breakers = ctx.get(BREAKERS);
+      // A pool may send an idempotent request again to another target when the first refused it.
       const retryable = isPool && IDEMPOTENT_METHODS.has(request.method);
+      // Deno gives a POST without Content-Length or Transfer-Encoding a body
+      // stream; it has none (RFC 9112, 6.3), and none is sent on.
+      const body = request.body !== null &&
+          (request.headers.has("content-length") || request.headers.has("transfer-encoding"))
+        ? request.body
+        : null;
       // A request that may go to a second target keeps a copy of its body for it.
-      const [firstBody, spareBody] = retryable && request.body
-        ? request.body.tee()
-        : [request.body, null];
+      const [firstBody, spareBody] = retryable && body ? body.tee() : [body, null];
       const headers = requestHeaders(ctx, preserveHost);
       const tried = new Set<string>();
 
