@@ -328,7 +328,11 @@ export class Http1Client {
         }
       }
       headers = dropHopByHop(headers, connection);
-      if (status >= 100 && status < 200 && status !== 101) continue;
+      if (status === 101) {
+        // The gateway never forwards Upgrade, so an upstream may not switch (RFC 9110, 15.2.2).
+        throw new UpstreamProtocolError("upstream switched protocols unasked (101)");
+      }
+      if (status >= 100 && status < 200) continue;
       break;
     }
     const { length, chunked, untilClose, close } = bodyFraming(framing, http10);
@@ -349,7 +353,7 @@ export class Http1Client {
     const responseInit = { status, statusText, headers };
     if (bodiless || (!chunked && !untilClose && length === 0)) {
       detach();
-      this.#release(connection, close || status === 101);
+      this.#release(connection, close);
       return answer(null, responseInit, true);
     }
     if (!chunked && !untilClose && length !== undefined && length <= SMALL_BODY) {

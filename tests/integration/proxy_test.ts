@@ -1185,6 +1185,12 @@ Deno.test("proxy: the upstream's body framing is read as RFC 9112 says (lengths,
       body: "0123456789",
     },
     {
+      name: "a 101 nobody asked for (the gateway never forwards Upgrade)",
+      response:
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+      status: 502,
+    },
+    {
       name: "a folded header line",
       response: "HTTP/1.1 200 OK\r\nx-long: first\r\n  second\r\ncontent-length: 2\r\n\r\nok",
       status: 200,
