@@ -632,16 +632,23 @@ export function bodyFraming(
 ): { length: number | undefined; chunked: boolean; untilClose: boolean; close: boolean } {
   let lengths: string | undefined;
   let codings: string | undefined;
-  let connection = "";
+  let connection: string | undefined;
   for (const [name, value] of framing) {
     if (name === "content-length") lengths = lengths === undefined ? value : `${lengths},${value}`;
     else if (name === "transfer-encoding") {
       codings = codings === undefined ? value : `${codings},${value}`;
-    } else if (name === "connection") connection += `,${value.toLowerCase()}`;
+    } else if (name === "connection") {
+      connection = connection === undefined ? value : `${connection},${value}`;
+    }
   }
-  const tokens = connection.split(",").map((token) => token.trim());
   // An HTTP/1.0 answer ends its connection unless it says keep-alive (RFC 9112, 9.3).
-  let close = tokens.includes("close") || (http10 && !tokens.includes("keep-alive"));
+  let close = http10;
+  if (connection === "keep-alive") {
+    close = false;
+  } else if (connection !== undefined) {
+    const tokens = connection.toLowerCase().split(",").map((token) => token.trim());
+    close = tokens.includes("close") || (http10 && !tokens.includes("keep-alive"));
+  }
   if (codings !== undefined) {
     // Transfer-Encoding wins over Content-Length; a body not chunked last runs to the close.
     const last = codings.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean)
@@ -655,7 +662,7 @@ export function bodyFraming(
     // Repeated equal values are one length; anything else is no length at all.
     for (const part of lengths.split(",")) {
       const text = part.trim();
-      if (!/^\d{1,15}$/.test(text) || (length !== undefined && Number(text) !== length)) {
+      if (!DECIMAL.test(text) || (length !== undefined && Number(text) !== length)) {
         throw new UpstreamProtocolError(`upstream sent an invalid Content-Length: ${lengths}`);
       }
       length = Number(text);
@@ -663,6 +670,8 @@ export function bodyFraming(
   }
   return { length, chunked: false, untilClose: false, close };
 }
+
+const DECIMAL = /^\d{1,15}$/;
 
 function isChunkedHead(head: Uint8Array): boolean {
   return decoder.decode(head).includes("\r\ntransfer-encoding: chunked\r\n");
