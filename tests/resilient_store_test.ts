@@ -12,10 +12,17 @@ class FakeRemote implements Store {
   calls = 0;
   delayMs = 0;
   failing = false;
+  /** Calls wait until the store is closed, and then fail (as a closed connection fails them). */
+  hanging = false;
+  #hung: (() => void)[] = [];
   #memory = new MemoryStore();
 
   async window(query: WindowQuery): Promise<WindowDecision> {
     this.calls++;
+    if (this.hanging) {
+      await new Promise<void>((resolve) => this.#hung.push(resolve));
+      throw new Error("the connection was closed");
+    }
     if (this.delayMs > 0) await delay(this.delayMs);
     if (this.failing) throw new Error("connection refused");
     return this.#memory.window(query);
@@ -30,6 +37,7 @@ class FakeRemote implements Store {
     return this.failing ? Promise.reject(new Error("connection refused")) : Promise.resolve();
   }
   async close(): Promise<void> {
+    for (const wake of this.#hung.splice(0)) wake();
     await this.#memory.close();
   }
 }
@@ -105,6 +113,47 @@ Deno.test("a client over its limit is answered from memory until its reset, with
     assert.equal(cached.source, "cache");
     assert.ok(cached.retryAfterMs > 0 && cached.retryAfterMs <= denied.retryAfterMs);
     assert.equal(remote.calls, calls);
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("closing the store with calls in flight does not mark it down (nor leave its probe running)", async () => {
+  const remote = new FakeRemote();
+  const store = new ResilientStore(remote, {
+    timeoutMs: 5_000,
+    onFailure: "allow",
+    failureThreshold: 3,
+    probeIntervalMs: 20,
+  });
+  remote.hanging = true;
+  const inFlight = [1, 2, 3, 4].map((i) => store.window({ ...query(5), key: `{sluice:r:${i}}` }));
+  await delay(10);
+  await store.close();
+  const decisions = await Promise.all(inFlight);
+  assert.deepEqual(decisions.map((decision) => decision.source), [
+    "allow",
+    "allow",
+    "allow",
+    "allow",
+  ]);
+  assert.equal(store.health().state, "up");
+  assert.equal(store.health().consecutive_failures, 0);
+  // The test's sanitizers fail it if a probe interval was left running.
+});
+
+Deno.test("when 100,000 clients are over their limits, the oldest leave the over-limit cache, the newest stay", async () => {
+  const remote = new FakeRemote();
+  const store = new ResilientStore(remote, { timeoutMs: 1_000, onFailure: "allow" });
+  const over = (i: number): WindowQuery => ({ ...query(0), key: `{sluice:r:${i}}` });
+  try {
+    const clients = 100_000 + 10;
+    for (let i = 0; i < clients; i++) assert.equal((await store.window(over(i))).source, "store");
+    const calls = remote.calls;
+    assert.equal((await store.window(over(clients - 1))).source, "cache", "the newest");
+    assert.equal(remote.calls, calls);
+    assert.equal((await store.window(over(0))).source, "store", "the oldest was evicted");
+    assert.equal(remote.calls, calls + 1);
   } finally {
     await store.close();
   }

@@ -64,6 +64,7 @@ export class ResilientStore implements LimitStore {
   #probe: ReturnType<typeof setInterval> | undefined;
   #probing = false;
   #denials = new Map<string, CachedDenial>();
+  #denialsSweptAt = -Infinity;
   #closed = false;
 
   constructor(primary: Store, options: ResilientStoreOptions) {
@@ -134,7 +135,11 @@ export class ResilientStore implements LimitStore {
 
   /** One hash field; bounded by the timeout, rejects when the store fails. */
   hashGet(key: string, field: string): Promise<string | undefined> {
-    if (this.primary === this.local || this.#down) return this.local.hashGet(key, field);
+    if (this.primary === this.local) return this.local.hashGet(key, field);
+    // The memory store holds no hashes: its "no such field" would read as an
+    // unknown API key. While the store is down the lookup fails, and the caller
+    // keeps what it knew.
+    if (this.#down) return Promise.reject(new Error(`${this.primary.kind} store is down`));
     return this.#call(() => this.primary.hashGet(key, field));
   }
 
@@ -192,6 +197,8 @@ export class ResilientStore implements LimitStore {
   }
 
   #failed(error: unknown): void {
+    // Calls that fail because the store was closed under them say nothing of its health.
+    if (this.#closed) return;
     const now = performance.now();
     this.#failures++;
     this.#firstFailureAt ??= now;
@@ -273,10 +280,20 @@ export class ResilientStore implements LimitStore {
 
   #rememberDenial(key: string, cost: number, decision: WindowDecision): void {
     if (this.#denials.size >= DENY_CACHE_MAX) {
+      // Full (many clients over their limits at once): expired entries go at
+      // most once a second, then the oldest tenth, so a denial never pays for
+      // a scan of the whole cache.
       const now = this.#options.clock();
-      for (const [k, v] of this.#denials) if (v.until <= now) this.#denials.delete(k);
+      if (now - this.#denialsSweptAt >= 1_000) {
+        this.#denialsSweptAt = now;
+        for (const [k, v] of this.#denials) if (v.until <= now) this.#denials.delete(k);
+      }
       if (this.#denials.size >= DENY_CACHE_MAX) {
-        this.#denials.delete(this.#denials.keys().next().value!);
+        let evict = Math.ceil(DENY_CACHE_MAX / 10);
+        for (const k of this.#denials.keys()) {
+          this.#denials.delete(k);
+          if (--evict === 0) break;
+        }
       }
     }
     this.#denials.set(key, {

@@ -75,3 +75,40 @@ redisTest(
     );
   },
 );
+
+redisTest(
+  "while Redis is down, a key read from its hash before keeps its tier, and is read again once Redis is back",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await redis.cli(["HSET", "sluice:keys", await sha256Hex("gold-key"), "gold"]);
+    await using gw = await startGateway(
+      yaml(
+        upstream.url,
+        "  - { redis_hash: sluice:keys }",
+        `store: { kind: redis, url: ${redis.url}, on_failure: local }\n`,
+      ),
+    );
+    const storeState = async () =>
+      (await (await fetch(`${gw.adminUrl}/status`)).json()).store.state as string;
+    assert.equal(await policy(gw.url, "gold-key"), `"gold";q=3;w=3600`);
+    await redis.kill();
+    // Requests without a key fail against the store until it is marked down.
+    assert.ok(
+      await waitFor(async () => {
+        await (await fetch(gw.url)).body?.cancel();
+        return (await storeState()) === "down";
+      }, 5_000),
+      "the store is marked down",
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300)); // past cache_ttl
+    assert.equal(await policy(gw.url, "gold-key"), `"gold";q=3;w=3600`, "during the outage");
+    // Redis comes back empty; the key is written again, with another tier.
+    await redis.restart();
+    await redis.cli(["HSET", "sluice:keys", await sha256Hex("gold-key"), "free"]);
+    assert.ok(
+      await waitFor(async () => (await policy(gw.url, "gold-key")) === `"free";q=1;w=3600`, 10_000),
+      "after the outage the key is read from Redis again",
+    );
+  },
+);
