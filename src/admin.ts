@@ -118,9 +118,13 @@ export function adminHandler(gateway: Gateway): (request: Request) => Promise<Re
         if (path.startsWith("/clients/") && path.length > "/clients/".length) {
           const denied = allow(["GET"]);
           if (denied) return denied;
-          return json(
-            await gateway.clientReport(decodeURIComponent(path.slice("/clients/".length))),
-          );
+          let clientId: string;
+          try {
+            clientId = decodeURIComponent(path.slice("/clients/".length));
+          } catch {
+            return problem(400, { detail: "The client id is not valid percent-encoding" });
+          }
+          return json(await gateway.clientReport(clientId));
         }
         return problem(404, { detail: `The admin API has no ${path}` });
     }

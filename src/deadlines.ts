@@ -13,7 +13,8 @@ const LISTEN_AFTER_MS = 20;
 export class Deadline {
   readonly controller = new AbortController();
   timedOut = false;
-  readonly #deadline: number;
+  #deadline: number;
+  readonly #timeoutMs: number;
   readonly #listenAt: number;
   readonly #client: () => AbortSignal;
   #onAbort: (() => void) | undefined;
@@ -21,6 +22,7 @@ export class Deadline {
 
   constructor(timeoutMs: number, client: () => AbortSignal, now: number) {
     this.#deadline = now + timeoutMs;
+    this.#timeoutMs = timeoutMs;
     this.#listenAt = now + LISTEN_AFTER_MS;
     this.#client = client;
   }
@@ -33,6 +35,11 @@ export class Deadline {
   /** True when the client hung up (only known once listening began). */
   get clientGone(): boolean {
     return this.#clientSignal?.aborted ?? false;
+  }
+
+  /** Counts the timeout again from now (the request body's last byte went out just now). */
+  extend(now = performance.now()): void {
+    if (!this.timedOut) this.#deadline = now + this.#timeoutMs;
   }
 
   /** Returns false once the deadline has fired and the request need not be watched. */

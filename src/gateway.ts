@@ -215,6 +215,10 @@ export class Gateway {
         port: options.adminPort ?? admin.port,
         hostname: admin.hostname,
         onListen: () => {},
+        onError: (error) => {
+          this.log.error("admin request failed", { error });
+          return problem(500, { detail: "The admin API failed while answering this request" });
+        },
       }, adminHandler(this));
     } catch (error) {
       this.#server.shutdown();

@@ -40,6 +40,16 @@ export interface Http1Init {
    * is cheaper in Deno than adding them afterwards).
    */
   completeHeaders?: (headers: [string, string][]) => void;
+  /**
+   * Called after each piece of the request body is written upstream, and at
+   * its end: a wait for the answer may count from the last byte sent.
+   */
+  onBodyProgress?: () => void;
+}
+
+/** The request body's source failed (the client hung up mid-upload): not the upstream's fault. */
+export class ClientBodyError extends Error {
+  override name = "ClientBodyError";
 }
 
 /** Options for {@linkcode Http1Client}. */
@@ -154,6 +164,8 @@ interface Connection {
   sending: Promise<void> | undefined;
   /** Released while its body was still going out: `close` for the release once it is sent. */
   releaseWhenSent: boolean | undefined;
+  /** Why the request body could not be read, when that is what failed. */
+  bodyError: ClientBodyError | undefined;
 }
 
 // Marks on the responses themselves (properties, not WeakSets: nothing for
@@ -236,6 +248,8 @@ export class Http1Client {
         signal?.removeEventListener("abort", onAbort);
         this.#discard(connection);
         if (signal?.aborted) throw signal.reason;
+        // The client's upload failed, and the exchange with it.
+        if (connection.bodyError) throw connection.bodyError;
         // A kept-alive connection the upstream had closed: once more on a new
         // one, for a method that may be repeated (RFC 9110, 9.2.2; RFC 9112, 9.3.1).
         if (
@@ -265,16 +279,17 @@ export class Http1Client {
       // The body goes while the answer is read: an upstream may answer early.
       // The connection is not reused before the body is all sent: the next
       // request's bytes would land inside this body.
-      const sending = this.#sendBody(connection, body, chunkedBody);
+      const sending = this.#sendBody(connection, body, chunkedBody, init.onBodyProgress);
       connection.sending = sending;
       sending.then(() => {
         connection.sending = undefined;
         const close = connection.releaseWhenSent;
         connection.releaseWhenSent = undefined;
         if (close !== undefined) this.#release(connection, close);
-      }, () => {
+      }, (error) => {
         connection.sending = undefined;
         connection.releaseWhenSent = undefined;
+        if (error instanceof ClientBodyError) connection.bodyError = error;
         this.#discard(connection);
       });
     }
@@ -407,19 +422,38 @@ export class Http1Client {
     connection: Connection,
     body: ReadableStream<Uint8Array>,
     chunked: boolean,
+    onProgress: (() => void) | undefined,
   ): Promise<void> {
     const conn = connection.conn;
-    for await (const chunk of body) {
-      if (chunk.length === 0) continue;
-      if (chunked) {
-        await writeAll(conn, encoder.encode(`${chunk.length.toString(16)}\r\n`));
-        await writeAll(conn, chunk);
-        await writeAll(conn, encoder.encode("\r\n"));
-      } else {
-        await writeAll(conn, chunk);
+    const reader = body.getReader();
+    try {
+      for (;;) {
+        let next: ReadableStreamReadResult<Uint8Array>;
+        try {
+          next = await reader.read();
+        } catch (error) {
+          throw new ClientBodyError("the request body could not be read", { cause: error });
+        }
+        if (next.done) break;
+        const chunk = next.value;
+        if (chunk.length === 0) continue;
+        if (chunked) {
+          await writeAll(conn, encoder.encode(`${chunk.length.toString(16)}\r\n`));
+          await writeAll(conn, chunk);
+          await writeAll(conn, encoder.encode("\r\n"));
+        } else {
+          await writeAll(conn, chunk);
+        }
+        onProgress?.();
       }
+      if (chunked) await writeAll(conn, encoder.encode("0\r\n\r\n"));
+      onProgress?.();
+    } catch (error) {
+      reader.cancel(error).catch(() => {});
+      throw error;
+    } finally {
+      reader.releaseLock();
     }
-    if (chunked) await writeAll(conn, encoder.encode("0\r\n\r\n"));
   }
 
   #split(url: string): { origin: Origin; target: string } {
@@ -473,6 +507,7 @@ export class Http1Client {
       idle: false,
       sending: undefined,
       releaseWhenSent: undefined,
+      bodyError: undefined,
       onIdleRead: () => {
         if (connection.idle) this.#discard(connection);
       },

@@ -7,7 +7,12 @@ import { BREAKERS, circuitOpen } from "../breaker.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { TargetPool } from "../upstream_pool.ts";
-import { type Http1Init, IDEMPOTENT_METHODS, isClientResponse } from "../http1_client.ts";
+import {
+  ClientBodyError,
+  type Http1Init,
+  IDEMPOTENT_METHODS,
+  isClientResponse,
+} from "../http1_client.ts";
 import { addGatewayHeaders, seal } from "../response_headers.ts";
 import { dropHopByHop } from "../hop_by_hop.ts";
 import { Deadlines } from "../deadlines.ts";
@@ -43,15 +48,24 @@ function forwardable(headers: Headers, skip?: ReadonlySet<string>): [string, str
 // decodes a body, so whatever encoding comes back reaches the client as is.
 const REPLACED_UPSTREAM = new Set(["x-forwarded-for", "x-request-id"]);
 const REPLACED_UPSTREAM_HOST = new Set([...REPLACED_UPSTREAM, "host"]);
+// What only a proxy may say about the client: from a peer that is not a
+// trusted proxy, these are the client's own claims, and they go no further.
+const PROXY_CLAIMS = ["forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix"];
+const REPLACED_UNTRUSTED = new Set([...REPLACED_UPSTREAM, ...PROXY_CLAIMS]);
+const REPLACED_UNTRUSTED_HOST = new Set([...REPLACED_UPSTREAM_HOST, ...PROXY_CLAIMS]);
 
 function requestHeaders(ctx: RequestContext, preserveHost: boolean): [string, string][] {
   const incoming = ctx.request.headers;
-  const pairs = forwardable(incoming, preserveHost ? REPLACED_UPSTREAM : REPLACED_UPSTREAM_HOST);
+  const skip = ctx.peerTrusted
+    ? (preserveHost ? REPLACED_UPSTREAM : REPLACED_UPSTREAM_HOST)
+    : (preserveHost ? REPLACED_UNTRUSTED : REPLACED_UNTRUSTED_HOST);
+  const pairs = forwardable(incoming, skip);
   const prior = incoming.get("x-forwarded-for");
   pairs.push(["x-forwarded-for", prior ? `${prior}, ${ctx.remoteAddr}` : ctx.remoteAddr]);
   const trusted = ctx.peerTrusted;
   if (!trusted || !incoming.has("x-forwarded-proto")) {
-    replace(pairs, "x-forwarded-proto", ctx.url.protocol.slice(0, -1));
+    // The listener speaks plain HTTP; a scheme in an absolute-form target is only the client's word.
+    replace(pairs, "x-forwarded-proto", "http");
   }
   if (!trusted || !incoming.has("x-forwarded-host")) {
     replace(pairs, "x-forwarded-host", incoming.get("host"));
@@ -139,6 +153,9 @@ export default definePlugin({
         signal: deadline.signal,
         // The gateway's own client adds the gateway's headers as it builds the answer.
         completeHeaders: (pairs) => addGatewayHeaders(ctx, pairs),
+        // The wait for the answer counts from the upload's last byte: a slow
+        // upload is not the upstream's delay (a stalled one still times out).
+        onBodyProgress: body ? () => deadline.extend() : undefined,
       };
       try {
         const response = await gateway.fetch(
@@ -148,7 +165,10 @@ export default definePlugin({
         return { kind: "response", response, seconds: (performance.now() - started) / 1000 };
       } catch (error) {
         const seconds = (performance.now() - started) / 1000;
-        if (deadline.clientGone) return { kind: "client_closed", seconds };
+        // A client that hung up, mid-upload too, says nothing about the upstream.
+        if (deadline.clientGone || error instanceof ClientBodyError) {
+          return { kind: "client_closed", seconds };
+        }
         if (deadline.timedOut) return { kind: "timeout", seconds };
         return { kind: "unreachable", error, seconds };
       } finally {
@@ -169,8 +189,6 @@ export default definePlugin({
           (request.headers.has("content-length") || request.headers.has("transfer-encoding"))
         ? request.body
         : null;
-      // A request that may go to a second target keeps a copy of its body for it.
-      const [firstBody, spareBody] = retryable && body ? body.tee() : [body, null];
       const headers = requestHeaders(ctx, preserveHost);
       const tried = new Set<string>();
 
@@ -187,7 +205,9 @@ export default definePlugin({
         if (next === undefined) break;
         target = next;
         tried.add(target);
-        result = await attempt(ctx, target, headers, round === 0 ? firstBody : spareBody);
+        // A second try follows only a refused connect, which read none of the
+        // body: it goes as it is, not copied (a copy would hold the whole upload).
+        result = await attempt(ctx, target, headers, body);
         if (isPool) pool.done(target);
         const breaker = breakers?.of(target);
         if (result.kind === "response") {
@@ -205,7 +225,6 @@ export default definePlugin({
           request_id: ctx.requestId,
         });
       }
-      spareBody?.cancel().catch(() => {});
       if (!result || target === undefined) {
         return circuitOpen(route.name, 1_000);
       }

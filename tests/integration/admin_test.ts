@@ -46,6 +46,19 @@ Deno.test("/health and /ready answer without a token; everything else needs it",
   await reload.body?.cancel();
 });
 
+Deno.test("/clients/{id} with broken percent-encoding answers 400 problem+json", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url, "s3cret"));
+  for (const id of ["%E0", "%", "a%zz"]) {
+    const response = await fetch(`${gw.adminUrl}/clients/${id}`, {
+      headers: { authorization: "Bearer s3cret" },
+    });
+    assert.equal(response.status, 400, id);
+    assert.equal(response.headers.get("content-type"), "application/problem+json");
+    await response.body?.cancel();
+  }
+});
+
 Deno.test("ADMIN_TOKEN from the environment protects the admin API when the file sets none", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   await using gw = await startGateway(yaml(upstream.url), {

@@ -655,6 +655,34 @@ Deno.test("proxy: a trusted proxy's X-Forwarded-Proto and X-Forwarded-Host are k
   assert.equal(seen.get("x-forwarded-host"), "shop.example");
 });
 
+Deno.test("proxy: an untrusted peer's proxy claims go no further: a scheme in its target, Forwarded, X-Real-IP", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const answer = await rawRequest(
+    gw.gateway.addr.port,
+    "GET https://public.example/xf HTTP/1.1\r\nHost: public.example\r\n" +
+      "Forwarded: for=6.6.6.6;proto=https\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Port: 443\r\n" +
+      "Connection: close\r\n\r\n",
+  );
+  assert.equal(statusOf(answer), 200);
+  const seen = echoedHeaders(JSON.parse(decoder.decode(answer.body)));
+  assert.equal(seen.get("x-forwarded-proto"), "http", "the listener speaks plain HTTP");
+  assert.equal(seen.get("forwarded"), undefined);
+  assert.equal(seen.get("x-real-ip"), undefined);
+  assert.equal(seen.get("x-forwarded-port"), undefined);
+
+  // From a trusted proxy they are what that proxy says, and go on.
+  await using trusting = await startGateway(
+    `trusted_proxies: [127.0.0.1/32]\n${proxyOnly(upstream.url)}`,
+  );
+  const echoed = await (await fetch(`${trusting.url}/xf`, {
+    headers: { forwarded: "for=203.0.113.7", "x-real-ip": "203.0.113.7" },
+  })).json();
+  const kept = echoedHeaders(echoed);
+  assert.equal(kept.get("forwarded"), "for=203.0.113.7");
+  assert.equal(kept.get("x-real-ip"), "203.0.113.7");
+});
+
 Deno.test("proxy: Host is the upstream's host:port, or the client's with preserve_host: true", async () => {
   await using upstream = startEchoUpstream();
   await using gw = await startGateway(`routes:
@@ -965,6 +993,42 @@ Deno.test("proxy: a 64 MiB upload is streamed to the upstream, not buffered, eve
   assert.equal(stalled, false, "the upstream saw no bytes before the client finished: buffered");
   assert.ok(response instanceof Response, String(response));
   assert.deepEqual(await response.json(), { bytes: TOTAL, firstBad: -1 });
+});
+
+Deno.test("proxy: an upload through a pool of targets is streamed too, not kept for a retry", async () => {
+  const received: number[] = [];
+  const serve = () =>
+    startUpstream(async (request) => {
+      let bytes = 0;
+      for await (const chunk of request.body!) bytes += chunk.length;
+      received.push(bytes);
+      return new Response(String(bytes));
+    });
+  await using a = serve();
+  await using b = serve();
+  await using gw = await startGateway(`routes:
+  - name: pool
+    upstream: { targets: [${a.url}, ${b.url}] }
+    pipeline:
+      - proxy: {}
+`);
+  const chunk = new Uint8Array(1 << 20).fill(7);
+  const total = 160;
+  let sent = 0;
+  const base = Deno.memoryUsage().rss;
+  let peak = base;
+  const upload = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      peak = Math.max(peak, Deno.memoryUsage().rss);
+      if (sent++ === total) controller.close();
+      else controller.enqueue(chunk.slice());
+    },
+  });
+  const response = await fetch(`${gw.url}/put`, { method: "PUT", body: upload });
+  assert.equal(await response.text(), String(total << 20));
+  const grew = (peak - base) / (1 << 20);
+  // A copy kept for a second try would hold all 160 MiB by the end.
+  assert.ok(grew < 80, `the gateway's memory grew by ${grew.toFixed(0)} MiB for a 160 MiB upload`);
 });
 
 Deno.test("proxy: a 64 MiB download is streamed to the client, not buffered, every byte intact", async () => {

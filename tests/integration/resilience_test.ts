@@ -168,3 +168,63 @@ Deno.test("least_inflight sends to the target with the fewest requests in flight
   assert.equal((await held).body, "slow");
   assert.deepEqual(seen, ["slow", "fast", "fast", "fast"]);
 });
+
+Deno.test("clients that hang up mid-upload do not open the breaker for everyone", async () => {
+  // The upstream reads the whole upload before it answers, as most do.
+  await using upstream = startUpstream(async (request) => {
+    await request.arrayBuffer().catch(() => {});
+    return new Response("fine");
+  });
+  await using gw = await startGateway(yaml(`{ url: ${upstream.url} }`));
+  for (let i = 0; i < 6; i++) {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: gw.gateway.addr.port });
+    await conn.write(
+      new TextEncoder().encode(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n0123456789",
+      ),
+    );
+    await delay(50);
+    conn.close();
+    await delay(50);
+  }
+  assert.equal(await breakerGauge(gw.adminUrl), 0, "the breaker stays closed");
+  assert.equal((await get(`${gw.url}/x`)).status, 200);
+});
+
+Deno.test("upstream.timeout counts from the upload's last byte: a slow upload passes, a stalled one times out", async () => {
+  await using upstream = startUpstream(async (request) => {
+    let bytes = 0;
+    for await (const chunk of request.body!) bytes += chunk.length;
+    return new Response(String(bytes));
+  });
+  await using gw = await startGateway(`routes:
+  - name: api
+    upstream: { url: ${upstream.url}, timeout: 300ms }
+    pipeline:
+      - proxy: {}
+`);
+  const trickle = (pauses: number[]) =>
+    new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const pause = pauses.shift();
+        if (pause === undefined) return controller.close();
+        await delay(pause);
+        controller.enqueue(new Uint8Array(10));
+      },
+    });
+  // Five pieces 150 ms apart: 750 ms in all, never 300 ms without a byte.
+  const slow = await fetch(`${gw.url}/slow`, {
+    method: "PUT",
+    body: trickle([0, 150, 150, 150, 150]),
+  });
+  assert.equal(slow.status, 200);
+  assert.equal(await slow.text(), "50");
+  // One piece, then nothing for 900 ms.
+  const stalled = await fetch(`${gw.url}/stalled`, {
+    method: "PUT",
+    body: trickle([0, 900]),
+  }).catch((error) => error as Error);
+  assert.ok(stalled instanceof Response, String(stalled));
+  assert.equal(stalled.status, 504);
+  await stalled.body?.cancel();
+});
