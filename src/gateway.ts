@@ -26,6 +26,7 @@ import { Http1Client, type Http1Init } from "./http1_client.ts";
 import { createStore, storeKind } from "./store/mod.ts";
 import type { ResilientStore } from "./store/resilient_store.ts";
 import { RecentClients } from "./client_directory.ts";
+import { decodeUnreserved } from "./router.ts";
 import { stableStringify } from "./state_registry.ts";
 
 /** Options for {@linkcode Gateway.start}. */
@@ -298,6 +299,17 @@ export class Gateway {
       } catch {
         response = problem(400, { detail: "The request URL is not valid" });
         return response;
+      }
+      if (request.method === "CONNECT") {
+        // A tunnel is not a request an upstream can answer: the gateway opens none.
+        response = problem(501, { detail: "The gateway does not open CONNECT tunnels" });
+        return response;
+      }
+      // `/%70ay` is `/pay`: routes match, and the upstream gets, the path with
+      // escaped unreserved characters decoded (the URL parser resolved dot segments).
+      if (url.pathname.includes("%")) {
+        const path = decodeUnreserved(url.pathname);
+        if (path !== url.pathname) url.pathname = path;
       }
       const route = pipeline.match(request.method, request.headers.get("host"), url.pathname);
       if (!route) {

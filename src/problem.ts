@@ -28,6 +28,7 @@ const STATUS_TITLES: Record<number, string> = {
   413: "Content Too Large",
   429: "Too Many Requests",
   500: "Internal Server Error",
+  501: "Not Implemented",
   502: "Bad Gateway",
   503: "Service Unavailable",
   504: "Gateway Timeout",

@@ -50,3 +50,19 @@ function hostName(header: string | null): string {
   const colon = value.indexOf(":");
   return colon >= 0 ? value.slice(0, colon) : value;
 }
+
+const UNRESERVED_ESCAPE = /%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])/g;
+
+/**
+ * Decodes the percent-escapes of unreserved characters (letters, digits,
+ * `-`, `.`, `_`, `~`) in a path: `/%70ay` is `/pay` (RFC 3986, 6.2.2.2), so a
+ * route cannot be dodged by escaping its letters. Other escapes (`%2F`,
+ * `%20`, UTF-8) stay as they are.
+ */
+export function decodeUnreserved(path: string): string {
+  if (!path.includes("%")) return path;
+  return path.replace(
+    UNRESERVED_ESCAPE,
+    (_, hex: string) => String.fromCharCode(parseInt(hex, 16)),
+  );
+}

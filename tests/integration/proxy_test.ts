@@ -382,7 +382,7 @@ Deno.test("proxy: the upstream's status, headers and body come back as sent, red
   }
 });
 
-Deno.test("proxy: path and query reach the upstream as received (encodings, repeated keys, order)", async () => {
+Deno.test("proxy: path and query reach the upstream as received (encodings, repeated keys, order); only escaped unreserved characters are decoded", async () => {
   const seen: string[] = [];
   await using upstream = startUpstream((request) => {
     // Deno.serve gives the request target as it came off the wire.
@@ -403,14 +403,15 @@ Deno.test("proxy: path and query reach the upstream as received (encodings, repe
     );
     assert.equal(statusOf(answer), 200);
   }
-  assert.deepEqual(seen, targets);
+  // %7E is ~ (RFC 3986, 6.2.2.2): routes match, and the upstream reads, the decoded path.
+  assert.deepEqual(seen, targets.map((target) => target.replace("%7Euser", "~user")));
   // And through an ordinary client.
   const echoed = await (await fetch(`${gw.url}/p%2Fq/r%20s?k=v%26w&k=2&k=1`)).text();
   assert.equal(echoed, "ok");
   assert.equal(seen.at(-1), "/p%2Fq/r%20s?k=v%26w&k=2&k=1");
 });
 
-Deno.test("proxy: dot segments are resolved before routing and before forwarding", async () => {
+Deno.test("proxy: dot segments and escaped letters are resolved before routing and before forwarding", async () => {
   const publicSeen: string[] = [];
   const privateSeen: string[] = [];
   await using publicUpstream = startUpstream((request) => {
@@ -443,7 +444,14 @@ Deno.test("proxy: dot segments are resolved before routing and before forwarding
     rawRequest(port, `GET ${target} HTTP/1.1\r\nHost: a\r\n${extra}Connection: close\r\n\r\n`);
 
   // /public/../private is /private: its route (and its identify step) answers.
-  for (const target of ["/public/../private/secret", "/public/%2e%2e/private/secret"]) {
+  for (
+    const target of [
+      "/public/../private/secret",
+      "/public/%2e%2e/private/secret",
+      "/%70rivate/secret",
+      "/priv%61te/secret",
+    ]
+  ) {
     const denied = await get(target);
     assert.equal(statusOf(denied), 401, target);
     assert.equal(single(denied, "content-type"), "application/problem+json");
@@ -454,7 +462,9 @@ Deno.test("proxy: dot segments are resolved before routing and before forwarding
   const allowed = await get("/public/../private/secret", "X-Api-Key: k1\r\n");
   assert.equal(statusOf(allowed), 200);
   assert.equal(decoder.decode(allowed.body), "private");
-  assert.deepEqual(privateSeen, ["/private/secret"]);
+  const escaped = await get("/%70rivate/%73ecret%2Fx", "X-Api-Key: k1\r\n");
+  assert.equal(statusOf(escaped), 200);
+  assert.deepEqual(privateSeen, ["/private/secret", "/private/secret%2Fx"]);
 
   // /a/../b reaches the upstream as /b.
   for (const target of ["/a/../b", "/a/./c/../d", "/x/y/../../z"]) {
@@ -462,6 +472,22 @@ Deno.test("proxy: dot segments are resolved before routing and before forwarding
     assert.equal(statusOf(answer), 200, target);
   }
   assert.deepEqual(publicSeen, ["/b", "/a/d", "/z"]);
+});
+
+Deno.test("proxy: CONNECT answers 501 problem+json and reaches no upstream", async () => {
+  let calls = 0;
+  await using upstream = startUpstream(() => {
+    calls++;
+    return new Response("ok");
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const answer = await rawRequest(
+    gw.gateway.addr.port,
+    "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+  );
+  assert.equal(statusOf(answer), 501);
+  assert.equal(single(answer, "content-type"), "application/problem+json");
+  assert.equal(calls, 0);
 });
 
 Deno.test("proxy: strip_prefix removes the route's prefix; by default it is kept", async () => {
