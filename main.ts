@@ -8,7 +8,7 @@
  * @module
  */
 import { ConfigError, formatIssue, loadConfig } from "./src/config/load_config.ts";
-import { Gateway } from "./src/gateway.ts";
+import { checkPipelines, Gateway } from "./src/gateway.ts";
 import { Logger, parseLogLevel } from "./src/log.ts";
 import { BUILTIN_PLUGINS } from "./src/plugins/mod.ts";
 
@@ -71,6 +71,8 @@ function parseArgs(argv: readonly string[]): Args {
 async function check(file: string): Promise<number> {
   try {
     const loaded = await loadConfig(file, { plugins: BUILTIN_PLUGINS });
+    // Each plugin is created too, as a start would: some refuse only then.
+    await checkPipelines(loaded);
     console.log(
       `${loaded.file}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? "" : "s"})`,
     );

@@ -419,6 +419,8 @@ export class Gateway {
     }
     this.#watcher?.watch([loaded.file, ...loaded.pluginFiles]);
     if (trigger === "watch" && loaded.digest === current.loaded.digest) {
+      // Back to what runs (a bad edit undone): the failure is over.
+      this.#lastFailure = undefined;
       return { ok: true, version: current.version, changed: false };
     }
     const trusted = new CidrSet(loaded.config.trusted_proxies);
@@ -536,6 +538,53 @@ export class Gateway {
     this.#retired.clear();
     this.#httpClient?.close();
     this.log.info("stopped", { drained: inTime });
+  }
+}
+
+/**
+ * Creates every plugin of a loaded config against a memory store, as a start
+ * would, and throws {@linkcode ConfigError} for the first that refuses (a
+ * step missing before it, say): `--check` catches what only a start found.
+ */
+export async function checkPipelines(loaded: LoadedConfig): Promise<void> {
+  const trusted = new CidrSet(loaded.config.trusted_proxies);
+  const metrics = new Metrics();
+  const log = new Logger("error");
+  const store = await createStore({ ...loaded.config.store, kind: "memory" }, {
+    env: () => undefined,
+    metrics,
+    log,
+  });
+  const state = new StateRegistry();
+  const build = state.begin();
+  try {
+    await buildPipeline(loaded, {
+      version: 1,
+      services: makeServices({
+        metrics,
+        trusted,
+        fetch: () => Promise.reject(new Error("--check sends no requests")),
+        store,
+        loaded,
+        clients: new RecentClients(),
+      }),
+      trusted,
+      state: build,
+      log,
+    });
+  } catch (error) {
+    if (error instanceof PipelineBuildError) {
+      throw new ConfigError(
+        loaded.file,
+        [{ path: error.yamlPath, line: error.line, message: error.message }],
+        { cause: error },
+      );
+    }
+    throw error;
+  } finally {
+    build.abort();
+    state.clear();
+    await store.close();
   }
 }
 

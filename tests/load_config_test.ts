@@ -209,3 +209,75 @@ Deno.test("a custom plugin's options are validated by its schema", async () => {
   ]);
   assert.ok(issues.every((issue) => issue.line === 6));
 });
+
+Deno.test("an empty file (or only comments) is an error, not a gateway with no routes", async () => {
+  for (const text of ["", "\n\n", "# nothing yet\n"]) {
+    const issues = await issuesOf(text);
+    assert.equal(issues.length, 1);
+    assert.equal(issues[0]!.line, 1);
+    assert.match(issues[0]!.message, /The file is empty/);
+  }
+});
+
+Deno.test("YAML aliases may share one pipeline among many routes; a dangling alias is a clean error", async () => {
+  const routes = Array.from({ length: 150 }, (_, i) =>
+    `  - name: r${i}
+    match: { path_prefix: /r${i} }
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: ${i === 0 ? "&std\n      - identify: {}\n      - proxy: {}" : "*std"}`).join("\n");
+  await using config = await tempConfig(`routes:\n${routes}\n`);
+  const loaded = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined });
+  assert.equal(loaded.routes.length, 150);
+  assert.deepEqual(loaded.routes[149]!.pipeline.map((entry) => entry.name), ["identify", "proxy"]);
+
+  const issues = await issuesOf(`admin: { token: *nope }
+routes: []
+`);
+  assert.equal(issues.length, 1);
+  assert.equal(issues[0]!.line, 1);
+  assert.match(issues[0]!.message, /^Invalid YAML/);
+});
+
+Deno.test("a plugin whose module takes too long to load is an error after the time limit, and a later load works", async () => {
+  await using config = await tempConfig(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - plugin: ./stuck.ts
+      - proxy: {}
+`);
+  const plugin = `${config.dir}/stuck.ts`;
+  // (A module that never finishes would do the same; Deno's test runner reports those itself.)
+  await Deno.writeTextFile(
+    plugin,
+    "await new Promise((resolve) => setTimeout(resolve, 1_000));\nexport default 1;\n",
+  );
+  const options = { plugins: BUILTIN_PLUGINS, env: () => undefined, pluginImportTimeoutMs: 200 };
+  const error = await loadConfig(config.file, options).catch((error) => error);
+  assert.ok(error instanceof ConfigError, String(error));
+  assert.equal(error.issues[0]!.path, "routes[0].pipeline[0].plugin");
+  assert.match(error.issues[0]!.message, /did not finish loading within 0.2 s/);
+  await Deno.writeTextFile(
+    plugin,
+    `import { definePlugin } from "${
+      new URL("../src/plugin.ts", import.meta.url).href
+    }";\nimport { z } from "zod";\nexport default definePlugin({ name: "fine", options: z.object({}), create: () => (_ctx, next) => next() });\n`,
+  );
+  const loaded = await loadConfig(config.file, options);
+  assert.deepEqual(loaded.routes[0]!.pipeline.map((entry) => entry.name), ["fine", "proxy"]);
+  await new Promise((resolve) => setTimeout(resolve, 1_000)); // the slow module's timer ends
+});
+
+Deno.test("a config path with . and .. is read as the same file (the watcher matches exact paths)", async () => {
+  await using config = await tempConfig(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+`);
+  const name = config.file.slice(config.dir.length + 1);
+  const loaded = await loadConfig(`${config.dir}/sub/.././${name}`, {
+    plugins: BUILTIN_PLUGINS,
+    env: () => undefined,
+  });
+  assert.equal(loaded.file, config.file);
+});

@@ -3,7 +3,7 @@
  * validation, and each pipeline entry validated by its plugin's own schema
  * (custom plugins are imported here). Every error names its YAML path and line.
  */
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, Scalar } from "yaml";
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, Scalar, visit } from "yaml";
 import type { Document, Node } from "yaml";
 import type { z } from "zod";
 import { configSchema, type GatewayConfig, type RouteConfig } from "./schema.ts";
@@ -96,6 +96,8 @@ export interface LoadConfigOptions {
   plugins: ReadonlyMap<string, PluginDefinition>;
   /** Where `${VAR}` reads from. @default the process environment */
   env?: EnvLookup;
+  /** How long a custom plugin's module may take to load. @default 10_000 */
+  pluginImportTimeoutMs?: number;
 }
 
 type PathSegment = string | number;
@@ -147,13 +149,32 @@ export async function loadConfigText(
     };
   });
   if (issues.length > 0) throw new ConfigError(path, issues);
+  if (doc.contents === null) {
+    // An editor that truncates before it writes shows an empty file for a
+    // moment: it must not reload as a gateway with no routes.
+    throw new ConfigError(path, [{
+      path: "",
+      line: 1,
+      message: "The file is empty: a config has at least routes",
+    }]);
+  }
 
   const locate = (segments: readonly PathSegment[], atKey = false) =>
     locateNode(doc, lineCounter, segments, atKey);
   interpolateDocument(doc, guarded.restore, options.env ?? processEnv, locate, issues);
   if (issues.length > 0) throw new ConfigError(path, issues);
 
-  const raw = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  let raw: unknown;
+  try {
+    // Aliases are allowed (one pipeline shared by many routes); an alias bomb is not.
+    raw = doc.toJS({ maxAliasCount: 10_000 }) ?? {};
+  } catch (error) {
+    throw new ConfigError(path, [{
+      path: "",
+      line: firstAliasLine(doc, lineCounter),
+      message: `Invalid YAML: ${(error as Error).message.split("\n")[0]}`,
+    }], { cause: error });
+  }
   const parsed = configSchema.safeParse(withoutNulls(raw));
   if (!parsed.success) issues.push(...zodIssues(parsed.error.issues, [], locate));
   // The pipelines are checked even when the rest failed, so every error shows at once.
@@ -188,7 +209,7 @@ export async function loadConfigText(
       const [entryIndex, entry] of (Array.isArray(route.pipeline) ? route.pipeline : []).entries()
     ) {
       const at: PathSegment[] = ["routes", routeIndex, "pipeline", entryIndex];
-      const resolved = await resolveEntry(entry, at, path, options.plugins, locate, issues);
+      const resolved = await resolveEntry(entry, at, path, options, locate, issues);
       if (!resolved) continue;
       if (resolved.module) {
         pluginFiles.add(resolved.module.path);
@@ -284,10 +305,11 @@ async function resolveEntry(
   entry: unknown,
   at: PathSegment[],
   configFile: string,
-  plugins: ReadonlyMap<string, PluginDefinition>,
+  options: LoadConfigOptions,
   locate: (segments: readonly PathSegment[], atKey?: boolean) => Partial<ConfigIssue>,
   issues: ConfigIssue[],
 ): Promise<ResolvedEntry | undefined> {
+  const plugins = options.plugins;
   const fail = (segments: PathSegment[], message: string, atKey = false) => {
     issues.push({ ...locate(segments, atKey), path: formatPath(segments), message });
     return undefined;
@@ -314,7 +336,11 @@ async function resolveEntry(
         "Expected the path of a plugin module, such as ./plugins/examples/request_id.ts",
       );
     }
-    const loaded = await importPlugin(spec, configFile);
+    const loaded = await importPlugin(
+      spec,
+      configFile,
+      options.pluginImportTimeoutMs ?? PLUGIN_IMPORT_TIMEOUT_MS,
+    );
     if ("error" in loaded) return fail([...at, "plugin"], loaded.error);
     const raw = record.with ?? {};
     const parsed = loaded.definition.options.safeParse(raw);
@@ -357,7 +383,14 @@ async function resolveEntry(
     issues.push(...zodIssues(parsed.error.issues, [...at, name], locate));
     return undefined;
   }
-  return { name, definition, options: parsed.data, rawOptions: raw, yamlPath: formatPath(at) };
+  return {
+    name,
+    definition,
+    options: parsed.data,
+    rawOptions: raw,
+    yamlPath: formatPath(at),
+    line: locate(at).line,
+  };
 }
 
 interface LoadedPlugin {
@@ -375,6 +408,7 @@ const COMPILED = import.meta.url.includes("/deno-compile-");
 async function importPlugin(
   spec: string,
   configFile: string,
+  timeoutMs: number,
 ): Promise<LoadedPlugin | { error: string }> {
   const url = new URL(spec, `file://${configFile}`);
   if (url.protocol !== "file:") {
@@ -395,9 +429,12 @@ async function importPlugin(
     try {
       // A query makes each new source a new module; a compiled binary's
       // embedded modules are found by their plain URL only.
-      module = await import(COMPILED ? url.href : `${url.href}?v=${digest}`);
+      module = await importWithin(
+        COMPILED ? url.href : `${url.href}?v=${digest}`,
+        timeoutMs,
+      );
     } catch (error) {
-      return { error: `Cannot load plugin "${spec}": ${firstLine(error)}` };
+      return { error: `Cannot load plugin "${spec}": ${errorWithPlace(error)}` };
     }
     if (!("default" in module)) {
       return { error: `Cannot load plugin "${spec}": the module has no default export` };
@@ -412,6 +449,46 @@ async function importPlugin(
     moduleCache.set(cacheKey, definition);
   }
   return { definition, path, digest };
+}
+
+/** A plugin whose top level never finishes must not hold every later reload behind it. */
+const PLUGIN_IMPORT_TIMEOUT_MS = 10_000;
+
+async function importWithin(specifier: string, ms: number): Promise<Record<string, unknown>> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      import(specifier) as Promise<Record<string, unknown>>,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`its module did not finish loading within ${ms / 1000} s`)),
+          ms,
+        );
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The first line of an error, with the `file:line:column` a syntax error gives on a later line. */
+function errorWithPlace(error: unknown): string {
+  const first = firstLine(error);
+  const message = error instanceof Error ? error.message : String(error);
+  const place = /at (file:\/\/\S+:\d+:\d+)/.exec(message)?.[1];
+  return place && !first.includes(place) ? `${first} (${place})` : first;
+}
+
+/** The line of the first alias in a document, where an alias error most likely is. */
+function firstAliasLine(doc: Document, lineCounter: LineCounter): number | undefined {
+  let line: number | undefined;
+  visit(doc, {
+    Alias(_, node) {
+      if (node.range) line = lineCounter.linePos(node.range[0]).line;
+      return visit.BREAK;
+    },
+  });
+  return line;
 }
 
 function firstLine(error: unknown): string {
@@ -541,9 +618,16 @@ function withoutNulls(value: unknown): unknown {
   return value;
 }
 
+/** `file` from the working directory, with `.` and `..` resolved (the watcher matches exact paths). */
 function absolutePath(file: string): string {
-  if (file.startsWith("/")) return file;
-  return `${Deno.cwd()}/${file}`.replace(/\/\.\//g, "/");
+  const joined = file.startsWith("/") ? file : `${Deno.cwd()}/${file}`;
+  const parts: string[] = [];
+  for (const part of joined.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return `/${parts.join("/")}`;
 }
 
 interface FileKey {

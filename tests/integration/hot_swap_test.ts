@@ -237,3 +237,38 @@ Deno.test("POST /reload reloads even when the file did not change", async () => 
   const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
   assert.match(metrics, /sluice_config_reloads_total\{result="ok"\} 2/);
 });
+
+Deno.test("a file truncated before it is written keeps the old pipeline and its state serving", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(config(upstream.url, "before"));
+  assert.equal((await get(`${gw.url}/x`)).headers.get("x-hits"), "1");
+  await gw.config.write("");
+  assert.ok(
+    await waitFor(async () =>
+      (await (await fetch(`${gw.adminUrl}/status`)).json()).last_reload_error !== null
+    ),
+    "the empty file is refused",
+  );
+  const during = await get(`${gw.url}/x`);
+  assert.equal(during.status, 200);
+  assert.equal(during.headers.get("x-tag"), "before");
+  assert.equal(during.headers.get("x-hits"), "2");
+  await gw.config.write(config(upstream.url, "after"));
+  assert.ok(await waitFor(async () => (await version(gw.adminUrl)) === 2));
+  const after = await get(`${gw.url}/x`);
+  assert.equal(after.headers.get("x-tag"), "after");
+});
+
+Deno.test("undoing a bad edit clears the reload error on /status", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(config(upstream.url, "good"));
+  const status = async () => await (await fetch(`${gw.adminUrl}/status`)).json();
+  await gw.config.write(config(upstream.url, "good").replace("proxy: {}", "proxxy: {}"));
+  assert.ok(await waitFor(async () => (await status()).last_reload_error !== null));
+  await gw.config.write(config(upstream.url, "good"));
+  assert.ok(
+    await waitFor(async () => (await status()).last_reload_error === null),
+    "the error stays after the file is back to what runs",
+  );
+  assert.equal((await status()).version, 1);
+});

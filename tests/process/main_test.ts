@@ -53,6 +53,27 @@ routes:
   assert.match(lines.at(-1)!, /5 errors$/);
 });
 
+Deno.test("--check creates each plugin as a start would: a step missing before another is an error at its line", async () => {
+  await using config = await tempConfig(`tiers:
+  free: { limit: 10, window: 1m }
+routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - identify: {}
+      - sliding-window: { limit: tier }
+      - proxy: {}
+`);
+  const result = await runMain(["--check", config.file]);
+  assert.equal(result.code, 1, result.stdout);
+  assert.match(
+    result.stderr,
+    new RegExp(
+      `${config.file}:8:.* routes\\[0\\]\\.pipeline\\[1\\]: .*needs a tier step before it`,
+    ),
+  );
+});
+
 Deno.test("--check of a missing file says it cannot read it", async () => {
   const result = await runMain(["--check", "/nonexistent/gateway.yaml"]);
   assert.equal(result.code, 1);
