@@ -35,8 +35,8 @@ Deno.test({
       assert.ok(seconds >= 0.4, `the shell and its busy child used ${seconds.toFixed(2)} s`);
       assert.equal(await cpuSeconds(2 ** 22 + 12345), undefined, "a process that does not exist");
     } finally {
+      // Ending the child ends the shell's wait, and with it the shell.
       await new Deno.Command("pkill", { args: ["-P", String(shell.pid)] }).output();
-      shell.kill();
       await shell.status;
     }
   },
