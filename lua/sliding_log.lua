@@ -50,12 +50,17 @@ if allowed == 1 and cost > 0 then
   local seq = redis.call('INCRBY', KEYS[n + 1], cost)
   redis.call('PEXPIRE', KEYS[n + 1], max_window)
   for i = 1, n do
+    -- Added 500 units at a time: unpack() takes at most a few thousand values.
     local members = {}
     for j = 1, cost do
       members[#members + 1] = now
       members[#members + 1] = now .. '-' .. (seq - cost + j)
+      if #members == 1000 then
+        redis.call('ZADD', KEYS[i], unpack(members))
+        members = {}
+      end
     end
-    redis.call('ZADD', KEYS[i], unpack(members))
+    if #members > 0 then redis.call('ZADD', KEYS[i], unpack(members)) end
     redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[3 + 2 * i]))
   end
 end

@@ -281,3 +281,17 @@ Deno.test("a config path with . and .. is read as the same file (the watcher mat
   });
   assert.equal(loaded.file, config.file);
 });
+
+Deno.test("a token-bucket rate whose count is not whole is an error (the headers' quota is an integer)", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - token-bucket: { rate: 0.5/s, burst: 2 }
+      - proxy: {}
+`);
+  assert.equal(issues.length, 1);
+  assert.equal(issues[0]!.path, "routes[0].pipeline[0].token-bucket.rate");
+  assert.equal(issues[0]!.line, 5);
+  assert.match(issues[0]!.message, /whole number: write 1\/2s/);
+});

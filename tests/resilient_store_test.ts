@@ -118,6 +118,23 @@ Deno.test("a client over its limit is answered from memory until its reset, with
   }
 });
 
+Deno.test("a remembered refusal answers only the same cost: a larger one asks the store", async () => {
+  const remote = new FakeRemote();
+  const store = new ResilientStore(remote, { timeoutMs: 100, onFailure: "allow" });
+  const costing = (cost: number): WindowQuery => ({ ...query(4), cost });
+  try {
+    for (let i = 0; i < 4; i++) assert.equal((await store.window(costing(1))).allowed, true);
+    assert.equal((await store.window(costing(1))).source, "store");
+    assert.equal((await store.window(costing(1))).source, "cache");
+    const calls = remote.calls;
+    const larger = await store.window(costing(3));
+    assert.equal(larger.source, "store");
+    assert.equal(remote.calls, calls + 1);
+  } finally {
+    await store.close();
+  }
+});
+
 Deno.test("closing the store with calls in flight does not mark it down (nor leave its probe running)", async () => {
   const remote = new FakeRemote();
   const store = new ResilientStore(remote, {

@@ -32,6 +32,20 @@ export function clientKey(route: string, clientId: string): string {
   return `{sluice:${route}:${clientId}}`;
 }
 
+/**
+ * What keeps the second (third...) step of one limit plugin in a route apart
+ * from the first: "" for the first, whose keys stay as they always were, then
+ * `#2`, `#3`. Counted among steps of the same plugin only, so adding another
+ * kind of step moves no counter. It follows the `{...}` hash tag, so a
+ * decision's keys stay in one Redis Cluster slot.
+ */
+export function instanceSuffix(pipeline: readonly string[], position: number): string {
+  const name = pipeline[position];
+  let instance = 1;
+  for (let i = 0; i < position; i++) if (pipeline[i] === name) instance++;
+  return instance === 1 ? "" : `#${instance}`;
+}
+
 /** Each decision's counter of `sluice_limit_decisions_total`, looked up once. */
 export function decisionCounters<D extends string>(
   metrics: Metrics,

@@ -15,12 +15,15 @@ import {
   clientKey,
   decisionCounters,
   formatRate,
+  instanceSuffix,
   nextWithHeaders,
   refusal,
   storeUnavailable,
 } from "./_limit.ts";
 
 const COST_HEADER_RE = /^header:[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
+const DIGITS = /^\d{1,7}$/;
+const MAX_COST = 1_000_000;
 
 const options = z.strictObject({
   /** `tier` (the caller's tier's limit and window) or a number of requests per `window`. */
@@ -96,6 +99,8 @@ export default definePlugin({
       }
     }
     const store = gateway.store;
+    // Two sliding-window steps in one route count apart.
+    const suffix = instanceSuffix(pipeline, position);
     const counters = decisionCounters(gateway.metrics, route.name, "sliding-window", [
       "allowed",
       "limited",
@@ -148,7 +153,7 @@ export default definePlugin({
       const policy = policyFor(tier) ?? (opts.limit === "tier" ? undefined : fixed);
       if (!policy) return undefined;
       const decision = await store.window({
-        key: clientKey(route.name, clientId),
+        key: clientKey(route.name, clientId) + suffix,
         algorithm: opts.algorithm,
         limits: policy.limits,
         cost: 0,
@@ -172,12 +177,14 @@ export default definePlugin({
       if (costHeader === undefined) return staticCost;
       const text = ctx.request.headers.get(costHeader);
       if (text === null) return 1;
-      const cost = Number(text);
-      if (!Number.isInteger(cost) || cost < 0 || cost > 1_000_000) {
+      // Digits only: "", "0x10" and "1e3" are numbers to Number(), and a cost
+      // of 0 would let a client choose to spend nothing.
+      const cost = DIGITS.test(text) ? Number(text) : NaN;
+      if (!(cost >= 1 && cost <= MAX_COST)) {
         return problem(400, {
           type: `${PROBLEM_TYPE_BASE}invalid-cost`,
           title: "Invalid cost",
-          detail: `The ${costHeader} header must be a whole number from 0 to 1000000`,
+          detail: `The ${costHeader} header must be a whole number from 1 to ${MAX_COST}`,
         });
       }
       return cost;
@@ -193,7 +200,7 @@ export default definePlugin({
       const cost = costOf(ctx);
       if (cost instanceof Response) return cost;
       const decision = await store.window({
-        key: clientKey(route.name, clientId),
+        key: clientKey(route.name, clientId) + suffix,
         algorithm: opts.algorithm,
         limits: policy.limits,
         cost,
@@ -202,9 +209,9 @@ export default definePlugin({
       if (!decision.allowed) {
         if (decision.source === "deny") {
           counters.unavailable.inc();
-          return storeUnavailable(decision.retryAfterMs);
-        }
-        if (opts.shadow) {
+          // Shadow mode never refuses, not even for a store that is down.
+          if (!opts.shadow) return storeUnavailable(decision.retryAfterMs);
+        } else if (opts.shadow) {
           counters.shadow_limited.inc();
         } else {
           counters.limited.inc();

@@ -17,6 +17,7 @@ import {
   clientKey,
   decisionCounters,
   formatRate,
+  instanceSuffix,
   nextWithHeaders,
   refusal,
   storeUnavailable,
@@ -49,8 +50,17 @@ export default definePlugin({
     cost: z.number().int().min(1).default(1),
     headers: z.enum(["none", "legacy", "ietf", "both"]).default("both"),
     name: z.string().min(1).optional(),
+  }).superRefine((value, ctx) => {
+    // The quota in the rate-limit headers is a whole number (an sf-integer).
+    if (!Number.isInteger(value.rate.count)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["rate"],
+        message: "A rate's count must be a whole number: write 1/2s, not 0.5/s",
+      });
+    }
   }),
-  create(opts, { route, gateway }) {
+  create(opts, { route, gateway, pipeline, position }) {
     const burst = opts.burst ?? Math.max(1, Math.floor(opts.rate.count));
     const name = opts.name ?? formatRate(opts.rate.count, opts.rate.periodMs);
     const store = gateway.store;
@@ -61,7 +71,9 @@ export default definePlugin({
       "unavailable",
     ]);
     const delays = gateway.metrics.shaperDelay.labels({ route: route.name });
-    const routeKey = clientKey(route.name, "bucket");
+    // Two token-bucket steps in one route fill apart.
+    const suffix = instanceSuffix(pipeline, position);
+    const routeKey = clientKey(route.name, "bucket") + suffix;
     // The latest time a waiter of this instance was promised, per bucket: a
     // newcomer never goes before it, even after a waiter gave tokens back.
     const lastSlot = new Map<string, number>();
@@ -164,7 +176,7 @@ export default definePlugin({
     return async function tokenBucket(ctx, next) {
       const key = opts.scope === "route"
         ? routeKey
-        : `${clientKey(route.name, clientIdOf(ctx))}:bucket`;
+        : `${clientKey(route.name, clientIdOf(ctx))}:bucket${suffix}`;
       const decision = leased(key, Date.now()) ?? await decide(key);
       const report = reportOf(decision);
       if (!decision.allowed) {

@@ -264,7 +264,8 @@ export class ResilientStore implements LimitStore {
       this.#denials.delete(key);
       return undefined;
     }
-    if (cost < cached.cost) return undefined;
+    // Only the same cost waits the same: a larger one may wait longer (log, counter).
+    if (cost !== cached.cost) return undefined;
     const left = cached.until - now;
     return {
       ...cached.decision,

@@ -176,9 +176,55 @@ Deno.test("cost from a header weights a request; a bad cost is a 400 problem", a
   assert.equal(heavy.headers.get("x-ratelimit-remaining"), "3");
   assert.equal((await send(`${gw.url}/api/x`, "k", { "x-cost": "4" })).status, 429);
   assert.equal((await send(`${gw.url}/api/x`, "k", { "x-cost": "3" })).status, 200);
-  const bad = await send(`${gw.url}/api/x`, "k", { "x-cost": "-2" });
-  assert.equal(bad.status, 400);
-  assert.equal(bad.headers.get("content-type"), "application/problem+json");
+  // Only digits, and at least 1: a client may not choose to spend nothing.
+  for (const cost of ["-2", "", "0", "0x10", "1e3", "2.5"]) {
+    const bad = await send(`${gw.url}/api/x`, "k", { "x-cost": cost });
+    assert.equal(bad.status, 400, `x-cost: ${JSON.stringify(cost)}`);
+    assert.equal(bad.headers.get("content-type"), "application/problem+json");
+  }
+  assert.equal((await send(`${gw.url}/api/x`, "k", { "x-cost": "1" })).status, 429);
+});
+
+Deno.test("shadow mode never rejects, not even when the store is down and on_failure is deny", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  // Nothing listens on this Redis port: the store starts down.
+  const dead = await Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (dead.addr as Deno.NetAddr).port;
+  dead.close();
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limit: 1, window: 1h, shadow: true }`,
+    `store: { kind: redis, url: "redis://127.0.0.1:${port}", on_failure: deny, timeout: 50ms }\n`,
+  ));
+  for (let i = 0; i < 3; i++) assert.equal((await send(`${gw.url}/api/x`, "k")).status, 200);
+  const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  assert.match(
+    metrics,
+    /sluice_limit_decisions_total\{route="api",plugin="sliding-window",decision="unavailable"\} 3/,
+  );
+});
+
+Deno.test("two limit steps of one kind in a route count apart", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [header:x-api-key, ip] }
+      - tier: { default: free, unknown_key: reject }
+      - sliding-window: { limit: tier }
+      - sliding-window: { limits: [1000/m], name: units }
+      - token-bucket: { rate: 100/s }
+      - token-bucket: { rate: 1/s, burst: 2, name: slow }`,
+  ));
+  const answers = [];
+  for (let i = 0; i < 3; i++) answers.push(await send(`${gw.url}/api/x`));
+  assert.deepEqual(answers.map((a) => a.status), [200, 200, 429]);
+  // free is 3 a minute: each request spends one of it, not two.
+  assert.match(answers[0]!.headers.get("ratelimit")!, /"free";r=2;/);
+  assert.match(answers[1]!.headers.get("ratelimit")!, /"free";r=1;/);
+  // The slow bucket (burst 2) refused the third, not the 100/s one.
+  assert.equal(JSON.parse(answers[2]!.body).policy, "slow");
+  assert.match(answers[2]!.headers.get("ratelimit")!, /"slow";r=0;.*"100\/s";r=9[0-9];/);
 });
 
 Deno.test("shadow mode counts and reports but never rejects", async () => {

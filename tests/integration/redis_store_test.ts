@@ -1,6 +1,7 @@
 /** The Redis store against real redis-server processes: scripts, keys, the cluster. */
 import assert from "node:assert/strict";
 import { RedisStore } from "../../src/store/redis_store.ts";
+import { MemoryStore } from "../../src/store/memory_store.ts";
 import { loadScripts, SCRIPT_NAMES } from "../../src/store/scripts.ts";
 import { limitKey } from "../../src/store/store.ts";
 import { RedisCluster, RedisServer, redisTest } from "../_redis.ts";
@@ -210,6 +211,34 @@ redisTest(
     } finally {
       await store.close();
       await relay.close();
+    }
+  },
+);
+
+redisTest(
+  "a request of a large cost is decided on Redis as on memory (the log adds its units in slices)",
+  async () => {
+    await using server = await RedisServer.start();
+    const redis = await RedisStore.connect({ url: server.url });
+    const memory = new MemoryStore({ sweep: false });
+    try {
+      for (const cost of [5_000, 20_000, 80_000]) {
+        const query = {
+          key: "{sluice:r:big}",
+          algorithm: "log" as const,
+          limits: [{ limit: 100_000, windowMs: 3_600_000 }],
+          cost,
+          now: 1_000_000 + cost,
+        };
+        const onRedis = await redis.window(query);
+        const onMemory = await memory.window(query);
+        assert.equal(onRedis.allowed, onMemory.allowed, `cost ${cost}`);
+        assert.equal(onRedis.states[0]!.remaining, onMemory.states[0]!.remaining, `cost ${cost}`);
+      }
+      assert.equal(Number(await server.cli(["ZCARD", "{sluice:r:big}:log:3600000"])), 25_000);
+    } finally {
+      await redis.close();
+      await memory.close();
     }
   },
 );
