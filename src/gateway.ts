@@ -415,6 +415,12 @@ export class Gateway {
       const issues = error instanceof ConfigError
         ? error.issues
         : [{ path: "", message: String((error as Error)?.message ?? error) }];
+      // A plugin or keys file named by the failed edit is watched too: its fix reloads.
+      if (error instanceof ConfigError && error.files.length > 0) {
+        this.#watcher?.watch([
+          ...new Set([current.loaded.file, ...current.loaded.pluginFiles, ...error.files]),
+        ]);
+      }
       return this.#fail(trigger, issues);
     }
     this.#watcher?.watch([loaded.file, ...loaded.pluginFiles]);

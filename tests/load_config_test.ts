@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { ConfigError, type ConfigIssue, loadConfig } from "../src/config/load_config.ts";
+import { sha256Hex } from "../src/digest.ts";
 import { BUILTIN_PLUGINS } from "../src/plugins/mod.ts";
 import { tempConfig } from "./_helpers.ts";
 
@@ -294,4 +295,54 @@ Deno.test("a token-bucket rate whose count is not whole is an error (the headers
   assert.equal(issues[0]!.path, "routes[0].pipeline[0].token-bucket.rate");
   assert.equal(issues[0]!.line, 5);
   assert.match(issues[0]!.message, /whole number: write 1\/2s/);
+});
+
+Deno.test("a whole ${VAR} is a number where a number is wanted, and keeps its text where a string is", async () => {
+  await using config = await tempConfig(`listen: { port: \${PORT} }
+admin: { token: \${ADMIN_TOKEN} }
+tiers:
+  free: { limit: 10, window: 1m }
+keys:
+  - { key: \${API_KEY}, tier: free }
+routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+`);
+  const env: Record<string, string> = { PORT: "9090", ADMIN_TOKEN: "20240611", API_KEY: "0012345" };
+  const loaded = await loadConfig(config.file, {
+    plugins: BUILTIN_PLUGINS,
+    env: (name) => env[name],
+  });
+  assert.equal(loaded.config.listen.port, 9090);
+  assert.equal(loaded.config.admin.token, "20240611");
+  assert.ok(loaded.keys.has(await sha256Hex("0012345")), "the key keeps its leading zeros");
+});
+
+Deno.test("keys files and plugins are found in folders whose names hold a space, # or ?", async () => {
+  await using config = await tempConfig(`tiers:
+  free: { limit: 10, window: 1m }
+keys:
+  - file: "./my keys #1?/keys.yaml"
+routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - plugin: "./my keys #1?/noop.ts"
+      - proxy: {}
+`);
+  const folder = `${config.dir}/my keys #1?`;
+  await Deno.mkdir(folder);
+  await Deno.writeTextFile(`${folder}/keys.yaml`, "- { key: k1, tier: free }\n");
+  await Deno.writeTextFile(
+    `${folder}/noop.ts`,
+    `import { definePlugin } from "${new URL("../mod.ts", import.meta.url).href}";
+import { z } from "zod";
+export default definePlugin({ name: "noop", options: z.object({}), create: () => (_ctx, next) => next() });
+`,
+  );
+  const loaded = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined });
+  assert.ok(loaded.keys.has(await sha256Hex("k1")));
+  assert.deepEqual(loaded.routes[0]!.pipeline.map((entry) => entry.name), ["noop", "proxy"]);
+  assert.deepEqual([...loaded.pluginFiles].sort(), [`${folder}/keys.yaml`, `${folder}/noop.ts`]);
 });

@@ -34,6 +34,8 @@ export interface ConfigIssue {
 /** Raised when a config file cannot be used; `issues` holds every problem found. */
 export class ConfigError extends Error {
   override name = "ConfigError";
+  /** The plugin and keys files the config names, as far as it was read: to watch for a fix. */
+  files: readonly string[] = [];
   constructor(readonly file: string, readonly issues: ConfigIssue[], options?: ErrorOptions) {
     super(
       `Cannot load config ${file}: ${issues.length} error${issues.length === 1 ? "" : "s"}\n` +
@@ -161,7 +163,9 @@ export async function loadConfigText(
 
   const locate = (segments: readonly PathSegment[], atKey = false) =>
     locateNode(doc, lineCounter, segments, atKey);
-  interpolateDocument(doc, guarded.restore, options.env ?? processEnv, locate, issues);
+  // Where a whole `${VAR}` was read as a number or boolean: its text, should a string be wanted.
+  const retyped = new Map<string, string>();
+  interpolateDocument(doc, guarded.restore, options.env ?? processEnv, locate, issues, retyped);
   if (issues.length > 0) throw new ConfigError(path, issues);
 
   let raw: unknown;
@@ -175,7 +179,10 @@ export async function loadConfigText(
       message: `Invalid YAML: ${(error as Error).message.split("\n")[0]}`,
     }], { cause: error });
   }
-  const parsed = configSchema.safeParse(withoutNulls(raw));
+  let parsed = configSchema.safeParse(withoutNulls(raw));
+  if (!parsed.success && restoreStrings(raw, parsed.error.issues, retyped)) {
+    parsed = configSchema.safeParse(withoutNulls(raw));
+  }
   if (!parsed.success) issues.push(...zodIssues(parsed.error.issues, [], locate));
   // The pipelines are checked even when the rest failed, so every error shows at once.
   const rawRoutes = Array.isArray((raw as { routes?: unknown }).routes)
@@ -209,7 +216,7 @@ export async function loadConfigText(
       const [entryIndex, entry] of (Array.isArray(route.pipeline) ? route.pipeline : []).entries()
     ) {
       const at: PathSegment[] = ["routes", routeIndex, "pipeline", entryIndex];
-      const resolved = await resolveEntry(entry, at, path, options, locate, issues);
+      const resolved = await resolveEntry(entry, at, path, options, locate, issues, pluginFiles);
       if (!resolved) continue;
       if (resolved.module) {
         pluginFiles.add(resolved.module.path);
@@ -229,7 +236,9 @@ export async function loadConfigText(
     }
     pipelines.push(pipeline);
   }
-  if (issues.length > 0 || !parsed.success) throw new ConfigError(path, issues);
+  // A failed load still names files whose fix should reload it.
+  const failed = () => Object.assign(new ConfigError(path, issues), { files: [...pluginFiles] });
+  if (issues.length > 0 || !parsed.success) throw failed();
   const { routes = [], ...rest } = parsed.data;
   const keys = new Map<string, KeyEntry>();
   const keyHashes: string[] = [];
@@ -250,7 +259,7 @@ export async function loadConfigText(
     const at: PathSegment[] = ["keys", index];
     if ("redis_hash" in entry) keyHashes.push(entry.redis_hash);
     else if ("file" in entry) {
-      const file = new URL(entry.file, `file://${path}`).pathname;
+      const file = relativeFile(entry.file, path);
       pluginFiles.add(file);
       const fileKeys = await loadKeysFile(file);
       if ("error" in fileKeys) {
@@ -284,7 +293,7 @@ export async function loadConfigText(
       keys.set(digest, { tier: entry.tier, name: entry.name });
     }
   }
-  if (issues.length > 0) throw new ConfigError(path, issues);
+  if (issues.length > 0) throw failed();
   const resolvedRoutes: ResolvedRoute[] = routes.map((route, index) => ({
     ...route,
     pipeline: pipelines[index] ?? [],
@@ -308,6 +317,7 @@ async function resolveEntry(
   options: LoadConfigOptions,
   locate: (segments: readonly PathSegment[], atKey?: boolean) => Partial<ConfigIssue>,
   issues: ConfigIssue[],
+  files: Set<string>,
 ): Promise<ResolvedEntry | undefined> {
   const plugins = options.plugins;
   const fail = (segments: PathSegment[], message: string, atKey = false) => {
@@ -335,6 +345,10 @@ async function resolveEntry(
         [...at, "plugin"],
         "Expected the path of a plugin module, such as ./plugins/examples/request_id.ts",
       );
+    }
+    // Watched even when it fails to load: fixing it reloads.
+    if (!URL_SCHEME.test(spec) || spec.startsWith("file:")) {
+      files.add(relativeFile(spec, configFile));
     }
     const loaded = await importPlugin(
       spec,
@@ -410,11 +424,11 @@ async function importPlugin(
   configFile: string,
   timeoutMs: number,
 ): Promise<LoadedPlugin | { error: string }> {
-  const url = new URL(spec, `file://${configFile}`);
-  if (url.protocol !== "file:") {
+  if (URL_SCHEME.test(spec) && !spec.startsWith("file:")) {
     return { error: `Cannot load plugin "${spec}": only local files can be plugins` };
   }
-  const path = decodeURIComponent(url.pathname);
+  const path = relativeFile(spec, configFile);
+  const url = fileUrl(path);
   let source: string;
   try {
     source = await Deno.readTextFile(path);
@@ -572,6 +586,7 @@ function interpolateDocument(
   env: EnvLookup,
   locate: (segments: readonly PathSegment[]) => Partial<ConfigIssue>,
   issues: ConfigIssue[],
+  retyped: Map<string, string>,
 ): void {
   const walk = (node: unknown, path: PathSegment[]) => {
     if (isMap(node)) {
@@ -589,6 +604,7 @@ function interpolateDocument(
         node.value = node.type === Scalar.PLAIN && isWholePlaceholder(original)
           ? retype(value)
           : value;
+        if (typeof node.value !== "string") retyped.set(JSON.stringify(path), value);
       } catch (error) {
         if (!(error instanceof InterpolationError)) throw error;
         issues.push({ ...locate(path), path: formatPath(path), message: error.message });
@@ -596,6 +612,42 @@ function interpolateDocument(
     }
   };
   walk(doc.contents, []);
+}
+
+/**
+ * Puts back the text of a `${VAR}` that was read as a number or boolean where
+ * the schema wants a string (`token: ${ADMIN_TOKEN}` set to 20240611, a key
+ * 0012345 whose zeros count). Returns true when it changed anything.
+ */
+function restoreStrings(
+  raw: unknown,
+  zodIssues: readonly z.core.$ZodIssue[],
+  retyped: ReadonlyMap<string, string>,
+): boolean {
+  let changed = false;
+  const visit = (issues: readonly z.core.$ZodIssue[], base: readonly PropertyKey[]) => {
+    for (const issue of issues) {
+      const path = [...base, ...issue.path];
+      // A union (such as a keys entry) tells what each of its shapes missed.
+      if (issue.code === "invalid_union") {
+        for (const branch of issue.errors) visit(branch, path);
+        continue;
+      }
+      if (issue.code !== "invalid_type" || issue.expected !== "string") continue;
+      const text = retyped.get(JSON.stringify(path));
+      if (text === undefined || path.length === 0) continue;
+      let parent = raw as Record<PropertyKey, unknown> | undefined;
+      for (const segment of path.slice(0, -1)) {
+        parent = parent?.[segment] as Record<PropertyKey, unknown> | undefined;
+      }
+      if (parent && typeof parent === "object") {
+        parent[path.at(-1)!] = text;
+        changed = true;
+      }
+    }
+  };
+  visit(zodIssues, []);
+  return changed;
 }
 
 function retype(value: string): string | number | boolean {
@@ -618,9 +670,32 @@ function withoutNulls(value: unknown): unknown {
   return value;
 }
 
+/** A path as a file: URL (a space, `#` or `?` in it is escaped, not read as URL syntax). */
+function fileUrl(path: string): URL {
+  const url = new URL("file:///");
+  url.pathname = path;
+  return url;
+}
+
+const URL_SCHEME = /^[a-z][a-z0-9+.-]*:/i;
+
+/**
+ * A file the config names: a path (a space, `#` or `?` is part of the name),
+ * relative to the config's own folder, or a file: URL.
+ */
+function relativeFile(spec: string, configFile: string): string {
+  if (spec.startsWith("file:")) return decodeURIComponent(new URL(spec).pathname);
+  const folder = configFile.slice(0, configFile.lastIndexOf("/"));
+  return normalizedPath(spec.startsWith("/") ? spec : `${folder}/${spec}`);
+}
+
 /** `file` from the working directory, with `.` and `..` resolved (the watcher matches exact paths). */
 function absolutePath(file: string): string {
-  const joined = file.startsWith("/") ? file : `${Deno.cwd()}/${file}`;
+  return normalizedPath(file.startsWith("/") ? file : `${Deno.cwd()}/${file}`);
+}
+
+/** An absolute path with `.`, `..` and repeated slashes resolved. */
+function normalizedPath(joined: string): string {
   const parts: string[] = [];
   for (const part of joined.split("/")) {
     if (part === "" || part === ".") continue;

@@ -272,3 +272,33 @@ Deno.test("undoing a bad edit clears the reload error on /status", async () => {
   );
   assert.equal((await status()).version, 1);
 });
+
+Deno.test("a plugin that failed to load is watched: fixing its file reloads", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(config(upstream.url, "stable"));
+  const plugin = `${gw.config.dir}/late.ts`;
+  await Deno.writeTextFile(plugin, "export default definePlugin(;\n");
+  await gw.config.write(
+    config(upstream.url, "stable").replace(
+      "      - proxy: {}",
+      "      - plugin: ./late.ts\n      - proxy: {}",
+    ),
+  );
+  assert.ok(
+    await waitFor(async () =>
+      (await (await fetch(`${gw.adminUrl}/status`)).json()).last_reload_error !== null
+    ),
+  );
+  const modUrl = new URL("../../mod.ts", import.meta.url).href;
+  await Deno.writeTextFile(
+    plugin,
+    `import { definePlugin } from "${modUrl}";
+import { z } from "zod";
+export default definePlugin({ name: "late", options: z.object({}), create: () => (_ctx, next) => next() });
+`,
+  );
+  assert.ok(
+    await waitFor(async () => (await version(gw.adminUrl)) === 2, 5_000),
+    "fixing the plugin reloads",
+  );
+});
