@@ -199,6 +199,19 @@ export default definePlugin({
       }
       const cost = costOf(ctx);
       if (cost instanceof Response) return cost;
+      // More than a limit allows in a whole window can never pass: no Retry-After would be true.
+      for (let i = 0; i < policy.limits.length; i++) {
+        const limit = policy.limits[i]!.limit;
+        if (cost > limit) {
+          return problem(400, {
+            type: `${PROBLEM_TYPE_BASE}cost-exceeds-limit`,
+            title: "Cost exceeds the limit",
+            detail: `This request costs ${cost}; quota "${
+              policy.names[i]
+            }" allows ${limit} per window, so it can never pass`,
+          });
+        }
+      }
       const decision = await store.window({
         key: clientKey(route.name, clientId) + suffix,
         algorithm: opts.algorithm,

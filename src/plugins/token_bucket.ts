@@ -62,6 +62,11 @@ export default definePlugin({
   }),
   create(opts, { route, gateway, pipeline, position }) {
     const burst = opts.burst ?? Math.max(1, Math.floor(opts.rate.count));
+    if (opts.cost > burst) {
+      throw new Error(
+        `cost ${opts.cost} is more than the bucket holds (burst ${burst}): no request could pass`,
+      );
+    }
     const name = opts.name ?? formatRate(opts.rate.count, opts.rate.periodMs);
     const store = gateway.store;
     const counters = decisionCounters(gateway.metrics, route.name, "token-bucket", [

@@ -183,6 +183,11 @@ Deno.test("cost from a header weights a request; a bad cost is a 400 problem", a
     assert.equal(bad.headers.get("content-type"), "application/problem+json");
   }
   assert.equal((await send(`${gw.url}/api/x`, "k", { "x-cost": "1" })).status, 429);
+  // More than the limit can never pass: a 400 that says so, not a Retry-After that lies.
+  const never = await send(`${gw.url}/api/x`, "k2", { "x-cost": "11" });
+  assert.equal(never.status, 400);
+  assert.equal(JSON.parse(never.body).type, "urn:sluice:problem:cost-exceeds-limit");
+  assert.equal(never.headers.get("retry-after"), null);
 });
 
 Deno.test("shadow mode never rejects, not even when the store is down and on_failure is deny", async () => {

@@ -98,3 +98,19 @@ Deno.test("an unknown argument is a usage error", async () => {
   assert.match(result.stderr, /Unknown argument "--frobnicate"/);
   assert.match(result.stderr, /Usage:/);
 });
+
+Deno.test("--check refuses a token bucket whose cost is more than it holds", async () => {
+  await using config = await tempConfig(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - token-bucket: { rate: 10/s, burst: 3, cost: 5 }
+      - proxy: {}
+`);
+  const result = await runMain(["--check", config.file]);
+  assert.equal(result.code, 1, result.stdout);
+  assert.match(
+    result.stderr,
+    /:5:.* routes\[0\]\.pipeline\[0\]: .*cost 5 is more than the bucket holds/,
+  );
+});
