@@ -3,6 +3,7 @@
  * outcomes, plugins and results: never a client or a key, whose number is
  * unbounded.
  */
+import process from "node:process";
 import client from "prom-client";
 
 const DURATION_BUCKETS = [
@@ -141,9 +142,7 @@ export class Metrics {
     this.storeErrors.inc({ reason: "error" }, 0);
     this.configReloads.inc({ result: "ok" }, 0);
     this.configReloads.inc({ result: "error" }, 0);
-    if (options.processMetrics ?? true) {
-      client.collectDefaultMetrics({ register: registry, prefix: "sluice_" });
-    }
+    if (options.processMetrics ?? true) processMetrics(registers);
   }
 
   #concurrency = new Map<string, () => { inflight: number; queued: number }>();
@@ -162,4 +161,46 @@ export class Metrics {
   get contentType(): string {
     return this.registry.contentType;
   }
+}
+
+/**
+ * The process's CPU, memory and start time, read from Deno when scraped.
+ * (prom-client's default collectors read /proc, which Deno opens only with
+ * --allow-all: under `deno task start` they showed 0.)
+ */
+function processMetrics(registers: client.Registry[]): void {
+  const startSeconds = Math.round(Date.now() / 1000 - performance.now() / 1000);
+  new client.Gauge({
+    name: "sluice_process_cpu_seconds_total",
+    help: "User and system CPU time spent, in seconds.",
+    registers,
+    collect() {
+      const { user, system } = process.cpuUsage();
+      this.set((user + system) / 1e6);
+    },
+  });
+  new client.Gauge({
+    name: "sluice_process_resident_memory_bytes",
+    help: "Resident memory size in bytes.",
+    registers,
+    collect() {
+      this.set(Deno.memoryUsage().rss);
+    },
+  });
+  new client.Gauge({
+    name: "sluice_process_heap_bytes",
+    help: "V8 heap in use, in bytes.",
+    registers,
+    collect() {
+      this.set(Deno.memoryUsage().heapUsed);
+    },
+  });
+  new client.Gauge({
+    name: "sluice_process_start_time_seconds",
+    help: "Start time of the process since the Unix epoch, in seconds.",
+    registers,
+    collect() {
+      this.set(startSeconds);
+    },
+  });
 }
