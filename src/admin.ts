@@ -59,11 +59,65 @@ export function statusDocument(gateway: Gateway): Record<string, unknown> {
   };
 }
 
+const LOOPBACK_NAMES = new Set(["localhost", "127.0.0.1", "[::1]", "::1"]);
+
+function isLoopbackName(name: string): boolean {
+  return LOOPBACK_NAMES.has(name) || /^127\.\d+\.\d+\.\d+$/.test(name);
+}
+
+/** The host of a Host header, without its port, in lower case. */
+function hostOf(header: string | null): string {
+  const value = (header ?? "").toLowerCase();
+  if (value.startsWith("[")) return value.slice(0, value.indexOf("]") + 1);
+  const colon = value.indexOf(":");
+  return colon >= 0 ? value.slice(0, colon) : value;
+}
+
+/**
+ * Why a browser-borne request is refused, or undefined: a page on another
+ * site may post a form to 127.0.0.1, or rebind its own name to it, and the
+ * browser sends no token for it. So a POST from another site is refused, and
+ * a loopback admin listener without a token answers only loopback names.
+ */
+function browserAbuse(request: Request, loopbackOnly: boolean): string | undefined {
+  const host = request.headers.get("host");
+  if (loopbackOnly && !isLoopbackName(hostOf(host))) {
+    return "The admin listener answers only to a loopback Host while it has no token";
+  }
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    if (request.headers.get("sec-fetch-site") === "cross-site") {
+      return "The admin API refuses requests sent by another site";
+    }
+    const origin = request.headers.get("origin");
+    if (origin !== null && origin !== "null") {
+      let originHost: string | undefined;
+      try {
+        originHost = new URL(origin).host.toLowerCase();
+      } catch {
+        originHost = undefined;
+      }
+      if (originHost !== (host ?? "").toLowerCase()) {
+        return "The admin API refuses requests sent by another site";
+      }
+    } else if (origin === "null") {
+      return "The admin API refuses requests sent by another site";
+    }
+  }
+  return undefined;
+}
+
 /** The admin listener's request handler. */
 export function adminHandler(gateway: Gateway): (request: Request) => Promise<Response> {
   return async function admin(request) {
     const url = new URL(request.url);
     const path = url.pathname;
+    const abuse = browserAbuse(
+      request,
+      !gateway.adminToken && isLoopbackName(gateway.pipeline.loaded.config.admin.hostname),
+    );
+    if (abuse) {
+      return problem(403, { type: `${PROBLEM_TYPE_BASE}admin-forbidden`, detail: abuse });
+    }
     if (!OPEN_PATHS.has(path) && !authorized(request, gateway.adminToken)) {
       return problem(401, {
         type: `${PROBLEM_TYPE_BASE}admin-unauthorized`,

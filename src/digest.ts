@@ -20,6 +20,8 @@ export function sha1Hex(text: string): Promise<string> {
 }
 
 const KEY_CACHE_MAX = 10_000;
+/** Longer keys are hashed every time, not remembered: a client must not park megabytes here. */
+const KEY_CACHE_MAX_LENGTH = 256;
 const keyDigests = new Map<string, string>();
 
 /** The SHA-256 hex of an API key if it was hashed lately: no work, no promise. */
@@ -36,5 +38,6 @@ export async function keyDigest(key: string): Promise<string> {
   const known = keyDigests.get(key);
   if (known !== undefined) return known;
   const digest = await sha256Hex(key);
+  if (key.length > KEY_CACHE_MAX_LENGTH) return digest;
   return rememberBounded(keyDigests, key, digest, KEY_CACHE_MAX);
 }

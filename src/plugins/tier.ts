@@ -11,6 +11,9 @@ import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 
 const CACHE_MAX = 50_000;
+/** Unknown keys are remembered apart, fewer and shorter: junk keys must not push out known ones. */
+const MISSES_MAX = 10_000;
+const MISS_TTL_MS = 5_000;
 
 export default definePlugin({
   name: "tier",
@@ -42,12 +45,16 @@ export default definePlugin({
     }
     const keys = gateway.keys;
     const hashes = gateway.keyHashes;
-    const cache = new Map<string, { tier: string | undefined; until: number }>();
+    // Keys found, by digest, oldest first: kept past cache_ttl for a store that fails.
+    const cache = new Map<string, { tier: string; until: number }>();
+    // Keys not found, for a short while.
+    const misses = new Map<string, number>();
 
     async function fromHashes(digest: string): Promise<string | undefined> {
       const now = Date.now();
       const cached = cache.get(digest);
       if (cached && cached.until > now) return cached.tier;
+      if (!cached && (misses.get(digest) ?? 0) > now) return undefined;
       let tier: string | undefined;
       for (const hash of hashes) {
         try {
@@ -59,8 +66,18 @@ export default definePlugin({
         }
         if (tier !== undefined) break;
       }
+      if (tier === undefined) {
+        cache.delete(digest);
+        misses.delete(digest);
+        if (misses.size >= MISSES_MAX) misses.delete(misses.keys().next().value!);
+        misses.set(digest, now + Math.min(options.cache_ttl, MISS_TTL_MS));
+        return undefined;
+      }
+      // A refreshed key moves to the end, so it is the last to go.
+      cache.delete(digest);
       if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value!);
       cache.set(digest, { tier, until: now + options.cache_ttl });
+      misses.delete(digest);
       return tier;
     }
 

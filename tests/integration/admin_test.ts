@@ -59,6 +59,50 @@ Deno.test("/clients/{id} with broken percent-encoding answers 400 problem+json",
   }
 });
 
+Deno.test("the admin API refuses what a browser page on another site could send it", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(upstream.url));
+  const port = Number(new URL(gw.adminUrl).port);
+  // A form posted from another site, with no token configured.
+  const crossSite: Record<string, string>[] = [
+    { origin: "https://evil.example", "content-type": "text/plain" },
+    { "sec-fetch-site": "cross-site" },
+    { origin: "null" },
+  ];
+  for (const headers of crossSite) {
+    const response = await fetch(`${gw.adminUrl}/reload`, { method: "POST", headers });
+    assert.equal(response.status, 403, JSON.stringify(headers));
+    assert.equal(response.headers.get("content-type"), "application/problem+json");
+    await response.body?.cancel();
+  }
+  // A name rebound to 127.0.0.1: the Host is not a loopback name.
+  const raw = async (host: string) => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await conn.write(
+      new TextEncoder().encode(
+        `GET /status HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`,
+      ),
+    );
+    let text = "";
+    const buffer = new Uint8Array(4096);
+    for (let n; (n = await conn.read(buffer)) !== null;) {
+      text += new TextDecoder().decode(buffer.subarray(0, n));
+    }
+    conn.close();
+    return text.split("\r\n")[0];
+  };
+  assert.equal(await raw(`rebind.evil.example:${port}`), "HTTP/1.1 403 Forbidden");
+  assert.equal(await raw(`127.0.0.1:${port}`), "HTTP/1.1 200 OK");
+  assert.equal(await raw("localhost"), "HTTP/1.1 200 OK");
+  // The same site may post.
+  const reload = await fetch(`${gw.adminUrl}/reload`, {
+    method: "POST",
+    headers: { origin: gw.adminUrl },
+  });
+  assert.equal(reload.status, 200);
+  await reload.body?.cancel();
+});
+
 Deno.test("ADMIN_TOKEN from the environment protects the admin API when the file sets none", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   await using gw = await startGateway(yaml(upstream.url), {

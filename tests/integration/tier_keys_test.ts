@@ -112,3 +112,26 @@ redisTest(
     );
   },
 );
+
+redisTest(
+  "an unknown key is remembered only briefly: added to the hash, it works within seconds",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await using gw = await startGateway(
+      yaml(
+        upstream.url,
+        "  - { redis_hash: sluice:keys }",
+        `store: { kind: redis, url: ${redis.url} }\n`,
+      ).replace("cache_ttl: 200ms", "cache_ttl: 1h"),
+    );
+    assert.equal(await policy(gw.url, "new-key"), 401);
+    await redis.cli(["HSET", "sluice:keys", await sha256Hex("new-key"), "gold"]);
+    const started = Date.now();
+    assert.ok(
+      await waitFor(async () => (await policy(gw.url, "new-key")) === `"gold";q=3;w=3600`, 8_000),
+      "the key was not read again",
+    );
+    assert.ok(Date.now() - started < 7_000, `took ${Date.now() - started} ms`);
+  },
+);
