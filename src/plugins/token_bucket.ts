@@ -29,11 +29,17 @@ const LEASE_WINDOW_MS = 10;
 /** How long leased tokens stay spendable; what is left then lapses. */
 const LEASE_TTL_MS = 50;
 const LEASES_MAX = 10_000;
+/** After a lease lapses unspent, no lease for this long, doubling while they keep lapsing. */
+const NO_LEASE_FIRST_MS = 250;
+const NO_LEASE_MAX_MS = 2_000;
 
 interface Lease {
   tokens: number;
   until: number;
   decision: SourcedBucketDecision;
+  /** When it was taken, and the most the store's bucket held just after. */
+  at: number;
+  level: number;
 }
 
 export default definePlugin({
@@ -105,12 +111,45 @@ export default definePlugin({
     // for it and spend from it, instead of each leasing (and wasting) a slice.
     const leasing = new Map<string, Promise<SourcedBucketDecision | undefined>>();
     const noLeaseUntil = new Map<string, number>();
+    // How long the last unspent lease of a bucket stopped leasing.
+    const pauses = new Map<string, number>();
+
+    const perMs = opts.rate.count / opts.rate.periodMs;
 
     function fromLease(key: string, now = Date.now()): SourcedBucketDecision | undefined {
       const lease = leases.get(key);
-      if (!lease || lease.until <= now || lease.tokens < opts.cost) return undefined;
+      if (!lease) return undefined;
+      if (lease.until <= now) {
+        // Lapsed with tokens unspent: this instance sees too few requests to
+        // lease; it asks per request for a while, and wastes none of the bucket.
+        leases.delete(key);
+        if (lease.tokens >= opts.cost) pauseLeasing(key, now);
+        return undefined;
+      }
+      // Leased tokens are still in the bucket, for this instance: the store,
+      // refilling, must not push the two past burst. What the true bucket
+      // would have dropped over its brim leaves the lease (the store's level
+      // is taken at its highest, so this errs on the safe side).
+      const room = burst - (lease.level + (now - lease.at) * perMs);
+      if (lease.tokens > room) lease.tokens = room > 0 ? Math.floor(room) : 0;
+      if (lease.tokens < opts.cost) return undefined;
       lease.tokens -= opts.cost;
+      // Spent to the end: this instance is busy enough to lease.
+      if (lease.tokens < opts.cost && pauses.size > 0) pauses.delete(key);
       return lease.decision;
+    }
+
+    /**
+     * No lease for a while, longer each time in a row: a lease that lapsed
+     * unspent took tokens other instances needed, and a bucket that cannot
+     * spare a slice is near its limit, where a lease is a waste.
+     */
+    function pauseLeasing(key: string, now: number): void {
+      const pause = Math.min(NO_LEASE_MAX_MS, 2 * (pauses.get(key) ?? NO_LEASE_FIRST_MS / 2));
+      if (pauses.size >= LEASES_MAX) pauses.delete(pauses.keys().next().value!);
+      pauses.set(key, pause);
+      if (noLeaseUntil.size >= LEASES_MAX) noLeaseUntil.delete(noLeaseUntil.keys().next().value!);
+      noLeaseUntil.set(key, now + pause);
     }
 
     /** The common case, decided at once: tokens from this instance's lease. */
@@ -143,14 +182,20 @@ export default definePlugin({
       if (batch.allowed && batch.delayMs === 0) {
         if (leases.size >= LEASES_MAX) leases.delete(leases.keys().next().value!);
         noLeaseUntil.delete(key);
-        leases.set(key, { tokens: leaseSize, until: now + LEASE_TTL_MS, decision: batch });
+        leases.set(key, {
+          tokens: leaseSize,
+          until: now + LEASE_TTL_MS,
+          decision: batch,
+          at: now,
+          // `remaining` is rounded down: one more is at least what the bucket held.
+          level: Math.min(burst, batch.remaining + 1),
+        });
         return batch;
       }
       leases.delete(key);
       // Near its limit the bucket cannot spare a slice: ask per request for a while,
       // instead of a failed lease call before each request's own.
-      if (noLeaseUntil.size >= LEASES_MAX) noLeaseUntil.delete(noLeaseUntil.keys().next().value!);
-      noLeaseUntil.set(key, now + LEASE_TTL_MS);
+      pauseLeasing(key, now);
       return batch.source === "deny" ? batch : undefined;
     }
 
