@@ -38,6 +38,8 @@ export class Breaker {
   #failures = new Array<number>(BUCKETS).fill(0);
   #probesStarted = 0;
   #probesPassed = 0;
+  /** When the breaker last half-opened: what started before is no probe. */
+  #halfOpenedAt = 0;
   #onChange: (from: BreakerState, to: BreakerState) => void;
 
   constructor(
@@ -53,6 +55,7 @@ export class Breaker {
   state(now = Date.now()): BreakerState {
     if (this.#state === "open" && now - this.#openedAt >= this.#options.openForMs) {
       this.#move("half-open");
+      this.#halfOpenedAt = now;
       this.#probesStarted = 0;
       this.#probesPassed = 0;
     }
@@ -79,15 +82,25 @@ export class Breaker {
     return true;
   }
 
-  /** Gives back a turn that ended with no outcome (the client hung up). */
-  cancel(): void {
-    if (this.#state === "half-open" && this.#probesStarted > 0) this.#probesStarted--;
+  /**
+   * Gives back a turn that ended with no outcome (the client hung up).
+   * `startedAt` is when the turn was taken: one from before the breaker
+   * half-opened was no probe, and frees none.
+   */
+  cancel(startedAt = Date.now()): void {
+    if (this.#state !== "half-open" || startedAt < this.#halfOpenedAt) return;
+    if (this.#probesStarted > 0) this.#probesStarted--;
   }
 
-  /** Records the outcome of a request that {@linkcode Breaker.acquire} let through. */
-  record(ok: boolean, now = Date.now()): void {
+  /**
+   * Records the outcome of a request that {@linkcode Breaker.acquire} let
+   * through at `startedAt`. While half-open, only the probes' outcomes count:
+   * a request from before (slower than `open_for`) neither closes nor reopens it.
+   */
+  record(ok: boolean, now = Date.now(), startedAt = now): void {
     const state = this.state(now);
     if (state === "half-open") {
+      if (startedAt < this.#halfOpenedAt) return;
       if (!ok) {
         this.#open(now);
       } else if (++this.#probesPassed >= this.#options.probes) {

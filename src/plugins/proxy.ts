@@ -11,6 +11,7 @@ import {
   ClientBodyError,
   type Http1Init,
   IDEMPOTENT_METHODS,
+  isBodyComplete,
   isClientResponse,
 } from "../http1_client.ts";
 import { addGatewayHeaders, seal } from "../response_headers.ts";
@@ -205,17 +206,27 @@ export default definePlugin({
         if (next === undefined) break;
         target = next;
         tried.add(target);
+        const startedAt = Date.now();
         // A second try follows only a refused connect, which read none of the
         // body: it goes as it is, not copied (a copy would hold the whole upload).
         result = await attempt(ctx, target, headers, body);
-        if (isPool) pool.done(target);
+        if (isPool) {
+          // A body still streaming keeps its target busy (least_inflight counts it) until sent.
+          if (result.kind === "response" && !isBodyComplete(result.response)) {
+            const busy = target;
+            const done = () => pool.done(busy);
+            ctx.completed.then(done, done);
+          } else {
+            pool.done(target);
+          }
+        }
         const breaker = breakers?.of(target);
         if (result.kind === "response") {
-          breaker?.record(!breaker.isFailureStatus(result.response.status));
+          breaker?.record(!breaker.isFailureStatus(result.response.status), Date.now(), startedAt);
         } else if (result.kind === "client_closed") {
-          breaker?.cancel();
+          breaker?.cancel(startedAt);
         } else {
-          breaker?.record(false);
+          breaker?.record(false, Date.now(), startedAt);
         }
         const again = retryable && round === 0 && result.kind === "unreachable" &&
           isRefused(result.error);

@@ -228,3 +228,35 @@ Deno.test("upstream.timeout counts from the upload's last byte: a slow upload pa
   assert.equal(stalled.status, 504);
   await stalled.body?.cancel();
 });
+
+Deno.test("least_inflight counts a request until its body is sent, not only until its headers", async () => {
+  const got = { slow: 0, fast: 0 };
+  const streamer = (name: "slow" | "fast", pieceMs: number) =>
+    startUpstream(() => {
+      got[name]++;
+      let sent = 0;
+      return new Response(
+        new ReadableStream({
+          async pull(controller) {
+            if (sent++ === 5) return controller.close();
+            await delay(pieceMs);
+            controller.enqueue(new TextEncoder().encode("x"));
+          },
+        }),
+      );
+    });
+  // Both answer their headers at once; one takes 1.5 s to send its body.
+  await using slow = streamer("slow", 300);
+  await using fast = streamer("fast", 2);
+  await using gw = await startGateway(yaml(
+    `{ targets: [${slow.url}, ${fast.url}], balance: least_inflight, timeout: 5s }`,
+    "concurrency: { max: 1000 }",
+  ));
+  const answers = [];
+  for (let i = 0; i < 30; i++) {
+    answers.push(fetch(`${gw.url}/x`).then((response) => response.text()));
+    await delay(20);
+  }
+  await Promise.all(answers);
+  assert.ok(got.slow <= 3, `the slow target got ${got.slow} of 30 while it was still sending`);
+});
