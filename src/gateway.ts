@@ -155,14 +155,7 @@ export class Gateway {
       build.abort();
       httpClient?.close();
       await store.close();
-      if (error instanceof PipelineBuildError) {
-        throw new ConfigError(
-          loaded.file,
-          [{ path: error.yamlPath, line: error.line, message: error.message }],
-          { cause: error },
-        );
-      }
-      throw error;
+      throw asConfigError(loaded.file, error);
     }
     build.commit();
     const gateway = new Gateway({
@@ -547,6 +540,16 @@ export class Gateway {
   }
 }
 
+/** A plugin that refused to be created, as the config error naming its entry; others as they are. */
+function asConfigError(file: string, error: unknown): unknown {
+  if (!(error instanceof PipelineBuildError)) return error;
+  return new ConfigError(
+    file,
+    [{ path: error.yamlPath, line: error.line, message: error.message }],
+    { cause: error },
+  );
+}
+
 /**
  * Creates every plugin of a loaded config against a memory store, as a start
  * would, and throws {@linkcode ConfigError} for the first that refuses (a
@@ -579,14 +582,7 @@ export async function checkPipelines(loaded: LoadedConfig): Promise<void> {
       log,
     });
   } catch (error) {
-    if (error instanceof PipelineBuildError) {
-      throw new ConfigError(
-        loaded.file,
-        [{ path: error.yamlPath, line: error.line, message: error.message }],
-        { cause: error },
-      );
-    }
-    throw error;
+    throw asConfigError(loaded.file, error);
   } finally {
     build.abort();
     state.clear();
