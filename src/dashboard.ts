@@ -87,6 +87,8 @@ async function tick() {
     document.getElementById("error").textContent = status.last_reload_error
       ? status.last_reload_error.errors.map((e) => (e.line ? "line " + e.line + " " : "") + e.path + ": " + e.message).join("\\n")
       : "";
+    // Everything put into HTML is escaped, whatever the config's validation allows today.
+    const esc = (text) => String(text).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
     const rows = [];
     for (const route of status.routes) {
       const r = per[route.name] ?? { requests: 0, limited: 0, buckets: [] };
@@ -97,13 +99,13 @@ async function tick() {
       (history[route.name] ??= []).push(rate);
       if (history[route.name].length > 60) history[route.name].shift();
       const breaker = route.breaker
-        ? Object.entries(route.breaker).map(([t, s]) => '<span class="' + s + '">' + s + "</span>").join(" ")
+        ? Object.entries(route.breaker).map(([t, s]) => '<span class="' + esc(s) + '">' + esc(s) + "</span>").join(" ")
         : "";
       const fmt = (v) => v === null ? "-" : v.toFixed(1);
-      rows.push("<tr><td>" + route.name + "</td><td>" + route.pipeline.join(" → ") + '</td><td class="num">' +
+      rows.push("<tr><td>" + esc(route.name) + "</td><td>" + esc(route.pipeline.join(" → ")) + '</td><td class="num">' +
         rate.toFixed(1) + '</td><td class="num">' + limitedRate.toFixed(1) + '</td><td class="num">' +
         fmt(quantile(r.buckets, 0.5)) + '</td><td class="num">' + fmt(quantile(r.buckets, 0.99)) +
-        '</td><td><canvas data-route="' + route.name + '" width="320" height="64"></canvas></td><td>' + breaker + "</td></tr>");
+        '</td><td><canvas data-route="' + esc(route.name) + '" width="320" height="64"></canvas></td><td>' + breaker + "</td></tr>");
     }
     document.getElementById("routes").innerHTML = rows.join("");
     for (const canvas of document.querySelectorAll("canvas")) {

@@ -285,17 +285,28 @@ export class Gateway {
     this.#inflight++;
     let routeName = "";
     let response: Response;
+    // Every answer carries the request's id, the gateway's own refusals too.
+    const incomingId = request.headers.get("x-request-id");
+    const requestId = incomingId && REQUEST_ID_RE.test(incomingId)
+      ? incomingId
+      : crypto.randomUUID();
     try {
       let url: URL;
       try {
         url = new URL(request.url);
       } catch {
-        response = problem(400, { detail: "The request URL is not valid" });
+        response = problem(400, {
+          detail: "The request URL is not valid",
+          headers: { "x-request-id": requestId },
+        });
         return response;
       }
       if (request.method === "CONNECT") {
         // A tunnel is not a request an upstream can answer: the gateway opens none.
-        response = problem(501, { detail: "The gateway does not open CONNECT tunnels" });
+        response = problem(501, {
+          detail: "The gateway does not open CONNECT tunnels",
+          headers: { "x-request-id": requestId },
+        });
         return response;
       }
       // `/%70ay` is `/pay`: routes match, and the upstream gets, the path with
@@ -310,14 +321,11 @@ export class Gateway {
           type: `${PROBLEM_TYPE_BASE}no-route`,
           title: "No route",
           detail: `No route matches ${request.method} ${url.pathname}`,
+          headers: { "x-request-id": requestId },
         });
         return response;
       }
       routeName = route.info.name;
-      const incomingId = request.headers.get("x-request-id");
-      const requestId = incomingId && REQUEST_ID_RE.test(incomingId)
-        ? incomingId
-        : crypto.randomUUID();
       const remoteAddr = normalizeIp(remoteAddress);
       const ctx = new Context(
         request,

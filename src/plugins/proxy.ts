@@ -69,7 +69,7 @@ function requestHeaders(ctx: RequestContext, preserveHost: boolean): [string, st
     replace(pairs, "x-forwarded-proto", "http");
   }
   if (!trusted || !incoming.has("x-forwarded-host")) {
-    replace(pairs, "x-forwarded-host", incoming.get("host"));
+    replace(pairs, "x-forwarded-host", incoming.get("host") || null);
   }
   pairs.push(["x-request-id", ctx.requestId]);
   return pairs;

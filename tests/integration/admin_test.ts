@@ -191,6 +191,11 @@ Deno.test("a request no route matches is a 404 problem+json", async () => {
   assert.equal(body.status, 404);
   assert.equal(body.title, "No route");
   assert.match(body.detail, /GET \/elsewhere/);
+  // Its request id, made or passed on, as on every answer.
+  assert.match(response.headers.get("x-request-id")!, /^[0-9a-f-]{36}$/);
+  const passed = await fetch(`${gw.url}/elsewhere`, { headers: { "x-request-id": "req-404" } });
+  await passed.body?.cancel();
+  assert.equal(passed.headers.get("x-request-id"), "req-404");
 });
 
 Deno.test("/ serves the dashboard page, whose script parses", async () => {

@@ -487,6 +487,7 @@ Deno.test("proxy: CONNECT answers 501 problem+json and reaches no upstream", asy
   );
   assert.equal(statusOf(answer), 501);
   assert.equal(single(answer, "content-type"), "application/problem+json");
+  assert.match(single(answer, "x-request-id")!, /^[0-9a-f-]{36}$/);
   assert.equal(calls, 0);
 });
 
