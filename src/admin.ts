@@ -62,7 +62,8 @@ export function statusDocument(gateway: Gateway): Record<string, unknown> {
 const LOOPBACK_NAMES = new Set(["localhost", "127.0.0.1", "[::1]", "::1"]);
 
 function isLoopbackName(name: string): boolean {
-  return LOOPBACK_NAMES.has(name) || /^127\.\d+\.\d+\.\d+$/.test(name);
+  const bare = name.endsWith(".") ? name.slice(0, -1) : name;
+  return LOOPBACK_NAMES.has(bare) || /^127\.\d+\.\d+\.\d+$/.test(bare);
 }
 
 /** The host of a Host header, without its port, in lower case. */
@@ -81,7 +82,8 @@ function hostOf(header: string | null): string {
  */
 function browserAbuse(request: Request, loopbackOnly: boolean): string | undefined {
   const host = request.headers.get("host");
-  if (loopbackOnly && !isLoopbackName(hostOf(host))) {
+  // No Host at all (an HTTP/1.0 health check) is no browser.
+  if (loopbackOnly && host !== null && !isLoopbackName(hostOf(host))) {
     return "The admin listener answers only to a loopback Host while it has no token";
   }
   if (request.method !== "GET" && request.method !== "HEAD") {
@@ -113,7 +115,8 @@ export function adminHandler(gateway: Gateway): (request: Request) => Promise<Re
     const path = url.pathname;
     const abuse = browserAbuse(
       request,
-      !gateway.adminToken && isLoopbackName(gateway.pipeline.loaded.config.admin.hostname),
+      // The address the listener is bound to, not what a reload may have written since.
+      !gateway.adminToken && isLoopbackName(gateway.adminAddr.hostname),
     );
     if (abuse) {
       return problem(403, { type: `${PROBLEM_TYPE_BASE}admin-forbidden`, detail: abuse });

@@ -359,12 +359,12 @@ export class Http1Client {
     // A 205 has no content: its connection is kept only when it says so with Content-Length: 0.
     const bodiless = method === "HEAD" || BODILESS_STATUSES.has(status) || status === 205 ||
       status < 200;
+    init.completeHeaders?.(headers);
     if (status === 205 && length !== 0) {
       detach();
       this.#discard(connection);
       return answer(null, { status, statusText, headers }, true);
     }
-    init.completeHeaders?.(headers);
     const responseInit = { status, statusText, headers };
     if (bodiless || (!chunked && !untilClose && length === 0)) {
       detach();

@@ -51,6 +51,7 @@ function hostName(header: string | null): string {
   return colon >= 0 ? value.slice(0, colon) : value;
 }
 
+const MALFORMED_ESCAPE = /%(?![0-9A-Fa-f]{2})/;
 const UNRESERVED_ESCAPE = /%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])/g;
 
 /**
@@ -60,7 +61,8 @@ const UNRESERVED_ESCAPE = /%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[
  * `%20`, UTF-8) stay as they are.
  */
 export function decodeUnreserved(path: string): string {
-  if (!path.includes("%")) return path;
+  // A % that starts no escape (`%%32e`) would make new escapes once decoded: left as is.
+  if (!path.includes("%") || MALFORMED_ESCAPE.test(path)) return path;
   return path.replace(
     UNRESERVED_ESCAPE,
     (_, hex: string) => String.fromCharCode(parseInt(hex, 16)),

@@ -10,6 +10,10 @@ Deno.test("decodeUnreserved decodes escaped letters, digits and -._~ only", () =
     assert.equal(decodeUnreserved(path), path);
   }
   assert.equal(decodeUnreserved("/plain/path"), "/plain/path");
+  // A lone % would let a decoded digit make a new escape (%%32e -> %2e -> ..): left alone.
+  for (const path of ["/files/%%32e%%32e/admin", "/a%%32Fb", "/100%/%70"]) {
+    assert.equal(decodeUnreserved(path), path);
+  }
 });
 
 Deno.test("a path prefix matches on segment boundaries", () => {

@@ -57,7 +57,8 @@ const httpUrl = z.string().refine((text) => {
   }
 }, {
   error: (issue) => `Invalid upstream URL "${issue.input}": write http://host:port or https://host`,
-});
+  // Characters outside ASCII are written percent-encoded (and a host in punycode), as they go on the wire.
+}).transform((text) => /[^\x20-\x7e]/.test(text) ? new URL(text).href : text);
 
 const redisUrl = z.string().refine((text) => {
   if (text === "") return true;

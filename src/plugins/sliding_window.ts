@@ -197,10 +197,14 @@ export default definePlugin({
       if (!policy) {
         throw new Error(`No limits for tier "${ctx.tier}" on route "${route.name}"`);
       }
-      const cost = costOf(ctx);
-      if (cost instanceof Response) return cost;
+      // Shadow mode never refuses: a bad cost header counts as 1 there.
+      let cost = costOf(ctx);
+      if (cost instanceof Response) {
+        if (!opts.shadow) return cost;
+        cost = 1;
+      }
       // More than a limit allows in a whole window can never pass: no Retry-After would be true.
-      for (let i = 0; i < policy.limits.length; i++) {
+      for (let i = 0; i < policy.limits.length && !opts.shadow; i++) {
         const limit = policy.limits[i]!.limit;
         if (cost > limit) {
           return problem(400, {

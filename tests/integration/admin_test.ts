@@ -94,6 +94,14 @@ Deno.test("the admin API refuses what a browser page on another site could send 
   assert.equal(await raw(`rebind.evil.example:${port}`), "HTTP/1.1 403 Forbidden");
   assert.equal(await raw(`127.0.0.1:${port}`), "HTTP/1.1 200 OK");
   assert.equal(await raw("localhost"), "HTTP/1.1 200 OK");
+  assert.equal(await raw("localhost."), "HTTP/1.1 200 OK");
+  // An HTTP/1.0 health check sends no Host: no browser does that.
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode("GET /health HTTP/1.0\r\n\r\n"));
+  const buffer = new Uint8Array(1024);
+  const n = await conn.read(buffer);
+  conn.close();
+  assert.match(new TextDecoder().decode(buffer.subarray(0, n ?? 0)), /^HTTP\/1\.[01] 200/);
   // The same site may post.
   const reload = await fetch(`${gw.adminUrl}/reload`, {
     method: "POST",

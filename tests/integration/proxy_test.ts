@@ -1415,6 +1415,20 @@ function hasPython(): boolean {
   }
 }
 
+Deno.test("proxy: a 205 carries the gateway's headers, and an upstream path outside ASCII goes percent-encoded", async () => {
+  const seen: string[] = [];
+  await using upstream = startUpstream((request) => {
+    seen.push(request.url.slice(request.url.indexOf("/", "http://".length)));
+    return new Response(null, { status: 205 });
+  });
+  await using gw = await startGateway(proxyOnly(`${upstream.url}/v1/日本`));
+  const response = await fetch(`${gw.url}/x`, { headers: { "x-request-id": "req-205" } });
+  await response.body?.cancel();
+  assert.equal(response.status, 205);
+  assert.equal(response.headers.get("x-request-id"), "req-205");
+  assert.deepEqual(seen, ["/v1/%E6%97%A5%E6%9C%AC/x"]);
+});
+
 Deno.test("proxy: a gzip response reaches the client byte for byte with its Content-Encoding", async () => {
   const text = "sluice keeps the upstream's bytes. ".repeat(2_000);
   const gzipped = new Uint8Array(

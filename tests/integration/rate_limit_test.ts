@@ -232,6 +232,18 @@ Deno.test("two limit steps of one kind in a route count apart", async () => {
   assert.match(answers[2]!.headers.get("ratelimit")!, /"slow";r=0;.*"100\/s";r=9[0-9];/);
 });
 
+Deno.test("shadow mode never rejects a cost it would refuse: above the limit, or a bad header", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limit: 5, window: 1h, cost: header:x-cost, shadow: true }`,
+  ));
+  for (const cost of ["6", "", "0", "abc"]) {
+    assert.equal((await send(`${gw.url}/api/x`, "k", { "x-cost": cost })).status, 200, cost);
+  }
+});
+
 Deno.test("shadow mode counts and reports but never rejects", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   await using gw = await startGateway(yaml(
