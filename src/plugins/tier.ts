@@ -9,6 +9,7 @@ import { duration } from "../config/schema.ts";
 import { keyDigest } from "../digest.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import { clientIdOf } from "./_limit.ts";
 
 const CACHE_MAX = 50_000;
 /** Unknown keys are remembered apart, fewer and shorter: junk keys must not push out known ones. */
@@ -86,6 +87,8 @@ export default definePlugin({
       const client = ctx.client;
       if (!client?.key) {
         ctx.tier = options.default;
+        // /clients/{id} shows the tier, on a route with no limit step too.
+        gateway.clients.seen(clientIdOf(ctx), ctx.tier);
         return next();
       }
       return decide(ctx, client.key).then((answer) => answer ?? next());
@@ -107,6 +110,7 @@ export default definePlugin({
         name = options.unknown_key;
       }
       ctx.tier = name;
+      gateway.clients.seen(clientIdOf(ctx), name);
       return undefined;
     }
   },

@@ -301,6 +301,19 @@ Deno.test("/clients/{id} shows limit, remaining, reset and tier per route", asyn
   assert.doesNotMatch(text, /paid-key/);
 });
 
+Deno.test("/clients/{id} shows the tier on a route with a tier step and no limit", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [header:x-api-key, ip] }
+      - tier: { default: free, unknown_key: reject }`,
+  ));
+  assert.equal((await send(`${gw.url}/api/x`, "paid-key")).status, 200);
+  const id = `key:${(await sha256Hex("paid-key")).slice(0, 16)}`;
+  const report = await (await fetch(`${gw.adminUrl}/clients/${id}`)).json();
+  assert.equal(report.tier, "paid");
+});
+
 Deno.test("a bad tier reference is a config error at its line", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   await assert.rejects(
