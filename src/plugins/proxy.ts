@@ -115,7 +115,7 @@ function isConnectionError(error: unknown): boolean {
 export default definePlugin({
   name: "proxy",
   options: z.strictObject({}),
-  create(_options, { route, gateway, log }) {
+  create(_options, { route, gateway, log, keep }) {
     const upstream = route.upstream;
     if (!upstream) {
       throw new Error(`Cannot create proxy for route "${route.name}": it has no upstream`);
@@ -134,7 +134,16 @@ export default definePlugin({
     const stripPrefix = route.stripPrefix ? route.pathPrefix : undefined;
     const preserveHost = route.preserveHost;
     const timeoutMs = upstream.timeoutMs;
-    const pool = new TargetPool(upstream.targets, upstream.balance);
+    // A pool's in-flight counts outlive a reload (requests started before it
+    // still end against them), for as long as its targets and balance stay.
+    const pools = keep(() => new Map<string, TargetPool>());
+    const poolKey = `${upstream.balance} ${upstream.targets.join(" ")}`;
+    let pool = pools.get(poolKey);
+    if (!pool) {
+      pools.clear();
+      pool = new TargetPool(upstream.targets, upstream.balance);
+      pools.set(poolKey, pool);
+    }
     const isPool = upstream.targets.length > 1;
 
     /** One try against one target, until its response headers. */

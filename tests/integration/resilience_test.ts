@@ -260,3 +260,48 @@ Deno.test("least_inflight counts a request until its body is sent, not only unti
   await Promise.all(answers);
   assert.ok(got.slow <= 3, `the slow target got ${got.slow} of 30 while it was still sending`);
 });
+
+Deno.test("least_inflight keeps its counts across a reload: a target still streaming stays busy", async () => {
+  const got = { slow: 0, fast: 0 };
+  const release = Promise.withResolvers<void>();
+  await using slow = startUpstream(() => {
+    got.slow++;
+    return new Response(
+      new ReadableStream({
+        async start(controller) {
+          controller.enqueue(new TextEncoder().encode("x"));
+          await release.promise;
+          controller.close();
+        },
+      }),
+    );
+  });
+  await using fast = startUpstream(() => {
+    got.fast++;
+    return new Response("ok");
+  });
+  const upstream = `{ targets: [${slow.url}, ${fast.url}], balance: least_inflight }`;
+  await using gw = await startGateway(yaml(upstream, "concurrency: { max: 1000 }"));
+  const streaming = await fetch(`${gw.url}/long`);
+  const reader = streaming.body!.getReader();
+  try {
+    assert.equal(got.slow, 1);
+    await reader.read();
+    await gw.config.write(yaml(upstream, "concurrency: { max: 999 }"));
+    assert.ok(
+      await waitFor(async () =>
+        (await (await fetch(`${gw.adminUrl}/status`)).json()).version === 2
+      ),
+    );
+    const answers = [];
+    for (let i = 0; i < 4; i++) {
+      const response = await fetch(`${gw.url}/x`);
+      answers.push(response.status);
+      await response.body?.cancel();
+    }
+    assert.deepEqual(got, { slow: 1, fast: 4 }, `answers ${answers}`);
+  } finally {
+    release.resolve();
+    await reader.cancel().catch(() => {});
+  }
+});
