@@ -1,4 +1,5 @@
 /** Recent clients and their tiers, bounded, for `/clients/{id}`. */
+import { rememberBounded } from "./bounded_map.ts";
 import type { ClientDirectory } from "./plugin.ts";
 
 /** A bounded least-recently-seen map of client id -> tier. */
@@ -14,8 +15,7 @@ export class RecentClients implements ClientDirectory {
     const known = this.#tiers.get(clientId);
     if (known === tier && this.#tiers.has(clientId)) return;
     this.#tiers.delete(clientId);
-    if (this.#tiers.size >= this.#max) this.#tiers.delete(this.#tiers.keys().next().value!);
-    this.#tiers.set(clientId, tier);
+    rememberBounded(this.#tiers, clientId, tier, this.#max);
   }
 
   tierOf(clientId: string): string | undefined {

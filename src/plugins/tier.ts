@@ -6,6 +6,7 @@
  */
 import { z } from "zod";
 import { duration } from "../config/schema.ts";
+import { rememberBounded } from "../bounded_map.ts";
 import { keyDigest } from "../digest.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
@@ -70,14 +71,12 @@ export default definePlugin({
       if (tier === undefined) {
         cache.delete(digest);
         misses.delete(digest);
-        if (misses.size >= MISSES_MAX) misses.delete(misses.keys().next().value!);
-        misses.set(digest, now + Math.min(options.cache_ttl, MISS_TTL_MS));
+        rememberBounded(misses, digest, now + Math.min(options.cache_ttl, MISS_TTL_MS), MISSES_MAX);
         return undefined;
       }
       // A refreshed key moves to the end, so it is the last to go.
       cache.delete(digest);
-      if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value!);
-      cache.set(digest, { tier, until: now + options.cache_ttl });
+      rememberBounded(cache, digest, { tier, until: now + options.cache_ttl }, CACHE_MAX);
       misses.delete(digest);
       return tier;
     }

@@ -8,6 +8,7 @@
  */
 import { z } from "zod";
 import { abortableDelay } from "../abortable_delay.ts";
+import { rememberBounded } from "../bounded_map.ts";
 import { duration, rate } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 import { PROBLEM_TYPE_BASE } from "../problem.ts";
@@ -146,10 +147,8 @@ export default definePlugin({
      */
     function pauseLeasing(key: string, now: number): void {
       const pause = Math.min(NO_LEASE_MAX_MS, 2 * (pauses.get(key) ?? NO_LEASE_FIRST_MS / 2));
-      if (pauses.size >= LEASES_MAX) pauses.delete(pauses.keys().next().value!);
-      pauses.set(key, pause);
-      if (noLeaseUntil.size >= LEASES_MAX) noLeaseUntil.delete(noLeaseUntil.keys().next().value!);
-      noLeaseUntil.set(key, now + pause);
+      rememberBounded(pauses, key, pause, LEASES_MAX);
+      rememberBounded(noLeaseUntil, key, now + pause, LEASES_MAX);
     }
 
     /** The common case, decided at once: tokens from this instance's lease. */
@@ -180,16 +179,15 @@ export default definePlugin({
       const now = Date.now();
       const batch = await store.bucket({ ...query(key, opts.cost + leaseSize), maxDelayMs: 0 });
       if (batch.allowed && batch.delayMs === 0) {
-        if (leases.size >= LEASES_MAX) leases.delete(leases.keys().next().value!);
         noLeaseUntil.delete(key);
-        leases.set(key, {
+        rememberBounded(leases, key, {
           tokens: leaseSize,
           until: now + LEASE_TTL_MS,
           decision: batch,
           at: now,
           // `remaining` is rounded down: one more is at least what the bucket held.
           level: Math.min(burst, batch.remaining + 1),
-        });
+        }, LEASES_MAX);
         return batch;
       }
       leases.delete(key);
