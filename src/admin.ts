@@ -5,6 +5,7 @@
 import type { Gateway } from "./gateway.ts";
 import { problem, PROBLEM_TYPE_BASE } from "./problem.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
+import { hostName } from "./router.ts";
 
 // The dashboard page itself is open: it asks for the token and sends it with its own calls.
 const OPEN_PATHS = new Set(["/health", "/ready", "/"]);
@@ -66,14 +67,6 @@ function isLoopbackName(name: string): boolean {
   return LOOPBACK_NAMES.has(bare) || /^127\.\d+\.\d+\.\d+$/.test(bare);
 }
 
-/** The host of a Host header, without its port, in lower case. */
-function hostOf(header: string | null): string {
-  const value = (header ?? "").toLowerCase();
-  if (value.startsWith("[")) return value.slice(0, value.indexOf("]") + 1);
-  const colon = value.indexOf(":");
-  return colon >= 0 ? value.slice(0, colon) : value;
-}
-
 /**
  * Why a browser-borne request is refused, or undefined: a page on another
  * site may post a form to 127.0.0.1, or rebind its own name to it, and the
@@ -83,25 +76,19 @@ function hostOf(header: string | null): string {
 function browserAbuse(request: Request, loopbackOnly: boolean): string | undefined {
   const host = request.headers.get("host");
   // No Host at all (an HTTP/1.0 health check) is no browser.
-  if (loopbackOnly && host !== null && !isLoopbackName(hostOf(host))) {
+  if (loopbackOnly && host !== null && !isLoopbackName(hostName(host))) {
     return "The admin listener answers only to a loopback Host while it has no token";
   }
   if (request.method !== "GET" && request.method !== "HEAD") {
     if (request.headers.get("sec-fetch-site") === "cross-site") {
       return "The admin API refuses requests sent by another site";
     }
+    // An opaque origin ("null") or another site's: not this listener's own page.
     const origin = request.headers.get("origin");
-    if (origin !== null && origin !== "null") {
-      let originHost: string | undefined;
-      try {
-        originHost = new URL(origin).host.toLowerCase();
-      } catch {
-        originHost = undefined;
-      }
-      if (originHost !== (host ?? "").toLowerCase()) {
-        return "The admin API refuses requests sent by another site";
-      }
-    } else if (origin === "null") {
+    if (
+      origin !== null &&
+      (!URL.canParse(origin) || new URL(origin).host !== (host ?? "").toLowerCase())
+    ) {
       return "The admin API refuses requests sent by another site";
     }
   }

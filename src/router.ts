@@ -40,7 +40,8 @@ export function compileMatch(spec: MatchSpec): RouteMatcher {
   };
 }
 
-function hostName(header: string | null): string {
+/** The host of a Host header, in lower case, without its port (`[::1]` keeps its brackets). */
+export function hostName(header: string | null): string {
   if (!header) return "";
   const value = header.toLowerCase();
   if (value.startsWith("[")) {
