@@ -346,13 +346,15 @@ async function resolveEntry(
         "Expected the path of a plugin module, such as ./plugins/examples/request_id.ts",
       );
     }
+    // A local file, or undefined for another URL (refused below).
+    const path = URL_SCHEME.test(spec) && !spec.startsWith("file:")
+      ? undefined
+      : relativeFile(spec, configFile);
     // Watched even when it fails to load: fixing it reloads.
-    if (!URL_SCHEME.test(spec) || spec.startsWith("file:")) {
-      files.add(relativeFile(spec, configFile));
-    }
+    if (path !== undefined) files.add(path);
     const loaded = await importPlugin(
       spec,
-      configFile,
+      path,
       options.pluginImportTimeoutMs ?? PLUGIN_IMPORT_TIMEOUT_MS,
     );
     if ("error" in loaded) return fail([...at, "plugin"], loaded.error);
@@ -418,16 +420,15 @@ const moduleCache = new Map<string, PluginDefinition>();
 /** True inside a binary made by `deno compile`. */
 const COMPILED = import.meta.url.includes("/deno-compile-");
 
-/** Imports a custom plugin module, fresh whenever its source changed. */
+/** Imports the custom plugin at `path` (undefined: `spec` is not a local file), fresh whenever its source changed. */
 async function importPlugin(
   spec: string,
-  configFile: string,
+  path: string | undefined,
   timeoutMs: number,
 ): Promise<LoadedPlugin | { error: string }> {
-  if (URL_SCHEME.test(spec) && !spec.startsWith("file:")) {
+  if (path === undefined) {
     return { error: `Cannot load plugin "${spec}": only local files can be plugins` };
   }
-  const path = relativeFile(spec, configFile);
   const url = fileUrl(path);
   let source: string;
   try {
