@@ -170,37 +170,31 @@ export class Metrics {
  */
 function processMetrics(registers: client.Registry[]): void {
   const startSeconds = Math.round(Date.now() / 1000 - performance.now() / 1000);
-  new client.Gauge({
-    name: "sluice_process_cpu_seconds_total",
-    help: "User and system CPU time spent, in seconds.",
-    registers,
-    collect() {
+  const gauges: [name: string, help: string, read: () => number][] = [
+    ["sluice_process_cpu_seconds_total", "User and system CPU time spent, in seconds.", () => {
       const { user, system } = process.cpuUsage();
-      this.set((user + system) / 1e6);
-    },
-  });
-  new client.Gauge({
-    name: "sluice_process_resident_memory_bytes",
-    help: "Resident memory size in bytes.",
-    registers,
-    collect() {
-      this.set(Deno.memoryUsage().rss);
-    },
-  });
-  new client.Gauge({
-    name: "sluice_process_heap_bytes",
-    help: "V8 heap in use, in bytes.",
-    registers,
-    collect() {
-      this.set(Deno.memoryUsage().heapUsed);
-    },
-  });
-  new client.Gauge({
-    name: "sluice_process_start_time_seconds",
-    help: "Start time of the process since the Unix epoch, in seconds.",
-    registers,
-    collect() {
-      this.set(startSeconds);
-    },
-  });
+      return (user + system) / 1e6;
+    }],
+    [
+      "sluice_process_resident_memory_bytes",
+      "Resident memory size in bytes.",
+      () => Deno.memoryUsage().rss,
+    ],
+    ["sluice_process_heap_bytes", "V8 heap in use, in bytes.", () => Deno.memoryUsage().heapUsed],
+    [
+      "sluice_process_start_time_seconds",
+      "Start time of the process since the Unix epoch, in seconds.",
+      () => startSeconds,
+    ],
+  ];
+  for (const [name, help, read] of gauges) {
+    new client.Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        this.set(read());
+      },
+    });
+  }
 }
