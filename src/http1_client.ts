@@ -360,12 +360,12 @@ export class Http1Client {
     const bodiless = method === "HEAD" || BODILESS_STATUSES.has(status) || status === 205 ||
       status < 200;
     init.completeHeaders?.(headers);
+    const responseInit = { status, statusText, headers };
     if (status === 205 && length !== 0) {
       detach();
       this.#discard(connection);
-      return answer(null, { status, statusText, headers }, true);
+      return answer(null, responseInit, true);
     }
-    const responseInit = { status, statusText, headers };
     if (bodiless || (!chunked && !untilClose && length === 0)) {
       detach();
       this.#release(connection, close);
