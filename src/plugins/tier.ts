@@ -107,6 +107,11 @@ export default definePlugin({
           });
         }
         name = options.unknown_key;
+        // A key nobody knows names nobody: it is counted as its address, as if
+        // it had sent no key. Counted as itself, every made-up key would bring
+        // a fresh quota.
+        const client = ctx.client!;
+        ctx.client = { id: `ip:${client.ip}`, kind: "ip", key: client.key, ip: client.ip };
       }
       ctx.tier = name;
       gateway.clients.seen(clientIdOf(ctx), name);

@@ -116,6 +116,22 @@ Deno.test("tiers: each key gets its tier's limit, unknown keys are rejected, ano
   assert.equal(paid.headers.get("ratelimit-policy"), `"paid";q=5;w=60`);
 });
 
+Deno.test("unknown_key: <tier> counts unknown keys as their address: a made-up key brings no fresh quota", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    TIERED.replace("unknown_key: reject", "unknown_key: free"),
+  ));
+  const statuses = [];
+  for (let i = 0; i < 3; i++) statuses.push((await send(`${gw.url}/api/x`)).status);
+  for (const key of ["made-up-1", "made-up-2"]) {
+    statuses.push((await send(`${gw.url}/api/x`, key)).status);
+  }
+  assert.deepEqual(statuses, [200, 200, 200, 429, 429]);
+  // A known key still has its own quota.
+  assert.equal((await send(`${gw.url}/api/x`, "paid-key")).status, 200);
+});
+
 Deno.test("one route's traffic never spends another's quota", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   await using gw = await startGateway(yaml(upstream.url, TIERED));
