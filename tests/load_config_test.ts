@@ -346,3 +346,25 @@ export default definePlugin({ name: "noop", options: z.object({}), create: () =>
   assert.deepEqual(loaded.routes[0]!.pipeline.map((entry) => entry.name), ["noop", "proxy"]);
   assert.deepEqual([...loaded.pluginFiles].sort(), [`${folder}/keys.yaml`, `${folder}/noop.ts`]);
 });
+
+Deno.test("a tier or policy name outside printable ASCII is an error at its line (the RateLimit headers could not carry it)", async () => {
+  const issues = await issuesOf(`tiers:
+  "basic–plan": { limit: 5, window: 1m }
+  fine: { limit: 5, window: 1m }
+routes:
+  - name: api
+    match: { path_prefix: / }
+    upstream: { url: "http://127.0.0.1:9" }
+    pipeline:
+      - identify: {}
+      - sliding-window: { limit: 2, window: 1m, name: "prämie" }
+      - token-bucket: { rate: 5/s, name: "bucket\u0007" }
+      - proxy: {}
+`);
+  assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [
+    ["tiers.basic–plan", 2],
+    ["routes[0].pipeline[1].sliding-window.name", 10],
+    ["routes[0].pipeline[2].token-bucket.name", 11],
+  ]);
+  for (const issue of issues) assert.match(issue.message, /printable ASCII/);
+});

@@ -530,6 +530,15 @@ function zodIssues(
       }
       continue;
     }
+    if (issue.code === "invalid_key" && issue.issues.length > 0) {
+      // A key of a map (a tier's name) failed its own check: say which check.
+      out.push({
+        ...locate(segments, true),
+        path: formatPath(segments),
+        message: issue.issues[0]!.message,
+      });
+      continue;
+    }
     if (issue.code === "invalid_union" && issue.errors.length > 0) {
       out.push({ ...locate(segments), path: formatPath(segments), message: issue.message });
       continue;

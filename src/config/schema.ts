@@ -140,6 +140,16 @@ const routeSchema = z.strictObject({
   pipeline: z.array(pipelineEntrySchema).default([]),
 });
 
+/**
+ * A quota policy's name (a tier, or a limit step's `name`): printable ASCII,
+ * as the RateLimit headers' quoted strings (RFC 9651) require.
+ */
+export function policyName() {
+  return z.string().min(1).regex(/^[\x20-\x7e]+$/, {
+    error: "A policy name must be printable ASCII: it is written into the RateLimit headers",
+  });
+}
+
 /** The whole config file. */
 export const configSchema = z.strictObject({
   listen: z.strictObject({
@@ -163,7 +173,7 @@ export const configSchema = z.strictObject({
     grace: duration().default(10_000),
   }).default({ grace: 10_000 }),
   trusted_proxies: z.array(cidr).default([]),
-  tiers: z.record(z.string(), tierSchema).default({}),
+  tiers: z.record(policyName(), tierSchema).default({}),
   keys: z.array(keyEntrySchema).default([]),
   routes: z.array(routeSchema).default([]),
 });

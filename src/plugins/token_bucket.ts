@@ -9,7 +9,7 @@
 import { z } from "zod";
 import { abortableDelay } from "../abortable_delay.ts";
 import { rememberBounded } from "../bounded_map.ts";
-import { duration, rate } from "../config/schema.ts";
+import { duration, policyName, rate } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 import { PROBLEM_TYPE_BASE } from "../problem.ts";
 import { type PolicyReport, toSeconds } from "../ratelimit_headers.ts";
@@ -56,7 +56,7 @@ export default definePlugin({
     scope: z.enum(["route", "client"]).default("route"),
     cost: z.number().int().min(1).default(1),
     headers: z.enum(["none", "legacy", "ietf", "both"]).default("both"),
-    name: z.string().min(1).optional(),
+    name: policyName().optional(),
   }).superRefine((value, ctx) => {
     // The quota in the rate-limit headers is a whole number (an sf-integer).
     if (!Number.isInteger(value.rate.count)) {
