@@ -36,8 +36,9 @@ for i = 1, n do
     allowed = 0
     local wait = (bucket + 1) * window - now
     if cost > limit then wait = window end
+    -- The violated limit named in the answer is the one that sets the wait.
+    if violated == 0 or wait > retry then violated = i end
     if wait > retry then retry = wait end
-    if violated == 0 then violated = i end
   end
 end
 

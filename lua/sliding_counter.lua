@@ -47,8 +47,9 @@ for i = 1, n do
       end
       if wait < 1 then wait = 1 end
     end
+    -- The violated limit named in the answer is the one that sets the wait.
+    if violated == 0 or wait > retry then violated = i end
     if wait > retry then retry = wait end
-    if violated == 0 then violated = i end
   end
 end
 

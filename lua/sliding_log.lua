@@ -41,8 +41,9 @@ for i = 1, n do
       local entry = redis.call('ZRANGE', key, count + cost - limit - 1, count + cost - limit - 1, 'WITHSCORES')
       wait = tonumber(entry[2]) + window - now
     end
+    -- The violated limit named in the answer is the one that sets the wait.
+    if violated == 0 or wait > retry then violated = i end
     if wait > retry then retry = wait end
-    if violated == 0 then violated = i end
   end
 end
 

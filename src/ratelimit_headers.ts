@@ -38,10 +38,20 @@ export interface RateLimitHeaderSet {
   mode: HeaderMode;
 }
 
-/** The report the legacy headers show: the one with the least left (the first of equals). */
+/**
+ * The report the legacy headers show: the one with the least left; of equals,
+ * the one that resets last (when none is left, that is when a request passes).
+ */
 function tightest(reports: readonly PolicyReport[]): PolicyReport {
   let least = reports[0]!;
-  for (const report of reports) if (report.remaining < least.remaining) least = report;
+  for (const report of reports) {
+    if (
+      report.remaining < least.remaining ||
+      (report.remaining === least.remaining && report.resetSeconds > least.resetSeconds)
+    ) {
+      least = report;
+    }
+  }
   return least;
 }
 
@@ -109,6 +119,9 @@ export function appendRateLimitHeaders(
   for (const [name, value] of pairs) {
     if (name === "x-ratelimit-remaining") {
       legacyRemaining = Number(value);
+      upstreamLegacy = true;
+    } else if (name === "x-ratelimit-limit" || name === "x-ratelimit-reset") {
+      // An upstream's partial trio is replaced whole, never merged with the gateway's.
       upstreamLegacy = true;
     }
   }

@@ -5,7 +5,7 @@
  * aligned to the store's clock.
  */
 import { z } from "zod";
-import { duration, rate } from "../config/schema.ts";
+import { duration, policyName, rate } from "../config/schema.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { type PolicyReport, toSeconds } from "../ratelimit_headers.ts";
@@ -41,7 +41,7 @@ const options = z.strictObject({
   shadow: z.boolean().default(false),
   headers: z.enum(["none", "legacy", "ietf", "both"]).default("both"),
   /** The policy name in the headers; defaults to the tier name or the limit written as N/window. */
-  name: z.string().min(1).optional(),
+  name: policyName().optional(),
 }).superRefine((value, ctx) => {
   const hasLimit = value.limit !== undefined;
   const hasLimits = value.limits !== undefined;
@@ -114,7 +114,12 @@ export default definePlugin({
         name: opts.name ??
           opts.limits.map((l) => formatRate(l.count, l.periodMs)).join(","),
         limits: opts.limits.map((l) => ({ limit: l.count, windowMs: l.periodMs })),
-        names: opts.limits.map((l) => opts.name ?? formatRate(l.count, l.periodMs)),
+        // Each policy needs its own name: the name ties a RateLimit item to its policy.
+        names: opts.limits.map((l) => {
+          const rate = formatRate(l.count, l.periodMs);
+          if (opts.name === undefined) return rate;
+          return opts.limits!.length === 1 ? opts.name : `${opts.name}-${rate}`;
+        }),
       }
       : typeof opts.limit === "number"
       ? {

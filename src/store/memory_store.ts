@@ -150,8 +150,9 @@ export class MemoryStore implements Store {
         allowed = false;
         let wait = windowMs;
         if (cost <= limit) wait = unitTime(entry!, count + cost - limit - 1) + windowMs - now;
+        // The violated limit named in the answer is the one that sets the wait.
+        if (violated < 0 || wait > retry) violated = i;
         if (wait > retry) retry = wait;
-        if (violated < 0) violated = i;
       }
     }
     // Limits with the same window share one log: the request is logged in it once.
@@ -216,8 +217,9 @@ export class MemoryStore implements Store {
           }
           if (wait < 1) wait = 1;
         }
+        // The violated limit named in the answer is the one that sets the wait.
+        if (violated < 0 || wait > retry) violated = i;
         if (wait > retry) retry = wait;
-        if (violated < 0) violated = i;
       }
       return { key, bucket, r, curr, prev };
     });
@@ -258,8 +260,9 @@ export class MemoryStore implements Store {
       if (count + cost > limit) {
         allowed = false;
         const wait = cost > limit ? windowMs : (bucket + 1) * windowMs - now;
+        // The violated limit named in the answer is the one that sets the wait.
+        if (violated < 0 || wait > retry) violated = i;
         if (wait > retry) retry = wait;
-        if (violated < 0) violated = i;
       }
       return { key, bucket, count };
     });

@@ -39,7 +39,7 @@ export interface WindowDecision {
   readonly allowed: boolean;
   /** When denied: milliseconds until the same request would pass. */
   readonly retryAfterMs: number;
-  /** When denied: the index of the first limit that refused, else -1. */
+  /** When denied: the index of the limit that refused with the longest wait (the first of equals), else -1. */
   readonly violated: number;
   /** One per limit, in order. */
   readonly states: readonly LimitState[];

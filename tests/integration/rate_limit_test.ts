@@ -180,6 +180,42 @@ Deno.test("several limits are decided together and a request denied by one consu
   assert.match(denied.headers.get("ratelimit")!, /"3\/h";r=1;/);
 });
 
+for (const algorithm of ["log", "counter", "fixed"]) {
+  Deno.test(`${algorithm}: of several limits spent, the answer names the one that sets the wait`, async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using gw = await startGateway(yaml(
+      upstream.url,
+      `      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limits: [2/s, 2/h], algorithm: ${algorithm} }`,
+    ));
+    await send(`${gw.url}/api/x`, "k");
+    const second = await send(`${gw.url}/api/x`, "k");
+    // Both are spent: the legacy headers show the hourly one, which resets last.
+    assert.equal(second.headers.get("x-ratelimit-limit"), "2");
+    assert.ok(Number(second.headers.get("x-ratelimit-reset")) > 60);
+    const denied = await send(`${gw.url}/api/x`, "k");
+    assert.equal(denied.status, 429);
+    assert.ok(Number(denied.headers.get("retry-after")) > 60);
+    assert.equal(JSON.parse(denied.body).policy, "2/h");
+    assert.ok(Number(denied.headers.get("x-ratelimit-reset")) > 60);
+  });
+}
+
+Deno.test("a name given to several limits names each apart: the name ties a RateLimit item to its policy", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [ip] }
+      - sliding-window: { limits: [2/s, 100/h], name: api }`,
+  ));
+  const answer = await send(`${gw.url}/api/x`);
+  assert.equal(
+    answer.headers.get("ratelimit-policy"),
+    `"api-2/s";q=2;w=1, "api-100/h";q=100;w=3600`,
+  );
+  assert.match(answer.headers.get("ratelimit")!, /^"api-2\/s";r=1;t=1, "api-100\/h";r=99;t=\d+$/);
+});
+
 Deno.test("cost from a header weights a request; a bad cost is a 400 problem", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   await using gw = await startGateway(yaml(
@@ -398,4 +434,19 @@ Deno.test("a plugin that answers itself behind a limit gets the limit's headers 
   assert.equal(answer.headers.get("ratelimit-policy"), `"3/h";q=3;w=3600`);
   assert.equal(answer.headers.get("x-ratelimit-remaining"), "2");
   assert.match(answer.headers.get("x-request-id")!, /^[0-9a-f-]{36}$/);
+});
+
+Deno.test("an upstream's partial legacy headers are replaced whole, never merged with the gateway's", async () => {
+  await using upstream = startUpstream(() =>
+    new Response("ok", { headers: { "x-ratelimit-limit": "1000", "x-ratelimit-reset": "7" } })
+  );
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [ip] }
+      - sliding-window: { limit: 5, window: 1m }`,
+  ));
+  const answer = await send(`${gw.url}/api/x`);
+  assert.equal(answer.headers.get("x-ratelimit-limit"), "5");
+  assert.equal(answer.headers.get("x-ratelimit-remaining"), "4");
+  assert.equal(answer.headers.get("x-ratelimit-reset"), "60");
 });
