@@ -621,9 +621,13 @@ function makeServices(parts: {
 
 function storeSignature(loaded: LoadedConfig, env: EnvLookup): string {
   const config = loaded.config.store;
+  const kind = storeKind(config, env);
+  // The memory store has no connection, timeout or failure policy: only
+  // another kind of store replaces it (and its counters).
+  if (kind === "memory") return kind;
   return stableStringify({
     ...config,
-    kind: storeKind(config, env),
+    kind,
     env_url: env("REDIS_URL") ?? "",
   });
 }

@@ -162,6 +162,21 @@ Deno.test("a tier edited in the YAML applies from the next request, counters kep
   assert.equal((await send(`${gw.url}/api/x`, "free-key")).status, 429);
 });
 
+Deno.test("an edit of the store section that keeps the memory store keeps its counters", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const config = (timeout: string) =>
+    `store: { kind: memory, timeout: ${timeout}, on_failure: allow }\n${
+      yaml(upstream.url, TIERED)
+    }`;
+  await using gw = await startGateway(config("100ms"));
+  for (let i = 0; i < 3; i++) assert.equal((await send(`${gw.url}/api/x`, "free-key")).status, 200);
+  await gw.config.write(config("200ms"));
+  assert.ok(
+    await waitFor(async () => (await (await fetch(`${gw.adminUrl}/status`)).json()).version === 2),
+  );
+  assert.equal((await send(`${gw.url}/api/x`, "free-key")).status, 429);
+});
+
 Deno.test("several limits are decided together and a request denied by one consumes from none", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   await using gw = await startGateway(yaml(
