@@ -24,7 +24,20 @@ local retry = 0
 local violated = 0
 local prevs, currs, buckets, elapsed = {}, {}, {}, {}
 
-local function ceil_div(a, b) return math.floor((a + b - 1) / b) end
+-- How long a request of `cost` waits, r ms into the current bucket holding
+-- `curr` units after one of `prev`: within this bucket once the previous one
+-- weighs little enough, else in the next bucket once this one does (>= 1 ms).
+local function wait_for(prev, curr, cost, limit, window, r)
+  if cost > limit then return window end
+  local wait = window
+  if curr + cost <= limit then
+    wait = (window - math.floor(((limit - cost - curr) * window) / prev)) - r
+  elseif curr > 0 then
+    wait = (window - r) + (window - math.floor(((limit - cost) * window) / curr))
+  end
+  if wait < 1 then wait = 1 end
+  return wait
+end
 
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
@@ -36,17 +49,7 @@ for i = 1, n do
   prevs[i], currs[i], buckets[i], elapsed[i] = prev, curr, bucket, r
   if prev * (window - r) + (curr + cost) * window > limit * window then
     allowed = 0
-    local wait = window
-    if cost <= limit then
-      if curr + cost <= limit then
-        -- Within this bucket, once the previous bucket's weight has shrunk enough.
-        wait = (window - math.floor(((limit - cost - curr) * window) / prev)) - r
-      elseif curr > 0 then
-        -- In the next bucket, once this bucket's weight has shrunk enough.
-        wait = (window - r) + (window - math.floor(((limit - cost) * window) / curr))
-      end
-      if wait < 1 then wait = 1 end
-    end
+    local wait = wait_for(prev, curr, cost, limit, window, r)
     -- The violated limit named in the answer is the one that sets the wait.
     if violated == 0 or wait > retry then violated = i end
     if wait > retry then retry = wait end
@@ -77,6 +80,11 @@ for i = 1, n do
   local remaining = math.floor(scaled / window)
   if remaining < 0 then remaining = 0 end
   out[#out + 1] = remaining
-  out[#out + 1] = window - elapsed[i]
+  -- None left: the quota next grows when one unit would pass (maybe past the bucket's end).
+  if remaining > 0 then
+    out[#out + 1] = window - elapsed[i]
+  else
+    out[#out + 1] = wait_for(prevs[i], curr, 1, limit, window, elapsed[i])
+  end
 end
 return out

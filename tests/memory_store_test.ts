@@ -512,3 +512,30 @@ Deno.test("sweep drops expired entries of every kind, and only those", async () 
   assert.equal(store.size, 0, "every window has passed: the store is empty");
   await store.close();
 });
+
+for (const algorithm of ALGORITHMS) {
+  Deno.test(`${algorithm}: with none left, the reset is when the next request passes`, async () => {
+    // A counter's old bucket still weighs after its own bucket ends: there the
+    // quota has not grown yet, so the reset must look past it.
+    const W = 4_000;
+    const limits = [{ limit: 3, windowMs: W }];
+    const store = newStore();
+    // Start at T0 aligned down to a bucket, so the counter's buckets are known.
+    const start = Math.floor(T0 / W) * W;
+    // Two units late in one bucket, the third early in the next (a fixed
+    // window would start afresh there: all three go in one bucket for it).
+    const [a, b, c] = algorithm === "fixed" ? [1_000, 1_100, 1_200] : [3_000, 3_100, 4_200];
+    for (const ms of [a, b]) await store.window(windowQuery(algorithm, limits, start + ms));
+    const last = await store.window(windowQuery(algorithm, limits, start + c));
+    assert.equal(last.allowed, true);
+    assert.equal(last.states[0]!.remaining, 0);
+    const deniedAt = c + 100;
+    const denied = await store.window(windowQuery(algorithm, limits, start + deniedAt));
+    assert.equal(denied.allowed, false);
+    assert.equal(denied.states[0]!.resetMs, denied.retryAfterMs, "reset = retry after, none left");
+    const passAt = deniedAt + denied.retryAfterMs;
+    assert.equal(last.states[0]!.resetMs, passAt - c, "the last admitted request saw it too");
+    await assertRetryExact(store, windowQuery(algorithm, limits, start + deniedAt), denied);
+    await store.close();
+  });
+}

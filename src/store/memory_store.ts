@@ -208,15 +208,7 @@ export class MemoryStore implements Store {
       }
       if (prev * (windowMs - r) + (curr + cost) * windowMs > limit * windowMs) {
         allowed = false;
-        let wait = windowMs;
-        if (cost <= limit) {
-          if (curr + cost <= limit) {
-            wait = windowMs - Math.floor(((limit - cost - curr) * windowMs) / prev) - r;
-          } else if (curr > 0) {
-            wait = windowMs - r + (windowMs - Math.floor(((limit - cost) * windowMs) / curr));
-          }
-          if (wait < 1) wait = 1;
-        }
+        const wait = counterWait(prev, curr, cost, limit, windowMs, r);
         // The violated limit named in the answer is the one that sets the wait.
         if (violated < 0 || wait > retry) violated = i;
         if (wait > retry) retry = wait;
@@ -237,11 +229,16 @@ export class MemoryStore implements Store {
         });
       }
       const scaled = limit * windowMs - view.prev * (windowMs - view.r) - curr * windowMs;
+      const remaining = Math.max(0, Math.floor(scaled / windowMs));
       return {
         limit,
         windowMs,
-        remaining: Math.max(0, Math.floor(scaled / windowMs)),
-        resetMs: windowMs - view.r,
+        remaining,
+        // None left: the quota next grows when one unit would pass, which may
+        // be past the bucket's end (the old bucket still weighs there).
+        resetMs: remaining > 0
+          ? windowMs - view.r
+          : counterWait(view.prev, curr, 1, limit, windowMs, view.r),
       };
     });
     return { allowed, retryAfterMs: retry, violated, states };
@@ -339,6 +336,30 @@ export class MemoryStore implements Store {
     this.#entries.clear();
     return Promise.resolve();
   }
+}
+
+/**
+ * How long a counter limit makes a request of `cost` wait, from `r` ms into
+ * the current bucket holding `curr` units after one of `prev`: within this
+ * bucket once the previous one weighs little enough, else in the next bucket
+ * once this one does. At least 1 ms; a whole window for a cost above the limit.
+ */
+function counterWait(
+  prev: number,
+  curr: number,
+  cost: number,
+  limit: number,
+  windowMs: number,
+  r: number,
+): number {
+  if (cost > limit) return windowMs;
+  let wait = windowMs;
+  if (curr + cost <= limit) {
+    wait = windowMs - Math.floor(((limit - cost - curr) * windowMs) / prev) - r;
+  } else if (curr > 0) {
+    wait = windowMs - r + (windowMs - Math.floor(((limit - cost) * windowMs) / curr));
+  }
+  return wait < 1 ? 1 : wait;
 }
 
 /** Drops the runs at or before `cutoff` (they left the window). */
