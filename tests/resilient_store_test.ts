@@ -175,3 +175,36 @@ Deno.test("when 100,000 clients are over their limits, the oldest leave the over
     await store.close();
   }
 });
+
+Deno.test("a call that never answers leaves no timeout ticker running: a program that closed the store exits", async () => {
+  const script = `
+    import { ResilientStore } from ${
+    JSON.stringify(new URL("../src/store/resilient_store.ts", import.meta.url).href)
+  };
+    const silent = {
+      kind: "redis",
+      window: () => new Promise(() => {}),
+      bucket: () => new Promise(() => {}),
+      hashGet: () => new Promise(() => {}),
+      ping: () => Promise.reject(new Error("down")),
+      close: () => Promise.resolve(),
+    };
+    const store = new ResilientStore(silent, { timeoutMs: 20, onFailure: "allow" });
+    const decision = await store.window({
+      key: "{k}", algorithm: "log", limits: [{ limit: 1, windowMs: 1000 }], cost: 1,
+    });
+    await store.close();
+    console.log(decision.source);
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-check", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // A live 5 ms ticker would keep the process running for good.
+  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  const { code, stdout, stderr } = await child.output();
+  clearTimeout(timer);
+  assert.equal(code, 0, `exit ${code}: ${new TextDecoder().decode(stderr)}`);
+  assert.equal(new TextDecoder().decode(stdout).trim(), "allow");
+});

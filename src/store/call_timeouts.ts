@@ -50,12 +50,16 @@ export class CallTimeouts {
   /** Stops timing a call (it settled); false when it had already expired. */
   done(call: TimedCall): boolean {
     const pending = this.#calls.delete(call as Entry);
-    if (this.#calls.size === 0 && this.#timer !== undefined) {
-      clearInterval(this.#timer);
-      this.#timer = undefined;
-      this.#lag = 0;
-    }
+    if (this.#calls.size === 0) this.stop();
     return pending;
+  }
+
+  /** Stops the ticker (it starts again with the next call). */
+  stop(): void {
+    if (this.#timer === undefined) return;
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.#lag = 0;
   }
 
   #lagNow(now: number): number {
@@ -75,5 +79,7 @@ export class CallTimeouts {
         call.expire(new StoreTimeoutError(`The store did not answer within ${call.timeoutMs} ms`));
       }
     }
+    // Every call expired: nothing left to time (an outage would tick on for nothing).
+    if (this.#calls.size === 0) this.stop();
   }
 }

@@ -357,6 +357,7 @@ export class ResilientStore implements LimitStore {
     this.#closed = true;
     clearInterval(this.#probe);
     this.#probe = undefined;
+    this.#timeouts.stop();
     if (this.local !== this.primary) await this.local.close();
     await this.primary.close();
   }
