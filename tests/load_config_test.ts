@@ -368,3 +368,20 @@ routes:
   ]);
   for (const issue of issues) assert.match(issue.message, /printable ASCII/);
 });
+
+Deno.test("a Redis URL the store could not read at start is an error at its line, without its password", async () => {
+  const issues = await issuesOf(`store:
+  url: "redis://:p%zzword@127.0.0.1:6379"
+  nodes: ["redis://[::1]:7000", "redis://127.0.0.1:7001/x"]
+`);
+  assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [
+    ["store.url", 2],
+    ["store.nodes[1]", 3],
+  ]);
+  assert.match(
+    issues[0]!.message,
+    /password is not valid percent-encoding \(write a % in it as %25\)/,
+  );
+  assert.ok(!issues[0]!.message.includes("zzword"), issues[0]!.message);
+  assert.match(issues[1]!.message, /database "x" is not a number/);
+});

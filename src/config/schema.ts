@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { formatDuration, parseDuration, parseRate } from "./duration.ts";
 import { parseCidr } from "../net/cidr.ts";
+import { parseRedisUrl } from "../store/resp_client.ts";
 
 const DURATION_PATTERN = "^\\d+(\\.\\d+)?(ms|s|m|h|d)$";
 const RATE_PATTERN = "^\\d+(\\.\\d+)?/(s|m|h|d)$";
@@ -60,15 +61,15 @@ const httpUrl = z.string().refine((text) => {
   // Characters outside ASCII are written percent-encoded (and a host in punycode), as they go on the wire.
 }).transform((text) => /[^\x20-\x7e]/.test(text) ? new URL(text).href : text);
 
-const redisUrl = z.string().refine((text) => {
-  if (text === "") return true;
+const redisUrl = z.string().superRefine((text, ctx) => {
+  if (text === "") return;
   try {
-    const url = new URL(text);
-    return url.protocol === "redis:" || url.protocol === "rediss:";
-  } catch {
-    return false;
+    // What the store will read at start: a URL --check passes must connect.
+    parseRedisUrl(text);
+  } catch (error) {
+    ctx.addIssue({ code: "custom", message: (error as Error).message });
   }
-}, { error: (issue) => `Invalid Redis URL "${issue.input}": write redis://host:port/db` });
+});
 
 const cidr = z.string().superRefine((text, ctx) => {
   try {

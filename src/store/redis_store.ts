@@ -213,22 +213,27 @@ export class RedisStore implements Store {
     const timeout = options.connectTimeoutMs ?? 1_000;
     let store: RedisStore;
     if (options.nodes && options.nodes.length > 0) {
-      const nodes = options.nodes.map((node) => {
-        const url = new URL(node);
-        return { host: url.hostname, port: Number(url.port || 6379) };
-      });
-      const first = new URL(options.nodes[0]!);
-      const cluster = new Cluster(nodes, {
-        enableOfflineQueue: false,
-        lazyConnect: true,
-        enableAutoPipelining: true,
-        clusterRetryStrategy: (times: number) => Math.min(100 * times, 1_000),
-        redisOptions: {
-          ...NODE_OPTIONS,
-          password: first.password ? decodeURIComponent(first.password) : undefined,
-          username: first.username ? decodeURIComponent(first.username) : undefined,
+      const seeds = options.nodes.map(parseRedisUrl);
+      const first = seeds[0]!;
+      if (seeds.some((seed) => seed.tls !== first.tls)) {
+        throw new Error("Redis Cluster nodes must all be redis:// or all be rediss://");
+      }
+      const cluster = new Cluster(
+        seeds.map((seed) => ({ host: seed.hostname, port: seed.port })),
+        {
+          enableOfflineQueue: false,
+          lazyConnect: true,
+          enableAutoPipelining: true,
+          clusterRetryStrategy: (times: number) => Math.min(100 * times, 1_000),
+          redisOptions: {
+            ...NODE_OPTIONS,
+            password: first.password,
+            username: first.username,
+            // rediss:// nodes speak TLS, as a single rediss:// node does.
+            ...(first.tls ? { tls: {} } : {}),
+          },
         },
-      });
+      );
       store = new RedisStore("redis-cluster", new ClusterCommands(cluster), scripts);
     } else {
       const client = new RespClient({

@@ -60,10 +60,21 @@ export function parseRedisUrl(text: string): RespClientOptions {
     hostname: url.hostname.replace(/^\[(.*)\]$/, "$1") || "127.0.0.1",
     port: Number(url.port || 6379),
     tls: url.protocol === "rediss:",
-    username: url.username ? decodeURIComponent(url.username) : undefined,
-    password: url.password ? decodeURIComponent(url.password) : undefined,
+    username: url.username ? decodeCredential(url.username, "user name") : undefined,
+    password: url.password ? decodeCredential(url.password, "password") : undefined,
     db,
   };
+}
+
+/** A URL's user name or password, percent-decoded; the error never shows it. */
+function decodeCredential(text: string, what: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    throw new Error(
+      `Invalid Redis URL: the ${what} is not valid percent-encoding (write a % in it as %25)`,
+    );
+  }
 }
 
 type State = "idle" | "connecting" | "open" | "closed";

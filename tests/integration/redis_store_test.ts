@@ -5,6 +5,7 @@ import { MemoryStore } from "../../src/store/memory_store.ts";
 import { loadScripts, SCRIPT_NAMES } from "../../src/store/scripts.ts";
 import { limitKey } from "../../src/store/store.ts";
 import { RedisCluster, RedisServer, redisTest } from "../_redis.ts";
+import { freePort } from "../_helpers.ts";
 
 redisTest("each Lua script loads into Redis under the SHA1 the registry holds", async () => {
   await using server = await RedisServer.start();
@@ -239,6 +240,143 @@ redisTest(
     } finally {
       await redis.close();
       await memory.close();
+    }
+  },
+);
+
+/** A one-node cluster holding every slot, on `server`, announced as `ip`. */
+async function oneNodeCluster(server: RedisServer, ip: string): Promise<void> {
+  await server.cli(["CONFIG", "SET", "cluster-announce-ip", ip]);
+  await server.cli(["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+  for (let i = 0; i < 200; i++) {
+    if ((await server.cli(["CLUSTER", "INFO"])).includes("cluster_state:ok")) return;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error("the one-node cluster did not come up");
+}
+
+redisTest("a cluster seed written as an IPv6 address ([::1]) connects", async () => {
+  await using server = await RedisServer.start([
+    "--cluster-enabled",
+    "yes",
+    "--bind",
+    "127.0.0.1 ::1",
+  ]);
+  await oneNodeCluster(server, "::1");
+  const store = await RedisStore.connect({ nodes: [`redis://[::1]:${server.port}`] });
+  try {
+    await store.ping();
+    const query = {
+      key: "{sluice:r:c}",
+      algorithm: "log" as const,
+      limits: [{ limit: 1, windowMs: 60_000 }],
+      cost: 1,
+    };
+    assert.equal((await store.window(query)).allowed, true);
+    assert.equal((await store.window(query)).allowed, false);
+  } finally {
+    await store.close();
+  }
+});
+
+redisTest(
+  "rediss:// cluster nodes are reached over TLS, as a single rediss:// node is",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "sluice-tls-" });
+    const openssl = async (...args: string[]) => {
+      const out = await new Deno.Command("openssl", { args, cwd: dir, stderr: "piped" }).output();
+      if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+    };
+    // A CA, and a server certificate it signs for 127.0.0.1.
+    await openssl(
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=ca",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.crt",
+    );
+    await Deno.writeTextFile(`${dir}/ext`, "subjectAltName=IP:127.0.0.1\n");
+    await openssl(
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-subj",
+      "/CN=127.0.0.1",
+      "-keyout",
+      "srv.key",
+      "-out",
+      "srv.csr",
+    );
+    await openssl(
+      "x509",
+      "-req",
+      "-in",
+      "srv.csr",
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-days",
+      "1",
+      "-extfile",
+      "ext",
+      "-out",
+      "srv.crt",
+    );
+    const tlsPort = freePort();
+    await using server = await RedisServer.start([
+      "--tls-port",
+      String(tlsPort),
+      "--tls-cert-file",
+      `${dir}/srv.crt`,
+      "--tls-key-file",
+      `${dir}/srv.key`,
+      "--tls-ca-cert-file",
+      `${dir}/ca.crt`,
+      "--tls-auth-clients",
+      "no",
+      "--tls-cluster",
+      "yes",
+      "--cluster-enabled",
+      "yes",
+    ]);
+    try {
+      await oneNodeCluster(server, "127.0.0.1");
+      // The CA is trusted through DENO_CERT, read when a process starts: the client runs in one.
+      const script = `
+      import { RedisStore } from ${
+        JSON.stringify(new URL("../../src/store/redis_store.ts", import.meta.url).href)
+      };
+      const store = await RedisStore.connect({ nodes: ["rediss://127.0.0.1:${tlsPort}"] });
+      try {
+        await store.ping();
+        console.log("ping ok");
+      } catch (error) {
+        console.log(String(error));
+      } finally {
+        await store.close();
+      }
+    `;
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["eval", "--config", new URL("../../deno.json", import.meta.url).pathname, script],
+        env: { DENO_CERT: `${dir}/ca.crt` },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(out.stdout).trim();
+      assert.equal(text, "ping ok", new TextDecoder().decode(out.stderr));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 );
