@@ -24,6 +24,11 @@ import {
 const COST_HEADER_RE = /^header:[A-Za-z0-9!#$%&'*+.^_`|~-]+$/;
 const DIGITS = /^\d{1,7}$/;
 const MAX_COST = 1_000_000;
+/**
+ * The log keeps one sorted-set member per unit in Redis: a cost of 100,000
+ * held Redis for a third of a second, for every client of every gateway.
+ */
+const MAX_LOG_COST = 1_000;
 
 const options = z.strictObject({
   /** `tier` (the caller's tier's limit and window) or a number of requests per `window`. */
@@ -90,6 +95,14 @@ export default definePlugin({
   name: "sliding-window",
   options,
   create(opts, { route, gateway, pipeline, position, onClientQuery }) {
+    const maxCost = opts.algorithm === "log" ? MAX_LOG_COST : MAX_COST;
+    if (typeof opts.cost === "number" && opts.cost > maxCost) {
+      throw new Error(
+        `cost ${opts.cost} is above ${maxCost}, the most the ${opts.algorithm} algorithm takes${
+          opts.algorithm === "log" ? " (it keeps every unit: use counter or fixed)" : ""
+        }`,
+      );
+    }
     if (opts.limit === "tier") {
       if (!pipeline.slice(0, position).includes("tier")) {
         throw new Error("limit: tier needs a tier step before it in the pipeline");
@@ -185,11 +198,11 @@ export default definePlugin({
       // Digits only: "", "0x10" and "1e3" are numbers to Number(), and a cost
       // of 0 would let a client choose to spend nothing.
       const cost = DIGITS.test(text) ? Number(text) : NaN;
-      if (!(cost >= 1 && cost <= MAX_COST)) {
+      if (!(cost >= 1 && cost <= maxCost)) {
         return problem(400, {
           type: `${PROBLEM_TYPE_BASE}invalid-cost`,
           title: "Invalid cost",
-          detail: `The ${costHeader} header must be a whole number from 1 to ${MAX_COST}`,
+          detail: `The ${costHeader} header must be a whole number from 1 to ${maxCost}`,
         });
       }
       return cost;

@@ -257,6 +257,40 @@ Deno.test("cost from a header weights a request; a bad cost is a 400 problem", a
   assert.equal(never.headers.get("retry-after"), null);
 });
 
+Deno.test("log takes a cost up to 1,000 (it keeps every unit); counter and fixed take more", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(
+    yaml(
+      upstream.url,
+      `      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limit: 1000000, window: 1h, cost: header:x-cost }`,
+    ).replace(
+      "  - name: other",
+      `  - name: counted
+    match: { path_prefix: /counted }
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - identify: { from: [ip] }
+      - sliding-window: { limit: 1000000, window: 1h, cost: header:x-cost, algorithm: counter }
+      - proxy: {}
+  - name: other`,
+    ),
+  );
+  assert.equal((await send(`${gw.url}/api/x`, "k", { "x-cost": "1000" })).status, 200);
+  const big = await send(`${gw.url}/api/x`, "k", { "x-cost": "200000" });
+  assert.equal(big.status, 400);
+  assert.match(JSON.parse(big.body).detail, /from 1 to 1000/);
+  assert.equal((await send(`${gw.url}/counted/x`, "k", { "x-cost": "200000" })).status, 200);
+  await assert.rejects(
+    startGateway(yaml(
+      upstream.url,
+      `      - identify: { from: [ip] }
+      - sliding-window: { limit: 1000000, window: 1h, cost: 5000 }`,
+    )),
+    /sliding-window.*cost 5000 is above 1000, the most the log algorithm takes/,
+  );
+});
+
 Deno.test("shadow mode never rejects, not even when the store is down and on_failure is deny", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   // Nothing listens on this Redis port: the store starts down.
