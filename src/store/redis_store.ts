@@ -158,10 +158,23 @@ class ClusterCommands implements Commands {
 
   async ping(): Promise<void> {
     await this.connect().catch(() => {});
-    // A cluster is up when every master answers.
     const masters = this.#cluster.nodes("master");
     if (masters.length === 0) throw new Error("Redis Cluster has no reachable master");
-    await Promise.all(masters.map((node) => node.ping()));
+    // A cluster is up when every slot's master answers. ioredis drops a master
+    // it lost from nodes(): the survivors alone would answer, and the store
+    // would flap up and down while a master is dead.
+    const live = new Map(masters.map((node) => [`${node.options.host}:${node.options.port}`, node]));
+    const owners = new Set<string>();
+    const slots = this.#cluster.slots;
+    for (let slot = 0; slot < 16_384; slot++) {
+      const owner = slots[slot]?.[0];
+      if (owner === undefined) throw new Error(`Redis Cluster slot ${slot} has no master`);
+      owners.add(owner);
+    }
+    for (const owner of owners) {
+      if (!live.has(owner)) throw new Error(`Redis Cluster master ${owner} is unreachable`);
+    }
+    await Promise.all([...owners].map((owner) => live.get(owner)!.ping()));
   }
 
   async connect(): Promise<void> {
@@ -225,6 +238,10 @@ export class RedisStore implements Store {
           lazyConnect: true,
           enableAutoPipelining: true,
           clusterRetryStrategy: (times: number) => Math.min(100 * times, 1_000),
+          // The slot table is read again every second: a master that returns
+          // (or a replica promoted in its place) is found while the store is
+          // down and sends nothing that would tell ioredis.
+          slotsRefreshInterval: 1_000,
           redisOptions: {
             ...NODE_OPTIONS,
             password: first.password,

@@ -1,7 +1,9 @@
 /** A store outage is a policy: kill Redis mid-traffic, check allow / deny / local, restart it. */
 import assert from "node:assert/strict";
-import { freePort, startGateway, startUpstream, waitFor } from "../_helpers.ts";
-import { commandCalls, RedisServer, redisTest } from "../_redis.ts";
+import { RedisStore } from "../../src/store/redis_store.ts";
+import { ResilientStore } from "../../src/store/resilient_store.ts";
+import { delay, freePort, startGateway, startUpstream, waitFor } from "../_helpers.ts";
+import { commandCalls, RedisCluster, RedisServer, redisTest } from "../_redis.ts";
 
 function yaml(redisUrl: string, onFailure: string, limit = 5): string {
   return `store: { kind: redis, url: ${redisUrl}, timeout: 100ms, on_failure: ${onFailure} }
@@ -168,5 +170,58 @@ redisTest(
     );
     assert.equal((await send(gw.url, "fresh")).status, 200);
     assert.ok(await commandCalls(redis, "evalsha") + await commandCalls(redis, "eval") > 0);
+  },
+);
+
+redisTest(
+  "cluster: with one master dead the store stays down (no flapping) until it returns",
+  async () => {
+    await using cluster = await RedisCluster.start();
+    const store = new ResilientStore(await RedisStore.connect({ nodes: cluster.nodes }), {
+      timeoutMs: 100,
+      onFailure: "local",
+    });
+    try {
+      // Keys on many slots, so some live on every master.
+      const decide = (i: number) =>
+        store.window({
+          key: `{sluice:api:client-${i}}`,
+          algorithm: "fixed",
+          limits: [{ limit: 1_000, windowMs: 60_000 }],
+          cost: 1,
+        });
+      for (let i = 0; i < 30; i++) assert.equal((await decide(i)).source, "store");
+      await cluster.servers[0]!.kill();
+      const batches: { state: string; ms: number }[] = [];
+      const until = Date.now() + 3_000;
+      while (Date.now() < until) {
+        const state = store.health().state;
+        const started = performance.now();
+        await Promise.all(Array.from({ length: 30 }, (_, i) => decide(i)));
+        batches.push({ state, ms: performance.now() - started });
+        await delay(50);
+      }
+      // Once down, the fallback answers at once: no batch waits for the timeout again.
+      const firstDown = batches.findIndex((batch) => batch.state === "down");
+      assert.ok(firstDown >= 0, "the store was marked down");
+      const after = batches.slice(firstDown);
+      assert.deepEqual(
+        after.filter((batch) => batch.state !== "down" || batch.ms >= 90),
+        [],
+        `once down, it stayed down while the master was dead, answering at once: ${
+          after.map((batch) => `${batch.state}/${batch.ms.toFixed(0)}ms`).join(" ")
+        }`,
+      );
+      await cluster.servers[0]!.restart();
+      assert.ok(
+        await waitFor(async () => {
+          await decide(0);
+          return store.health().state === "up";
+        }, 10_000),
+        `up again within 10 s of the master's return (${store.health().last_error})`,
+      );
+    } finally {
+      await store.close();
+    }
   },
 );
