@@ -64,6 +64,31 @@ export function addGatewayHeaders(
   pairs.push(["x-request-id", ctx.requestId]);
 }
 
+const SPENT = new ContextKey<PolicyReport[]>("sluice.spent-quotas");
+
+/** Notes the quotas a window step counted this request in and has nothing left of. */
+export function noteSpentQuotas(ctx: RequestContext, reports: readonly PolicyReport[]): void {
+  for (const report of reports) {
+    if (report.remaining > 0) continue;
+    const spent = ctx.get(SPENT);
+    if (spent) spent.push(report);
+    else ctx.set(SPENT, [report]);
+  }
+}
+
+/**
+ * Of the quotas steps before this one spent on this request, the one that
+ * resets last: a request refused further on passes again only once it has
+ * room too.
+ */
+export function lastSpentQuota(ctx: RequestContext): PolicyReport | undefined {
+  let last: PolicyReport | undefined;
+  for (const report of ctx.get(SPENT) ?? []) {
+    if (!last || report.resetSeconds > last.resetSeconds) last = report;
+  }
+  return last;
+}
+
 /** Marks `response` as built with {@linkcode addGatewayHeaders}; returns it. */
 export function seal(ctx: RequestContext, response: Response): Response {
   (response as Marked)[SEALED] = ctx;

@@ -8,6 +8,8 @@ import {
   addGatewayHeaders,
   announceRateLimitHeaders,
   isSealed,
+  lastSpentQuota,
+  noteSpentQuotas,
   seal,
 } from "../response_headers.ts";
 
@@ -78,24 +80,49 @@ export function refusal(
   ctx: RequestContext,
   reports: readonly PolicyReport[],
   mode: HeaderMode,
-  options: ProblemOptions,
+  options: ProblemOptions & { retryAfterSeconds: number },
 ): Response {
   const headers: [string, string][] = [];
   addGatewayHeaders(ctx, headers, { reports, mode });
+  // A step before this one counted the request and has nothing left: a retry
+  // passes only once that quota has room again, so that is the wait to give.
+  const spent = lastSpentQuota(ctx);
+  if (spent && spent.resetSeconds > options.retryAfterSeconds) {
+    const retryAfter = spent.resetSeconds;
+    options = {
+      ...options,
+      type: `${PROBLEM_TYPE_BASE}quota-exceeded`,
+      title: "Quota exceeded",
+      detail: `Quota "${spent.name}" is spent; retry in ${retryAfter} s`,
+      retryAfterSeconds: retryAfter,
+      extensions: {
+        ...options.extensions,
+        policy: spent.name,
+        ...(options.extensions && "retry_after_seconds" in options.extensions
+          ? { retry_after_seconds: retryAfter }
+          : {}),
+      },
+    };
+  }
   return seal(ctx, problem(429, { ...options, headers }));
 }
 
 /**
  * Runs the rest of the pipeline, whose answer carries this plugin's
  * rate-limit headers: written in as it is built when it can be, else added.
+ * `quota`: the reports are a window's, whose spent quotas a later refusal's
+ * Retry-After must wait for.
  */
 export async function nextWithHeaders(
   ctx: RequestContext,
   next: Next,
   reports: readonly PolicyReport[],
   mode: HeaderMode,
+  quota = false,
 ): Promise<Response> {
   announceRateLimitHeaders(ctx, reports, mode);
+  // A window's reset is when a request passes again (a bucket's is when it is full).
+  if (quota) noteSpentQuotas(ctx, reports);
   const response = await next();
   return isSealed(ctx, response) ? response : withRateLimitHeaders(response, reports, mode);
 }

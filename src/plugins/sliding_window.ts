@@ -266,7 +266,7 @@ export default definePlugin({
       } else {
         counters.allowed.inc();
       }
-      return await nextWithHeaders(ctx, next, report, opts.headers);
+      return await nextWithHeaders(ctx, next, report, opts.headers, !opts.shadow);
     };
   },
 });

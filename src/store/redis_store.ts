@@ -163,7 +163,9 @@ class ClusterCommands implements Commands {
     // A cluster is up when every slot's master answers. ioredis drops a master
     // it lost from nodes(): the survivors alone would answer, and the store
     // would flap up and down while a master is dead.
-    const live = new Map(masters.map((node) => [`${node.options.host}:${node.options.port}`, node]));
+    const live = new Map(
+      masters.map((node) => [`${node.options.host}:${node.options.port}`, node]),
+    );
     const owners = new Set<string>();
     const slots = this.#cluster.slots;
     for (let slot = 0; slot < 16_384; slot++) {

@@ -328,9 +328,35 @@ Deno.test("two limit steps of one kind in a route count apart", async () => {
   // free is 3 a minute: each request spends one of it, not two.
   assert.match(answers[0]!.headers.get("ratelimit")!, /"free";r=2;/);
   assert.match(answers[1]!.headers.get("ratelimit")!, /"free";r=1;/);
-  // The slow bucket (burst 2) refused the third, not the 100/s one.
-  assert.equal(JSON.parse(answers[2]!.body).policy, "slow");
+  // The slow bucket (burst 2) refused the third, not the 100/s one; the third
+  // also spent free's last unit, so the refusal waits for free.
   assert.match(answers[2]!.headers.get("ratelimit")!, /"slow";r=0;.*"100\/s";r=9[0-9];/);
+  assert.equal(JSON.parse(answers[2]!.body).policy, "free");
+  assert.ok(Number(answers[2]!.headers.get("retry-after")) > 50);
+});
+
+Deno.test("a later step's 429 waits for a quota an earlier step spent on the request", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [ip] }
+      - sliding-window: { limit: 5, window: 1m }
+      - sliding-window: { limit: 1, window: 1s }`,
+  ));
+  const answers = [];
+  for (let i = 0; i < 6; i++) answers.push(await send(`${gw.url}/api/x`));
+  assert.deepEqual(answers.map((a) => a.status), [200, 429, 429, 429, 429, 429]);
+  // Each refusal counted in the minute's quota (as Envoy and Traefik count it):
+  // while it has room, the second's wait holds; once spent, the minute's does.
+  for (const refused of answers.slice(1, 4)) {
+    assert.equal(refused.headers.get("retry-after"), "1");
+    assert.equal(JSON.parse(refused.body).policy, "1/s");
+  }
+  for (const refused of answers.slice(4)) {
+    assert.ok(Number(refused.headers.get("retry-after")) > 50, refused.headers.get("retry-after")!);
+    assert.equal(JSON.parse(refused.body).policy, "5/m");
+    assert.match(refused.headers.get("ratelimit")!, /"5\/m";r=0;t=\d+/);
+  }
 });
 
 Deno.test("shadow mode never rejects a cost it would refuse: above the limit, or a bad header", async () => {
