@@ -119,10 +119,10 @@ export interface KeyEntry {
 
 /** What the gateway remembers of recent clients, for `/clients/{id}`. */
 export interface ClientDirectory {
-  /** Notes that the client was seen, with its tier when known. */
-  seen(clientId: string, tier: string | undefined): void;
-  /** The client's last known tier. */
-  tierOf(clientId: string): string | undefined;
+  /** Notes that the client was seen with this tier (on this route, when given). */
+  seen(clientId: string, tier: string | undefined, route?: string): void;
+  /** The client's tier last seen on `route`, or on any route when none is given. */
+  tierOf(clientId: string, route?: string): string | undefined;
 }
 
 /** What the gateway lends to plugins when they are created. */

@@ -167,7 +167,7 @@ export default definePlugin({
       }));
 
     onClientQuery(async (clientId) => {
-      const tier = gateway.clients.tierOf(clientId);
+      const tier = gateway.clients.tierOf(clientId, route.name);
       const policy = policyFor(tier) ?? (opts.limit === "tier" ? undefined : fixed);
       if (!policy) return undefined;
       const decision = await store.window({
@@ -210,7 +210,6 @@ export default definePlugin({
 
     return async function slidingWindow(ctx, next) {
       const clientId = clientIdOf(ctx);
-      gateway.clients.seen(clientId, ctx.tier);
       const policy = policyFor(ctx.tier);
       if (!policy) {
         throw new Error(`No limits for tier "${ctx.tier}" on route "${route.name}"`);

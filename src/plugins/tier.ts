@@ -27,7 +27,7 @@ export default definePlugin({
     /** How long a tier read from a Redis hash is cached locally. */
     cache_ttl: duration().default(30_000),
   }),
-  create(options, { gateway, pipeline, position, log }) {
+  create(options, { gateway, pipeline, position, log, route }) {
     const tiers = gateway.tiers;
     const known = Object.keys(tiers);
     for (
@@ -87,7 +87,7 @@ export default definePlugin({
       if (!client?.key) {
         ctx.tier = options.default;
         // /clients/{id} shows the tier, on a route with no limit step too.
-        gateway.clients.seen(clientIdOf(ctx), ctx.tier);
+        gateway.clients.seen(clientIdOf(ctx), ctx.tier, route.name);
         return next();
       }
       return decide(ctx, client.key).then((answer) => answer ?? next());
@@ -114,7 +114,7 @@ export default definePlugin({
         ctx.client = { id: `ip:${client.ip}`, kind: "ip", key: client.key, ip: client.ip };
       }
       ctx.tier = name;
-      gateway.clients.seen(clientIdOf(ctx), name);
+      gateway.clients.seen(clientIdOf(ctx), name, route.name);
       return undefined;
     }
   },

@@ -428,6 +428,43 @@ Deno.test("/clients/{id} shows limit, remaining, reset and tier per route", asyn
   assert.doesNotMatch(text, /paid-key/);
 });
 
+Deno.test("/clients/{id} shows each route's own tier for a client, whatever route it called last", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const route = (name: string, steps: string) =>
+    `  - name: ${name}
+    match: { path_prefix: /${name} }
+    upstream: { url: ${upstream.url} }
+    pipeline:
+${steps}
+      - proxy: {}
+`;
+  await using gw = await startGateway(`tiers:
+  free: { limit: 5, window: 1m }
+  paid: { limit: 50, window: 1m }
+routes:
+${
+    route(
+      "a",
+      "      - identify: { from: [ip] }\n      - tier: { default: free }\n      - sliding-window: { limit: tier }",
+    )
+  }${
+    route(
+      "b",
+      "      - identify: { from: [ip] }\n      - tier: { default: paid }\n      - sliding-window: { limit: tier }",
+    )
+  }${route("c", "      - sliding-window: { limit: 10, window: 1m }")}`);
+  for (const path of ["/a", "/b", "/c"]) await send(`${gw.url}${path}/x`);
+  const report = await (await fetch(`${gw.adminUrl}/clients/ip:127.0.0.1`)).json();
+  const limitOf = (name: string) =>
+    report.routes.find((r: { route: string }) => r.route === name)?.limits[0];
+  assert.equal(limitOf("a")?.tier, "free");
+  assert.equal(limitOf("a")?.limits[0].limit, 5);
+  assert.equal(limitOf("a")?.limits[0].remaining, 4);
+  assert.equal(limitOf("b")?.tier, "paid");
+  assert.equal(limitOf("b")?.limits[0].limit, 50);
+  assert.equal(limitOf("c")?.limits[0].remaining, 9);
+});
+
 Deno.test("/clients/{id} shows the tier on a route with a tier step and no limit", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   await using gw = await startGateway(yaml(
