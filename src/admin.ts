@@ -132,6 +132,14 @@ export function adminHandler(gateway: Gateway): (request: Request) => Promise<Re
         const denied = allow(["GET", "HEAD"]);
         if (denied) return denied;
         const store = gateway.store.health();
+        // A draining gateway takes no new requests: load balancers must send them elsewhere.
+        if (gateway.draining) {
+          return json({
+            status: "draining",
+            version: gateway.pipeline.version,
+            store: store.state,
+          }, 503);
+        }
         // A down store is ready only when a fallback answers for it.
         const ready = store.state === "up" || store.on_failure !== "deny";
         return json({

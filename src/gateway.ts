@@ -240,6 +240,11 @@ export class Gateway {
     return this.#lastFailure;
   }
 
+  /** True once shutdown has begun: the gateway drains and takes no new requests. */
+  get draining(): boolean {
+    return this.#closing !== undefined;
+  }
+
   /** Requests being handled now (until their response headers). */
   get inflight(): number {
     return this.#inflight;
@@ -433,13 +438,22 @@ export class Gateway {
     const trusted = new CidrSet(loaded.config.trusted_proxies);
     // A changed store section gets a new store; an unchanged one keeps its counters.
     const signature = storeSignature(loaded, this.#env);
-    const store = signature === this.#storeSignature
-      ? this.#store
-      : await createStore(loaded.config.store, {
-        env: this.#env,
-        metrics: this.metrics,
-        log: this.log,
-      });
+    let store: ResilientStore;
+    try {
+      store = signature === this.#storeSignature
+        ? this.#store
+        : await createStore(loaded.config.store, {
+          env: this.#env,
+          metrics: this.metrics,
+          log: this.log,
+        });
+    } catch (error) {
+      // A store that cannot even be made is a failed reload like any other: logged, counted, shown.
+      return this.#fail(trigger, [{
+        path: "store",
+        message: String((error as Error)?.message ?? error),
+      }]);
+    }
     const build = this.#state.begin();
     let next: Pipeline;
     try {

@@ -385,3 +385,13 @@ Deno.test("a Redis URL the store could not read at start is an error at its line
   assert.ok(!issues[0]!.message.includes("zzword"), issues[0]!.message);
   assert.match(issues[1]!.message, /database "x" is not a number/);
 });
+
+Deno.test("cluster nodes that mix redis:// and rediss:// are an error at the odd one's line", async () => {
+  const issues = await issuesOf(`store:
+  nodes:
+    - redis://127.0.0.1:7000
+    - rediss://127.0.0.1:7001
+`);
+  assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [["store.nodes[1]", 4]]);
+  assert.match(issues[0]!.message, /all be redis:\/\/ or all be rediss:\/\//);
+});

@@ -99,3 +99,19 @@ Deno.test("a Redis URL gives host, port, TLS, credentials and database", () => {
   assert.throws(() => parseRedisUrl("http://h:1"), /scheme must be redis:\/\/ or rediss:\/\//);
   assert.throws(() => parseRedisUrl("not a url"), /Invalid Redis URL "not a url"/);
 });
+
+Deno.test("a Redis URL that cannot be read is named in errors without its user and password", () => {
+  for (
+    const url of [
+      "redis://default:hunter2SECRET@127.0.0.1:6379/cache",
+      "http://:hunter2SECRET@127.0.0.1:6379",
+      "redis://:hunter2SECRET@[::1:6379",
+    ]
+  ) {
+    assert.throws(
+      () => parseRedisUrl(url),
+      (error: Error) => !error.message.includes("hunter2SECRET") && error.message.includes("***@"),
+      url,
+    );
+  }
+});

@@ -166,7 +166,19 @@ export const configSchema = z.strictObject({
     /** Defaults to redis when a url (or REDIS_URL) is given, else memory. */
     kind: z.enum(["memory", "redis", "redis-cluster"]).optional(),
     url: redisUrl.optional(),
-    nodes: z.array(redisUrl).optional(),
+    nodes: z.array(redisUrl).optional().superRefine((nodes, ctx) => {
+      // A cluster speaks TLS to every node or to none.
+      const tls = (url: string) => url.startsWith("rediss:");
+      for (const [index, node] of (nodes ?? []).entries()) {
+        if (tls(node) !== tls(nodes![0]!)) {
+          ctx.addIssue({
+            code: "custom",
+            path: [index],
+            message: "Cluster nodes must all be redis:// or all be rediss://",
+          });
+        }
+      }
+    }),
     timeout: duration().default(100),
     on_failure: z.enum(["allow", "deny", "local"]).default("local"),
   }).default({ timeout: 100, on_failure: "local" }),

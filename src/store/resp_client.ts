@@ -42,19 +42,21 @@ export interface RespClientOptions {
 
 /** Reads `redis://[user:password@]host[:port][/db]` (or `rediss://`). */
 export function parseRedisUrl(text: string): RespClientOptions {
+  // Errors reach logs, --check and /status: they never show the credentials.
+  const shown = redactCredentials(text);
   let url: URL;
   try {
     url = new URL(text);
   } catch {
-    throw new Error(`Invalid Redis URL "${text}": expected redis://host:port/db`);
+    throw new Error(`Invalid Redis URL "${shown}": expected redis://host:port/db`);
   }
   if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
-    throw new Error(`Invalid Redis URL "${text}": the scheme must be redis:// or rediss://`);
+    throw new Error(`Invalid Redis URL "${shown}": the scheme must be redis:// or rediss://`);
   }
   const dbText = url.pathname.replace(/^\//, "");
   const db = dbText === "" ? 0 : Number(dbText);
   if (!Number.isInteger(db) || db < 0) {
-    throw new Error(`Invalid Redis URL "${text}": the database "${dbText}" is not a number`);
+    throw new Error(`Invalid Redis URL "${shown}": the database "${dbText}" is not a number`);
   }
   return {
     hostname: url.hostname.replace(/^\[(.*)\]$/, "$1") || "127.0.0.1",
@@ -64,6 +66,11 @@ export function parseRedisUrl(text: string): RespClientOptions {
     password: url.password ? decodeCredential(url.password, "password") : undefined,
     db,
   };
+}
+
+/** `text` with whatever stands before an `@` after the scheme (user, password) written `***`. */
+export function redactCredentials(text: string): string {
+  return text.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#]*@/, "$1***@");
 }
 
 /** A URL's user name or password, percent-decoded; the error never shows it. */

@@ -47,6 +47,10 @@ Deno.test("SIGTERM stops accepting, lets requests in flight finish, and exits 0"
     () => "refused",
   );
   assert.equal(late, "refused");
+  // Draining: /ready fails, so a load balancer sends new requests elsewhere.
+  const ready = await fetch(`http://127.0.0.1:${adminPort}/ready`);
+  assert.equal(ready.status, 503);
+  assert.equal((await ready.json()).status, "draining");
   const results = await Promise.all(inflight);
   assert.deepEqual(results, Array(5).fill({ status: 200, body: "finished" }));
   const { code, lines } = await gw.exited;
