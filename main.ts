@@ -23,7 +23,8 @@ function defaultConfig(): string {
     Deno.statSync(DEFAULT_CONFIG);
     return DEFAULT_CONFIG;
   } catch {
-    return new URL(`./${DEFAULT_CONFIG}`, import.meta.url).pathname;
+    // Decoded: a checkout under "My Projects" is /My Projects, not /My%20Projects.
+    return decodeURIComponent(new URL(`./${DEFAULT_CONFIG}`, import.meta.url).pathname);
   }
 }
 

@@ -5,7 +5,8 @@
  */
 
 /** The project root (the folder holding deno.json). */
-export const PROJECT_ROOT: string = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+export const PROJECT_ROOT: string = decodeURIComponent(new URL("..", import.meta.url).pathname)
+  .replace(/\/$/, "");
 
 const STOP_GRACE_MS = 3_000;
 const READY_TIMEOUT_MS = 20_000;

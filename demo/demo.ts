@@ -8,7 +8,7 @@ import { startDemoUpstream } from "./upstream.ts";
 
 const upstreamPort = Number(Deno.env.get("DEMO_UPSTREAM_PORT") ?? 9001);
 const upstream = startDemoUpstream(upstreamPort);
-const configFile = new URL("../config/demo.yaml", import.meta.url).pathname;
+const configFile = decodeURIComponent(new URL("../config/demo.yaml", import.meta.url).pathname);
 const gateway = await Gateway.start({
   configFile,
   logger: new Logger(parseLogLevel(Deno.env.get("LOG_LEVEL") ?? "warn")),

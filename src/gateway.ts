@@ -289,7 +289,9 @@ export class Gateway {
     const started = performance.now();
     this.#inflight++;
     let routeName = "";
-    let response: Response;
+    let response: Response | undefined;
+    let path: string | undefined;
+    let client: string | undefined;
     // Every answer carries the request's id, the gateway's own refusals too.
     const incomingId = request.headers.get("x-request-id");
     const requestId = incomingId && REQUEST_ID_RE.test(incomingId)
@@ -317,9 +319,10 @@ export class Gateway {
       // `/%70ay` is `/pay`: routes match, and the upstream gets, the path with
       // escaped unreserved characters decoded (the URL parser resolved dot segments).
       if (url.pathname.includes("%")) {
-        const path = decodeUnreserved(url.pathname);
-        if (path !== url.pathname) url.pathname = path;
+        const decoded = decodeUnreserved(url.pathname);
+        if (decoded !== url.pathname) url.pathname = decoded;
       }
+      path = url.pathname;
       const route = pipeline.match(request.method, request.headers.get("host"), url.pathname);
       if (!route) {
         response = problem(404, {
@@ -361,21 +364,23 @@ export class Gateway {
           // A plugin returned a response with immutable headers.
         }
       }
-      if (this.log.enabled("debug")) {
-        this.log.debug("request", {
-          route: routeName,
-          method: request.method,
-          path: url.pathname,
-          status: response.status,
-          duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
-          client: ctx.client?.id,
-          request_id: requestId,
-        });
-      }
+      client = ctx.client?.id;
       return response;
     } finally {
       this.#inflight--;
       this.#count(routeName, outcomeOf(response!), started);
+      // Every answer is logged at debug, the gateway's own 400, 404 and 501 too.
+      if (this.log.enabled("debug")) {
+        this.log.debug("request", {
+          route: routeName || undefined,
+          method: request.method,
+          path: path ?? request.url,
+          status: response?.status,
+          duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
+          client,
+          request_id: requestId,
+        });
+      }
     }
   }
 

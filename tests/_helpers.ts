@@ -163,5 +163,5 @@ export function freePort(): number {
 
 /** The absolute path of a file in the repository. */
 export function repoPath(relative: string): string {
-  return new URL(`../${relative}`, import.meta.url).pathname;
+  return decodeURIComponent(new URL(`../${relative}`, import.meta.url).pathname);
 }

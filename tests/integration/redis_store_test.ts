@@ -5,7 +5,7 @@ import { MemoryStore } from "../../src/store/memory_store.ts";
 import { loadScripts, SCRIPT_NAMES } from "../../src/store/scripts.ts";
 import { limitKey } from "../../src/store/store.ts";
 import { RedisCluster, RedisServer, redisTest } from "../_redis.ts";
-import { freePort } from "../_helpers.ts";
+import { freePort, repoPath } from "../_helpers.ts";
 
 redisTest("each Lua script loads into Redis under the SHA1 the registry holds", async () => {
   await using server = await RedisServer.start();
@@ -368,7 +368,7 @@ redisTest(
       }
     `;
       const out = await new Deno.Command(Deno.execPath(), {
-        args: ["eval", "--config", new URL("../../deno.json", import.meta.url).pathname, script],
+        args: ["eval", "--config", repoPath("deno.json"), script],
         env: { DENO_CERT: `${dir}/ca.crt` },
         stdout: "piped",
         stderr: "piped",

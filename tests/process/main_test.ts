@@ -1,6 +1,6 @@
 /** main.ts as a user runs it: `--check`, and a bad config at start. */
 import assert from "node:assert/strict";
-import { repoPath, tempConfig } from "../_helpers.ts";
+import { freePort, repoPath, tempConfig, waitFor } from "../_helpers.ts";
 
 async function runMain(args: string[], env: Record<string, string> = {}) {
   const output = await new Deno.Command(Deno.execPath(), {
@@ -103,4 +103,59 @@ Deno.test("an unknown argument is a usage error", async () => {
   assert.equal(result.code, 2);
   assert.match(result.stderr, /Unknown argument "--frobnicate"/);
   assert.match(result.stderr, /Usage:/);
+});
+
+Deno.test("a checkout under a folder whose name has a space starts on its default config", async () => {
+  const root = await Deno.makeTempDir({ prefix: "sluice-space-" });
+  const checkout = `${root}/My Projects/sluice`;
+  await Deno.mkdir(checkout, { recursive: true });
+  try {
+    for (
+      const path of [
+        "main.ts",
+        "mod.ts",
+        "deno.json",
+        "deno.lock",
+        "src",
+        "lua",
+        "config",
+        "plugins",
+      ]
+    ) {
+      const copy = new Deno.Command("cp", { args: ["-r", repoPath(path), `${checkout}/${path}`] });
+      assert.ok((await copy.output()).success, `copying ${path}`);
+    }
+    const config = `${checkout}/config/gateway.yaml`;
+    const adminPort = freePort();
+    await Deno.writeTextFile(
+      config,
+      (await Deno.readTextFile(config)).replace("port: 9090", `port: ${adminPort}`),
+    );
+    // Run from elsewhere, with no --config: the default config is found beside main.ts.
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-net", "--allow-read", "--allow-env", `${checkout}/main.ts`],
+      cwd: root,
+      env: { NO_COLOR: "1", PORT: String(freePort()), REDIS_URL: "" },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const ready = await waitFor(async () => {
+      try {
+        return (await fetch(`http://127.0.0.1:${adminPort}/health`)).status === 200;
+      } catch {
+        return false;
+      }
+    }, 10_000);
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // It had already stopped (and says why on stderr).
+    }
+    const output = await child.output();
+    const stdout = new TextDecoder().decode(output.stdout);
+    assert.ok(ready, new TextDecoder().decode(output.stderr) + stdout);
+    assert.match(stdout, /"config":"[^"]*My Projects\/sluice\/config\/gateway\.yaml"/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
 });
