@@ -302,3 +302,80 @@ export default definePlugin({ name: "late", options: z.object({}), create: () =>
     "fixing the plugin reloads",
   );
 });
+
+/** Config layouts that change without an edit of the file itself. */
+const LAYOUTS: {
+  name: string;
+  /** Lays out v1 under `root`; returns the config path the gateway is given. */
+  setup(root: string, text: string): Promise<string>;
+  /** Changes the config to `text` the way that layout's tools do. */
+  change(root: string, text: string, round: number): Promise<void>;
+}[] = [
+  {
+    name: "a symlink to a file in another folder, whose target is edited",
+    async setup(root, text) {
+      await Deno.mkdir(`${root}/real`);
+      await Deno.mkdir(`${root}/etc`);
+      await Deno.writeTextFile(`${root}/real/gateway.yaml`, text);
+      await Deno.symlink(`${root}/real/gateway.yaml`, `${root}/etc/gateway.yaml`);
+      return `${root}/etc/gateway.yaml`;
+    },
+    async change(root, text) {
+      await Deno.writeTextFile(`${root}/real/gateway.yaml.tmp`, text);
+      await Deno.rename(`${root}/real/gateway.yaml.tmp`, `${root}/real/gateway.yaml`);
+    },
+  },
+  {
+    name: "a Kubernetes ConfigMap volume, whose ..data link is swapped to a new folder",
+    async setup(root, text) {
+      await Deno.mkdir(`${root}/..v0`);
+      await Deno.writeTextFile(`${root}/..v0/gateway.yaml`, text);
+      await Deno.symlink("..v0", `${root}/..data`);
+      await Deno.symlink("..data/gateway.yaml", `${root}/gateway.yaml`);
+      return `${root}/gateway.yaml`;
+    },
+    async change(root, text, round) {
+      await Deno.mkdir(`${root}/..v${round}`);
+      await Deno.writeTextFile(`${root}/..v${round}/gateway.yaml`, text);
+      await Deno.symlink(`..v${round}`, `${root}/..data_tmp`);
+      await Deno.rename(`${root}/..data_tmp`, `${root}/..data`);
+      await Deno.remove(`${root}/..v${round - 1}`, { recursive: true });
+    },
+  },
+  {
+    name: "a folder replaced whole",
+    async setup(root, text) {
+      await Deno.mkdir(`${root}/conf`);
+      await Deno.writeTextFile(`${root}/conf/gateway.yaml`, text);
+      return `${root}/conf/gateway.yaml`;
+    },
+    async change(root, text) {
+      await Deno.mkdir(`${root}/conf.new`);
+      await Deno.writeTextFile(`${root}/conf.new/gateway.yaml`, text);
+      await Deno.remove(`${root}/conf`, { recursive: true });
+      await Deno.rename(`${root}/conf.new`, `${root}/conf`);
+    },
+  },
+];
+
+for (const layout of LAYOUTS) {
+  Deno.test(`reload follows ${layout.name}, again and again`, async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    const root = await Deno.makeTempDir({ prefix: "sluice-layout-" });
+    try {
+      const file = await layout.setup(root, config(upstream.url, "v1"));
+      await using gw = await startGateway("", { configFile: file });
+      for (let round = 1; round <= 2; round++) {
+        const tag = `v${round + 1}`;
+        await layout.change(root, config(upstream.url, tag), round);
+        assert.ok(
+          await waitFor(async () => (await get(`${gw.url}/x`)).headers.get("x-tag") === tag),
+          `round ${round}: still serving ${(await get(`${gw.url}/x`)).headers.get("x-tag")}`,
+        );
+        assert.equal(await version(gw.adminUrl), round + 1);
+      }
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  });
+}
