@@ -343,6 +343,21 @@ const LAYOUTS: {
     },
   },
   {
+    name: "a current -> releases/N link repointed at a new release",
+    async setup(root, text) {
+      await Deno.mkdir(`${root}/releases/0`, { recursive: true });
+      await Deno.writeTextFile(`${root}/releases/0/gateway.yaml`, text);
+      await Deno.symlink(`${root}/releases/0`, `${root}/current`);
+      return `${root}/current/gateway.yaml`;
+    },
+    async change(root, text, round) {
+      await Deno.mkdir(`${root}/releases/${round}`);
+      await Deno.writeTextFile(`${root}/releases/${round}/gateway.yaml`, text);
+      await Deno.symlink(`${root}/releases/${round}`, `${root}/current.tmp`);
+      await Deno.rename(`${root}/current.tmp`, `${root}/current`);
+    },
+  },
+  {
     name: "a folder replaced whole",
     async setup(root, text) {
       await Deno.mkdir(`${root}/conf`);
