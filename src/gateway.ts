@@ -12,7 +12,8 @@ import {
 import type { EnvLookup } from "./config/interpolate.ts";
 import { processEnv } from "./config/interpolate.ts";
 import { Logger } from "./log.ts";
-import { Metrics } from "./metrics.ts";
+import { Metrics, type RouteGauges } from "./metrics.ts";
+import { type BreakerState, STATE_VALUE } from "./breaker.ts";
 import { isSealed } from "./response_headers.ts";
 import { CidrSet, normalizeIp } from "./net/cidr.ts";
 import { buildPipeline, Context, type Pipeline, PipelineBuildError } from "./pipeline.ts";
@@ -172,6 +173,7 @@ export class Gateway {
       httpClient,
     });
     metrics.configReloads.inc({ result: "ok" });
+    metrics.readRouteGauges(() => routeGauges(gateway.#pipeline));
     gateway.#listen(loaded, options);
     if (options.watch ?? true) {
       gateway.#watcher = new FileWatcher(() => {
@@ -648,6 +650,30 @@ function storeSignature(loaded: LoadedConfig, env: EnvLookup): string {
     ...config,
     kind,
     env_url: env("REDIS_URL") ?? "",
+  });
+}
+
+/**
+ * Each route's gauges, from what its concurrency and circuit-breaker steps
+ * report on /status (the breaker's state read now, so an open_for that has
+ * passed shows half-open without a request).
+ */
+function routeGauges(pipeline: Pipeline): RouteGauges[] {
+  return pipeline.routes.map((route) => {
+    const gauges: RouteGauges = { route: route.info.name };
+    for (const statusReport of route.statusReports) {
+      const report = statusReport();
+      const concurrency = report.concurrency as { inflight: number; queued: number } | undefined;
+      if (concurrency) {
+        gauges.inflight = (gauges.inflight ?? 0) + concurrency.inflight;
+        gauges.queued = (gauges.queued ?? 0) + concurrency.queued;
+      }
+      const breakers = report.breaker as Record<string, BreakerState> | undefined;
+      for (const state of Object.values(breakers ?? {})) {
+        gauges.breaker = Math.max(gauges.breaker ?? 0, STATE_VALUE[state]);
+      }
+    }
+    return gauges;
   });
 }
 

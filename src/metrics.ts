@@ -23,6 +23,17 @@ const DURATION_BUCKETS = [
   10,
 ];
 
+/** One route's gauges, as scraped: undefined where the route has no such step. */
+export interface RouteGauges {
+  route: string;
+  /** Requests in flight under its concurrency limit. */
+  inflight?: number;
+  /** Requests waiting for a concurrency slot. */
+  queued?: number;
+  /** Its breakers' worst state: 0 closed, 1 half-open, 2 open. */
+  breaker?: number;
+}
+
 /** Options for {@linkcode Metrics}. */
 export interface MetricsOptions {
   /** Add the process metrics (CPU, memory, event loop). @default true */
@@ -111,33 +122,39 @@ export class Metrics {
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
-    // Read from their sources when scraped: setting a gauge on every request
-    // and every release measurably cost the concurrency plugin.
-    const concurrency = this.#concurrency;
-    this.inflight = new client.Gauge({
-      name: "sluice_inflight",
-      help: "Requests in flight to the upstream under a concurrency limit, by route.",
-      labelNames: ["route"],
-      registers,
-      collect() {
-        for (const [route, source] of concurrency) this.set({ route }, source().inflight);
-      },
-    });
-    this.queueDepth = new client.Gauge({
-      name: "sluice_queue_depth",
-      help: "Requests waiting for a concurrency slot, by route.",
-      labelNames: ["route"],
-      registers,
-      collect() {
-        for (const [route, source] of concurrency) this.set({ route }, source().queued);
-      },
-    });
-    this.breakerState = new client.Gauge({
-      name: "sluice_breaker_state",
-      help: "Circuit breaker state by route: 0 closed, 1 half-open, 2 open.",
-      labelNames: ["route"],
-      registers,
-    });
+    // Read when scraped from the pipeline serving now: setting a gauge on every
+    // request cost the concurrency plugin measurably, and a gauge set by a
+    // plugin outlived the step (or was set by a reload that then failed).
+    const gauges = () => this.#routeGauges();
+    const gauge = (name: string, help: string, read: (g: RouteGauges) => number | undefined) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ["route"],
+        registers,
+        collect() {
+          this.reset();
+          for (const g of gauges()) {
+            const value = read(g);
+            if (value !== undefined) this.set({ route: g.route }, value);
+          }
+        },
+      });
+    this.inflight = gauge(
+      "sluice_inflight",
+      "Requests in flight to the upstream under a concurrency limit, by route.",
+      (g) => g.inflight,
+    );
+    this.queueDepth = gauge(
+      "sluice_queue_depth",
+      "Requests waiting for a concurrency slot, by route.",
+      (g) => g.queued,
+    );
+    this.breakerState = gauge(
+      "sluice_breaker_state",
+      "Circuit breaker state by route: 0 closed, 1 half-open, 2 open.",
+      (g) => g.breaker,
+    );
     this.storeErrors.inc({ reason: "timeout" }, 0);
     this.storeErrors.inc({ reason: "error" }, 0);
     this.configReloads.inc({ result: "ok" }, 0);
@@ -145,11 +162,11 @@ export class Metrics {
     if (options.processMetrics ?? true) processMetrics(registers);
   }
 
-  #concurrency = new Map<string, () => { inflight: number; queued: number }>();
+  #routeGauges: () => RouteGauges[] = () => [];
 
-  /** Where `sluice_inflight` and `sluice_queue_depth` of a route are read from when scraped. */
-  watchConcurrency(route: string, source: () => { inflight: number; queued: number }): void {
-    this.#concurrency.set(route, source);
+  /** Where the per-route gauges (`sluice_inflight`, `sluice_queue_depth`, `sluice_breaker_state`) are read from when scraped. */
+  readRouteGauges(source: () => RouteGauges[]): void {
+    this.#routeGauges = source;
   }
 
   /** The Prometheus text exposition of every metric. */

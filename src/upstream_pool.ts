@@ -25,6 +25,12 @@ export class TargetPool {
     return this.#inflight.get(target) ?? 0;
   }
 
+  /** True when no request is in flight to any target. */
+  get idle(): boolean {
+    for (const count of this.#inflight.values()) if (count > 0) return false;
+    return true;
+  }
+
   /**
    * Takes a target for one attempt: not in `tried`, and let through by its
    * breaker (which counts a half-open probe). Undefined when none is left.

@@ -5,7 +5,7 @@
  * = the time left; the proxy skips open targets of a pool.
  */
 import { z } from "zod";
-import { BREAKERS, BreakerSet, circuitOpen, STATE_VALUE } from "../breaker.ts";
+import { BREAKERS, BreakerSet, circuitOpen } from "../breaker.ts";
 import { duration } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 
@@ -24,13 +24,12 @@ export default definePlugin({
       DEFAULT_FAILURE_STATUSES,
     ),
   }),
-  create(opts, { route, gateway, pipeline, position, keep, log, onStatus }) {
+  create(opts, { route, pipeline, position, keep, log, onStatus }) {
     const upstream = route.upstream;
     if (!upstream) throw new Error("circuit-breaker needs the route to have an upstream");
     if (!pipeline.slice(position + 1).includes("proxy")) {
       throw new Error("circuit-breaker needs a proxy step after it in the pipeline");
     }
-    const gauge = gateway.metrics.breakerState.labels({ route: route.name });
     const targets = upstream.targets;
     // Kept across hot swaps while the options stay the same: an open breaker stays open.
     const breakers = keep(() =>
@@ -45,15 +44,12 @@ export default definePlugin({
     );
     breakers.onChange = (target, from, to) => {
       log.warn("circuit breaker changed state", { target, from, to });
-      gauge.set(STATE_VALUE[breakers.worst(targets)]);
     };
-    gauge.set(STATE_VALUE[breakers.worst(targets)]);
     onStatus(() => ({ breaker: breakers.states(targets) }));
 
     return function circuitBreaker(ctx, next) {
       const now = Date.now();
       if (!targets.some((target) => breakers.of(target).available(now))) {
-        gauge.set(STATE_VALUE[breakers.worst(targets, now)]);
         const left = Math.min(...targets.map((target) => breakers.of(target).openLeft(now)));
         return circuitOpen(route.name, left);
       }

@@ -98,13 +98,9 @@ export default definePlugin({
     queue: z.number().int().min(0).default(0),
     queue_timeout: duration().default(1_000),
   }),
-  create(opts, { route, gateway, keep, onStatus }) {
+  create(opts, { route, keep, onStatus }) {
     // Kept across hot swaps while the options stay the same: slots held stay held.
     const semaphore = keep(() => new Semaphore(opts.max, opts.queue));
-    gateway.metrics.watchConcurrency(route.name, () => ({
-      inflight: semaphore.active,
-      queued: semaphore.waiting,
-    }));
     onStatus(() => ({
       concurrency: { max: opts.max, inflight: semaphore.active, queued: semaphore.waiting },
     }));

@@ -140,10 +140,12 @@ export default definePlugin({
     const poolKey = `${upstream.balance} ${upstream.targets.join(" ")}`;
     let pool = pools.get(poolKey);
     if (!pool) {
-      pools.clear();
       pool = new TargetPool(upstream.targets, upstream.balance);
       pools.set(poolKey, pool);
     }
+    // Only idle pools of other targets go: this build may yet fail, and the
+    // running pipeline's pool must keep its counts.
+    for (const [key, other] of pools) if (key !== poolKey && other.idle) pools.delete(key);
     const isPool = upstream.targets.length > 1;
 
     /** One try against one target, until its response headers. */

@@ -305,3 +305,82 @@ Deno.test("least_inflight keeps its counts across a reload: a target still strea
     await reader.cancel().catch(() => {});
   }
 });
+
+Deno.test("sluice_breaker_state is read when scraped: half-open once open_for passes, gone with its step", async () => {
+  await using upstream = startUpstream(() => new Response("no", { status: 500 }));
+  await using gw = await startGateway(yaml(`{ url: ${upstream.url} }`));
+  for (let i = 0; i < 4; i++) await get(`${gw.url}/x`);
+  assert.equal((await get(`${gw.url}/x`)).status, 503);
+  assert.equal(await breakerGauge(gw.adminUrl), 2);
+  // open_for (500ms) passes with no request at all: a scrape shows half-open.
+  await delay(600);
+  assert.equal(await breakerGauge(gw.adminUrl), 1);
+  // The step removed: no breaker series is left to fire an alert.
+  await gw.config.write(yaml(`{ url: ${upstream.url} }`, "identify: {}"));
+  assert.ok(
+    await waitFor(async () => (await (await fetch(`${gw.adminUrl}/status`)).json()).version === 2),
+  );
+  assert.ok(Number.isNaN(await breakerGauge(gw.adminUrl)), "no sluice_breaker_state series");
+});
+
+Deno.test("a reload that fails leaves the running gauges and pool counts as they were", async () => {
+  const release = Promise.withResolvers<void>();
+  const got = { slow: 0, fast: 0 };
+  await using slow = startUpstream(() => {
+    got.slow++;
+    return new Response(
+      new ReadableStream({
+        async start(controller) {
+          controller.enqueue(new TextEncoder().encode("x"));
+          await release.promise;
+          controller.close();
+        },
+      }),
+    );
+  });
+  await using fast = startUpstream(() => {
+    got.fast++;
+    return new Response("ok");
+  });
+  const upstream = `{ targets: [${slow.url}, ${fast.url}], balance: least_inflight }`;
+  await using gw = await startGateway(yaml(upstream, "concurrency: { max: 1000 }"));
+  const streaming = await fetch(`${gw.url}/long`);
+  const reader = streaming.body!.getReader();
+  try {
+    await reader.read();
+    const metric = async (name: string) =>
+      Number(
+        new RegExp(`^${name}\\{route="api"\\} (\\d+)`, "m").exec(
+          await (await fetch(`${gw.adminUrl}/metrics`)).text(),
+        )?.[1],
+      );
+    assert.equal(await metric("sluice_inflight"), 1);
+    // Other targets and another concurrency limit, then a step that cannot be created.
+    const failing = yaml(
+      `{ targets: [${fast.url}], balance: least_inflight }`,
+      "concurrency: { max: 5 }",
+    ).replace(
+      "      - proxy: {}",
+      "      - token-bucket: { rate: 1/s, cost: 2 }\n      - proxy: {}",
+    );
+    await gw.config.write(failing);
+    assert.ok(
+      await waitFor(async () =>
+        (await (await fetch(`${gw.adminUrl}/status`)).json()).last_reload_error !== null
+      ),
+    );
+    assert.equal(await metric("sluice_inflight"), 1, "the running limit's count");
+    // Back to the running targets in a good reload: the slow one is still busy.
+    await gw.config.write(yaml(upstream, "concurrency: { max: 999 }"));
+    assert.ok(
+      await waitFor(async () =>
+        (await (await fetch(`${gw.adminUrl}/status`)).json()).version === 2
+      ),
+    );
+    for (let i = 0; i < 4; i++) await (await fetch(`${gw.url}/x`)).body?.cancel();
+    assert.deepEqual(got, { slow: 1, fast: 4 });
+  } finally {
+    release.resolve();
+    await reader.cancel().catch(() => {});
+  }
+});
