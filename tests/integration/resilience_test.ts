@@ -25,6 +25,42 @@ async function breakerGauge(adminUrl: string): Promise<number> {
   return Number(/^sluice_breaker_state\{route="api"\} (\d+)/m.exec(text)?.[1]);
 }
 
+/**
+ * Two upstreams: `slow` streams one byte, then holds its body open until
+ * `release`; `fast` answers at once. `got` counts the requests each saw.
+ */
+function slowAndFast() {
+  const release = Promise.withResolvers<void>();
+  const got = { slow: 0, fast: 0 };
+  const slow = startUpstream(() => {
+    got.slow++;
+    return new Response(
+      new ReadableStream({
+        async start(controller) {
+          controller.enqueue(new TextEncoder().encode("x"));
+          await release.promise;
+          controller.close();
+        },
+      }),
+    );
+  });
+  const fast = startUpstream(() => {
+    got.fast++;
+    return new Response("ok");
+  });
+  return {
+    slow,
+    fast,
+    got,
+    release,
+    async [Symbol.asyncDispose]() {
+      release.resolve();
+      await slow[Symbol.asyncDispose]();
+      await fast[Symbol.asyncDispose]();
+    },
+  };
+}
+
 Deno.test("the breaker opens, stops calling the upstream, half-opens, closes on success, re-opens on a failed probe", async () => {
   let failing = true;
   let calls = 0;
@@ -262,24 +298,8 @@ Deno.test("least_inflight counts a request until its body is sent, not only unti
 });
 
 Deno.test("least_inflight keeps its counts across a reload: a target still streaming stays busy", async () => {
-  const got = { slow: 0, fast: 0 };
-  const release = Promise.withResolvers<void>();
-  await using slow = startUpstream(() => {
-    got.slow++;
-    return new Response(
-      new ReadableStream({
-        async start(controller) {
-          controller.enqueue(new TextEncoder().encode("x"));
-          await release.promise;
-          controller.close();
-        },
-      }),
-    );
-  });
-  await using fast = startUpstream(() => {
-    got.fast++;
-    return new Response("ok");
-  });
+  await using upstreams = slowAndFast();
+  const { slow, fast, got, release } = upstreams;
   const upstream = `{ targets: [${slow.url}, ${fast.url}], balance: least_inflight }`;
   await using gw = await startGateway(yaml(upstream, "concurrency: { max: 1000 }"));
   const streaming = await fetch(`${gw.url}/long`);
@@ -324,24 +344,8 @@ Deno.test("sluice_breaker_state is read when scraped: half-open once open_for pa
 });
 
 Deno.test("a reload that fails leaves the running gauges and pool counts as they were", async () => {
-  const release = Promise.withResolvers<void>();
-  const got = { slow: 0, fast: 0 };
-  await using slow = startUpstream(() => {
-    got.slow++;
-    return new Response(
-      new ReadableStream({
-        async start(controller) {
-          controller.enqueue(new TextEncoder().encode("x"));
-          await release.promise;
-          controller.close();
-        },
-      }),
-    );
-  });
-  await using fast = startUpstream(() => {
-    got.fast++;
-    return new Response("ok");
-  });
+  await using upstreams = slowAndFast();
+  const { slow, fast, got, release } = upstreams;
   const upstream = `{ targets: [${slow.url}, ${fast.url}], balance: least_inflight }`;
   await using gw = await startGateway(yaml(upstream, "concurrency: { max: 1000 }"));
   const streaming = await fetch(`${gw.url}/long`);
