@@ -10,6 +10,17 @@
  */
 
 const MAX_LINKS = 40;
+/**
+ * Paths are watched again this long after a change has settled: a watch set
+ * at once on the path of a folder just replaced whole reported nothing (Deno 2.9).
+ */
+const SETTLE_MS = 300;
+/**
+ * How often each file's identity (inode, size, mtime) is checked, for the
+ * changes no event reports: after a folder is replaced whole, its new watch
+ * may stay silent.
+ */
+const POLL_MS = 2_000;
 
 /** The symlinks met while resolving `path` (each as the path it was met at), and the real file. */
 export function symlinkChain(path: string): { links: string[]; real: string } {
@@ -51,6 +62,10 @@ function dirOf(path: string): string {
 /** Calls back once per burst of changes to any of the watched files. */
 export class FileWatcher {
   #watchers: Deno.FsWatcher[] = [];
+  #settle: ReturnType<typeof setTimeout> | undefined;
+  #poll: ReturnType<typeof setInterval> | undefined;
+  /** Each file's identity when last looked at. */
+  #seen = new Map<string, string>();
   #files = new Set<string>();
   /** Paths whose change may change a watched file: the files, their links, real files and folders. */
   #paths = new Set<string>();
@@ -71,10 +86,27 @@ export class FileWatcher {
     const next = new Set(files);
     if (next.size === this.#files.size && [...next].every((file) => this.#files.has(file))) return;
     this.#files = next;
+    this.#seen = new Map([...next].map((file) => [file, identity(file)]));
     this.#rewatch();
+    if (this.#poll === undefined) {
+      this.#poll = setInterval(() => this.#check(), POLL_MS);
+      Deno.unrefTimer(this.#poll);
+    }
+  }
+
+  /** Any file whose identity changed though no event said so counts as changed. */
+  #check(): void {
+    for (const file of this.#files) {
+      const now = identity(file);
+      if (now === this.#seen.get(file)) continue;
+      this.#seen.set(file, now);
+      this.#changedNow();
+      return;
+    }
   }
 
   #rewatch(): void {
+    // Closed first: a watch closed after another was set on the same path took that one along.
     this.#stopWatchers();
     const paths = new Set<string>();
     const dirs = new Set<string>();
@@ -107,40 +139,68 @@ export class FileWatcher {
       for await (const event of watcher) {
         if (event.kind === "access") continue;
         if (!event.paths.some((path) => this.#paths.has(path))) continue;
-        // Which file changed is not always known (a link or folder moved): all may have.
-        for (const file of this.#files) this.#changed.add(file);
-        if (this.#timer !== undefined) clearTimeout(this.#timer);
-        this.#timer = setTimeout(() => {
-          this.#timer = undefined;
-          const changed = [...this.#changed];
-          this.#changed.clear();
-          if (this.#closed) return;
-          // The links may lead elsewhere now: watch where they lead.
-          this.#rewatch();
-          this.#onChange(changed);
-        }, this.#debounceMs);
+        this.#changedNow();
       }
     } catch {
       // The watcher was closed.
     }
   }
 
+  /** Something changed: call back once the burst is over, and watch where the paths lead now. */
+  #changedNow(): void {
+    // Which file changed is not always known (a link or folder moved): all may have.
+    for (const file of this.#files) this.#changed.add(file);
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      const changed = [...this.#changed];
+      this.#changed.clear();
+      if (this.#closed) return;
+      for (const file of this.#files) this.#seen.set(file, identity(file));
+      this.#onChange(changed);
+      // The links and folders may lead elsewhere now: watch there, once it has settled.
+      clearTimeout(this.#settle);
+      this.#settle = setTimeout(() => {
+        this.#settle = undefined;
+        if (!this.#closed) this.#rewatch();
+      }, SETTLE_MS);
+    }, this.#debounceMs);
+  }
+
   #stopWatchers(): void {
-    for (const watcher of this.#watchers) {
-      try {
-        watcher.close();
-      } catch {
-        // Already closed.
-      }
-    }
+    closeAll(this.#watchers);
     this.#watchers = [];
   }
 
   /** Stops watching. */
   close(): void {
     this.#closed = true;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    clearTimeout(this.#timer);
     this.#timer = undefined;
+    clearTimeout(this.#settle);
+    this.#settle = undefined;
+    clearInterval(this.#poll);
+    this.#poll = undefined;
     this.#stopWatchers();
+  }
+}
+
+function closeAll(watchers: readonly Deno.FsWatcher[]): void {
+  for (const watcher of watchers) {
+    try {
+      watcher.close();
+    } catch {
+      // Already closed.
+    }
+  }
+}
+
+/** What the file is now (through any links): its inode, size and mtime, or "missing". */
+function identity(file: string): string {
+  try {
+    const info = Deno.statSync(file);
+    return `${info.dev}:${info.ino}:${info.size}:${info.mtime?.getTime()}`;
+  } catch {
+    return "missing";
   }
 }

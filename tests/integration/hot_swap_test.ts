@@ -374,7 +374,7 @@ const LAYOUTS: {
 ];
 
 for (const layout of LAYOUTS) {
-  Deno.test(`reload follows ${layout.name}, again and again`, async () => {
+  Deno.test(`reload follows ${layout.name}, again and again, and an edit after`, async () => {
     await using upstream = startUpstream(() => new Response("ok"));
     const root = await Deno.makeTempDir({ prefix: "sluice-layout-" });
     try {
@@ -389,6 +389,13 @@ for (const layout of LAYOUTS) {
         );
         assert.equal(await version(gw.adminUrl), round + 1);
       }
+      // And then an edit of the file where it now is (its watch may be gone
+      // with the old folder: the watcher also checks every file every 2 s).
+      await Deno.writeTextFile(file, config(upstream.url, "v4"));
+      assert.ok(
+        await waitFor(async () => (await get(`${gw.url}/x`)).headers.get("x-tag") === "v4"),
+        "an edit in place after the change",
+      );
     } finally {
       await Deno.remove(root, { recursive: true });
     }
