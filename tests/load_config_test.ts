@@ -390,7 +390,7 @@ Deno.test("cluster nodes that mix redis:// and rediss:// are an error at the odd
   const issues = await issuesOf(`store:
   nodes:
     - redis://127.0.0.1:7000
-    - rediss://127.0.0.1:7001
+    - REDISS://127.0.0.1:7001
 `);
   assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [["store.nodes[1]", 4]]);
   assert.match(issues[0]!.message, /all be redis:\/\/ or all be rediss:\/\//);

@@ -106,6 +106,10 @@ Deno.test("a Redis URL that cannot be read is named in errors without its user a
       "redis://default:hunter2SECRET@127.0.0.1:6379/cache",
       "http://:hunter2SECRET@127.0.0.1:6379",
       "redis://:hunter2SECRET@[::1:6379",
+      "redis://default:Sup3r#hunter2SECRET@redis.internal:6379",
+      "redis://default:ab/hunter2SECRET@redis.example:6379",
+      "redis://default:a?hunter2SECRET@redis.example:6379",
+      "redis://default:12/hunter2SECRET@redis.example:6379",
     ]
   ) {
     assert.throws(

@@ -168,7 +168,7 @@ export const configSchema = z.strictObject({
     url: redisUrl.optional(),
     nodes: z.array(redisUrl).optional().superRefine((nodes, ctx) => {
       // A cluster speaks TLS to every node or to none.
-      const tls = (url: string) => url.startsWith("rediss:");
+      const tls = (url: string) => /^rediss:/i.test(url);
       for (const [index, node] of (nodes ?? []).entries()) {
         if (tls(node) !== tls(nodes![0]!)) {
           ctx.addIssue({

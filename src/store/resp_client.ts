@@ -56,7 +56,9 @@ export function parseRedisUrl(text: string): RespClientOptions {
   const dbText = url.pathname.replace(/^\//, "");
   const db = dbText === "" ? 0 : Number(dbText);
   if (!Number.isInteger(db) || db < 0) {
-    throw new Error(`Invalid Redis URL "${shown}": the database "${dbText}" is not a number`);
+    // A path with an @ is a password's tail (a / in it), not a database to show.
+    const what = dbText.includes("@") ? "part after the host" : `database "${dbText}"`;
+    throw new Error(`Invalid Redis URL "${shown}": the ${what} is not a number`);
   }
   return {
     hostname: url.hostname.replace(/^\[(.*)\]$/, "$1") || "127.0.0.1",
@@ -68,9 +70,14 @@ export function parseRedisUrl(text: string): RespClientOptions {
   };
 }
 
-/** `text` with whatever stands before an `@` after the scheme (user, password) written `***`. */
+/**
+ * `text` with everything between the scheme and the last `@` written `***`:
+ * a password may hold `/`, `?` or `#` (which is why such a URL fails to parse).
+ */
 export function redactCredentials(text: string): string {
-  return text.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#]*@/, "$1***@");
+  const at = text.lastIndexOf("@");
+  const start = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(text)?.[0].length ?? 0;
+  return at < start ? text : `${text.slice(0, start)}***${text.slice(at)}`;
 }
 
 /** A URL's user name or password, percent-decoded; the error never shows it. */
