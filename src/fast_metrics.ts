@@ -86,9 +86,12 @@ export interface CounterChild {
 
 class CounterCell implements CounterChild {
   value = 0;
+  /** Shown once counted in (as prom-client shows a series once it is used). */
+  shown = false;
   inc(amount = 1): void {
     if (!(amount >= 0)) throw new Error(`A counter only goes up: cannot add ${amount}`);
     this.value += amount;
+    this.shown = true;
   }
 }
 
@@ -98,6 +101,8 @@ export class FastCounter<L extends string = string> extends FastMetric<L, Counte
 
   constructor(options: { name: string; help: string; labelNames?: readonly L[] }) {
     super(options);
+    // Without labels there is one series, shown from the start.
+    if (this.labelNames.length === 0) this.child().shown = true;
   }
 
   protected make(): CounterCell {
@@ -115,7 +120,8 @@ export class FastCounter<L extends string = string> extends FastMetric<L, Counte
   }
 
   protected values(): Exported["values"] {
-    return [...this.entries()].map(({ labels, child }) => ({ labels, value: child.value }));
+    return [...this.entries()].filter(({ child }) => child.shown)
+      .map(({ labels, child }) => ({ labels, value: child.value }));
   }
 }
 
@@ -129,6 +135,8 @@ class HistogramCell implements HistogramChild {
   readonly counts: number[];
   sum = 0;
   count = 0;
+  /** Shown once observed into (as prom-client shows a series once it is used). */
+  shown = false;
 
   constructor(readonly bounds: readonly number[]) {
     this.counts = new Array(bounds.length + 1).fill(0);
@@ -142,6 +150,7 @@ class HistogramCell implements HistogramChild {
     this.counts[i]!++;
     this.sum += value;
     this.count++;
+    this.shown = true;
   }
 }
 
@@ -155,6 +164,8 @@ export class FastHistogram<L extends string = string> extends FastMetric<L, Hist
   ) {
     super(options);
     this.buckets = [...options.buckets].sort((a, b) => a - b);
+    // Without labels there is one series, shown from the start.
+    if (this.labelNames.length === 0) this.child().shown = true;
   }
 
   protected make(): HistogramCell {
@@ -175,6 +186,7 @@ export class FastHistogram<L extends string = string> extends FastMetric<L, Hist
   protected values(): Exported["values"] {
     const out: Exported["values"] = [];
     for (const { labels, child } of this.entries()) {
+      if (!child.shown) continue;
       let cumulative = 0;
       this.buckets.forEach((bound, i) => {
         cumulative += child.counts[i]!;

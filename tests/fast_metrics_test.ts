@@ -46,6 +46,13 @@ Deno.test("a fast counter and histogram render as prom-client's, series by serie
   for (const metric of [fastCounter, fastHistogram, fastPlain]) {
     ours.registerMetric(metric as unknown as client.Metric);
   }
+  // Before anything is counted: a series without labels shows zeros, one
+  // asked for by labels() but never used shows nothing.
+  counter.labels("api", "unused");
+  fastCounter.labels("api", "unused");
+  histogram.labels({ route: "unused" });
+  fastHistogram.labels({ route: "unused" });
+  assert.equal(await ours.metrics(), await theirs.metrics());
   const values = [0, 0.0005, 0.001, 0.002, 0.01, 0.05, 0.1, 0.7, 1, 3, 42];
   for (const [i, value] of values.entries()) {
     const route = i % 2 ? "api" : "other";
