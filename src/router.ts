@@ -53,6 +53,11 @@ export function hostName(header: string | null): string {
 }
 
 const MALFORMED_ESCAPE = /%(?![0-9A-Fa-f]{2})/;
+
+/** True when a `%` in `path` starts no percent-escape (`/100%`, `/%%32e`): not a valid URI path. */
+export function hasMalformedEscape(path: string): boolean {
+  return path.includes("%") && MALFORMED_ESCAPE.test(path);
+}
 const UNRESERVED_ESCAPE = /%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])/g;
 
 /**

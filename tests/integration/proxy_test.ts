@@ -459,6 +459,15 @@ Deno.test("proxy: dot segments and escaped letters are resolved before routing a
   assert.deepEqual(publicSeen, []);
   assert.deepEqual(privateSeen, []);
 
+  // A % that starts no escape would leave the path undecoded (and dodge /private): a 400.
+  for (const target of ["/%70rivate/secret%", "/private/100%/x", "/%%32e%%32e/private"]) {
+    const bad = await get(target, "X-Request-Id: bad-path\r\n");
+    assert.equal(statusOf(bad), 400, target);
+    assert.equal(single(bad, "content-type"), "application/problem+json");
+    assert.equal(single(bad, "x-request-id"), "bad-path");
+  }
+  assert.deepEqual(publicSeen, []);
+
   const allowed = await get("/public/../private/secret", "X-Api-Key: k1\r\n");
   assert.equal(statusOf(allowed), 200);
   assert.equal(decoder.decode(allowed.body), "private");
