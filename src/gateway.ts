@@ -27,7 +27,7 @@ import { Http1Client, type Http1Init } from "./http1_client.ts";
 import { createStore, storeKind } from "./store/mod.ts";
 import type { ResilientStore } from "./store/resilient_store.ts";
 import { RecentClients } from "./client_directory.ts";
-import { decodeUnreserved } from "./router.ts";
+import { decodeUnreserved, hasMalformedEscape } from "./router.ts";
 import { stableStringify } from "./state_registry.ts";
 
 /** Options for {@linkcode Gateway.start}. */
@@ -321,6 +321,15 @@ export class Gateway {
       // `/%70ay` is `/pay`: routes match, and the upstream gets, the path with
       // escaped unreserved characters decoded (the URL parser resolved dot segments).
       if (url.pathname.includes("%")) {
+        // A % that starts no escape makes the path ambiguous: left undecoded it
+        // dodged its route (`/%70ay/x%`), decoded it could make new escapes.
+        if (hasMalformedEscape(url.pathname)) {
+          response = problem(400, {
+            detail: "The request path holds a % that starts no percent-escape (write % as %25)",
+            headers: { "x-request-id": requestId },
+          });
+          return response;
+        }
         const decoded = decodeUnreserved(url.pathname);
         if (decoded !== url.pathname) url.pathname = decoded;
       }
@@ -348,6 +357,10 @@ export class Gateway {
       );
       try {
         response = await route.run(ctx);
+        if (!(response instanceof Response)) {
+          // A plugin that forgot `return next()`: its route's 500, logged with the request id.
+          throw new TypeError(`The pipeline ended with ${typeof response}, not a Response`);
+        }
       } catch (error) {
         this.log.error("plugin failed", { route: routeName, request_id: requestId, error });
         response = problem(500, {

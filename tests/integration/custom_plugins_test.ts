@@ -50,6 +50,8 @@ export default definePlugin({
     return function flaky(ctx, next) {
       if (ctx.url.pathname === "/boom") throw new Error("flaky plugin blew up");
       if (ctx.url.pathname === "/twice") return next().then(() => next());
+      // The common slip: no return.
+      if (ctx.url.pathname === "/forgot") { next(); return undefined as unknown as Response; }
       return next();
     };
   },
@@ -64,11 +66,17 @@ export default definePlugin({
   const twice = await fetch(`${gw.url}/twice`);
   assert.equal(twice.status, 500);
   await twice.body?.cancel();
+  const forgot = await fetch(`${gw.url}/forgot`, { headers: { "x-request-id": "forgot-1" } });
+  assert.equal(forgot.status, 500);
+  assert.equal(forgot.headers.get("x-request-id"), "forgot-1");
+  assert.equal((await forgot.json()).title, "Plugin failed");
   const fine = await fetch(`${gw.url}/fine`);
   assert.equal(fine.status, 200);
   await fine.body?.cancel();
   const logged = gw.logs.lines.filter((line) => line.msg === "plugin failed");
-  assert.equal(logged.length, 2);
+  assert.equal(logged.length, 3);
   assert.match(JSON.stringify(logged[0]), /flaky plugin blew up/);
   assert.match(JSON.stringify(logged[1]), /next\(\) was called more than once/);
+  assert.match(JSON.stringify(logged[2]), /not a Response/);
+  assert.equal(logged[2]!.request_id, "forgot-1");
 });
