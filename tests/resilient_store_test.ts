@@ -208,3 +208,55 @@ Deno.test("a call that never answers leaves no timeout ticker running: a program
   assert.equal(code, 0, `exit ${code}: ${new TextDecoder().decode(stderr)}`);
   assert.equal(new TextDecoder().decode(stdout).trim(), "allow");
 });
+
+Deno.test("tokens go back to the store that gave them: a reservation made locally during an outage is not refunded into the shared store", async () => {
+  const remoteCosts: number[] = [];
+  const shared = new MemoryStore();
+  const remote: Store = {
+    kind: "redis",
+    window: (query) => shared.window(query),
+    bucket: (query) => {
+      remoteCosts.push(query.cost);
+      return shared.bucket(query);
+    },
+    hashGet: () => Promise.resolve(undefined),
+    ping: () => Promise.resolve(),
+    close: () => shared.close(),
+  };
+  const store = new ResilientStore(remote, {
+    timeoutMs: 50,
+    onFailure: "local",
+    startDown: true,
+    probeIntervalMs: 50,
+  });
+  try {
+    const bucket = {
+      key: "{sluice:r:c}:bucket",
+      rate: 1,
+      periodMs: 60_000,
+      burst: 1,
+      maxDelayMs: 0,
+    };
+    const local = await store.bucket({ ...bucket, cost: 1 });
+    assert.equal(local.source, "local");
+    for (let i = 0; i < 100 && store.health().state !== "up"; i++) await delay(20);
+    assert.equal(store.health().state, "up");
+    await store.refundBucket({ ...bucket, cost: -1 }, local.source);
+    assert.deepEqual(remoteCosts, [], "the shared store got nothing back it never gave");
+    assert.equal(
+      (await store.local.bucket({ ...bucket, cost: 1 })).allowed,
+      true,
+      "the local one did",
+    );
+    // A fallback that took nothing gets nothing back.
+    await store.refundBucket({ ...bucket, cost: -1 }, "allow");
+    assert.deepEqual(remoteCosts, []);
+    // A token the shared store gave goes back there.
+    const shared1 = await store.bucket({ ...bucket, cost: 1 });
+    assert.equal(shared1.source, "store");
+    await store.refundBucket({ ...bucket, cost: -1 }, shared1.source);
+    assert.deepEqual(remoteCosts, [1, -1]);
+  } finally {
+    await store.close();
+  }
+});

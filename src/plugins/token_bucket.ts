@@ -168,7 +168,8 @@ export default definePlugin({
           name,
           quota: opts.rate.count,
           windowSeconds: toSeconds(opts.rate.periodMs),
-          remaining: decision.remaining,
+          // A burst above the rate's count holds more than the quota: no more is said to remain.
+          remaining: Math.min(decision.remaining, opts.rate.count),
           resetSeconds: toSeconds(decision.resetMs),
         }];
       }
@@ -253,8 +254,8 @@ export default definePlugin({
         const waited = await abortableDelay(delay, ctx.signal);
         if (lastSlot.get(key) === slot) lastSlot.delete(key);
         if (!waited) {
-          // The client hung up: its tokens go back to the bucket.
-          await store.bucket(query(key, -opts.cost));
+          // The client hung up: its tokens go back to the bucket that gave them.
+          await store.refundBucket(query(key, -opts.cost), decision.source);
           return new Response(null, { status: 499 });
         }
       } else {

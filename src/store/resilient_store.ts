@@ -12,6 +12,7 @@ import { CallTimeouts, StoreTimeoutError } from "./call_timeouts.ts";
 import { MemoryStore } from "./memory_store.ts";
 import type {
   BucketQuery,
+  DecisionSource,
   FailurePolicy,
   LimitStore,
   SourcedBucketDecision,
@@ -153,6 +154,20 @@ export class ResilientStore implements LimitStore {
       return { ...(await this.#call(() => this.primary.bucket(query))), source: "store" };
     } catch {
       return this.#bucketFallback(query);
+    }
+  }
+
+  async refundBucket(query: BucketQuery, source: DecisionSource): Promise<void> {
+    if (this.primary === this.local || source === "local") {
+      await this.local.bucket(query);
+      return;
+    }
+    // allow and deny took nothing; a store that is down keeps what it took.
+    if (source !== "store" || this.#down) return;
+    try {
+      await this.#call(() => this.primary.bucket(query));
+    } catch {
+      // Lost with the store: it keeps the tokens, which errs on the side of the limit.
     }
   }
 

@@ -142,6 +142,12 @@ export interface LimitStore {
   readonly kind: StoreKind;
   window(query: WindowQuery): Promise<SourcedWindowDecision>;
   bucket(query: BucketQuery): Promise<SourcedBucketDecision>;
+  /**
+   * Gives tokens back (`query.cost` negative) to the store that took them, by
+   * the source of the decision that took them: the shared store or this
+   * instance's; a fallback that took nothing gets nothing. Never rejects.
+   */
+  refundBucket(query: BucketQuery, source: DecisionSource): Promise<void>;
   /** One field of a hash (`HGET`), or undefined; rejects when the store fails. */
   hashGet(key: string, field: string): Promise<string | undefined>;
   health(): StoreHealth;

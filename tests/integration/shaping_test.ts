@@ -76,6 +76,19 @@ Deno.test("with a small max_delay most of a burst is 429 with Retry-After", asyn
   }
 });
 
+Deno.test("a burst above the rate's count never says more remains than the quota", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    "      - token-bucket: { rate: 10/s, burst: 100 }",
+  ));
+  const response = await fetch(`${gw.url}/x`);
+  await response.body?.cancel();
+  assert.equal(response.headers.get("x-ratelimit-limit"), "10");
+  assert.equal(response.headers.get("x-ratelimit-remaining"), "10");
+  assert.match(response.headers.get("ratelimit")!, /^"10\/s";r=10;t=\d+$/);
+});
+
 Deno.test("a client that hangs up while waiting for a token gives its place back", async () => {
   let seen = 0;
   await using upstream = startUpstream(() => {
