@@ -252,10 +252,14 @@ export default definePlugin({
         counters.delayed.inc();
         delays.observe(delay / 1000);
         const waited = await abortableDelay(delay, ctx.signal);
-        if (lastSlot.get(key) === slot) lastSlot.delete(key);
+        const last = lastSlot.get(key) === slot;
+        if (last) lastSlot.delete(key);
         if (!waited) {
-          // The client hung up: its tokens go back to the bucket that gave them.
-          await store.refundBucket(query(key, -opts.cost), decision.source);
+          // The client hung up. Its tokens go back to the bucket that gave them
+          // only when no one here waits behind it: a token given back before
+          // later waiters' slots would send the next newcomer out with the last
+          // of them, two requests in one slot. An earlier slot is lost instead.
+          if (last) await store.refundBucket(query(key, -opts.cost), decision.source);
           return new Response(null, { status: 499 });
         }
       } else {

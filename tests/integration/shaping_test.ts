@@ -117,6 +117,45 @@ Deno.test("a client that hangs up while waiting for a token gives its place back
   assert.equal(seen, 2);
 });
 
+Deno.test("waiters that hang up ahead of others give no burst to the requests that come next", async () => {
+  const arrivals: number[] = [];
+  await using upstream = startUpstream(() => {
+    arrivals.push(performance.now());
+    return new Response("ok");
+  });
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    "      - token-bucket: { rate: 10/s, burst: 1, max_delay: 2s }",
+  ));
+  const send = (signal?: AbortSignal) =>
+    fetch(`${gw.url}/x`, { signal }).then(async (r) => {
+      await r.body?.cancel();
+      return r.status;
+    }, () => "aborted");
+  const answers: Promise<unknown>[] = [send()];
+  await delay(5);
+  // Five wait (slots 100 ms apart); the first three hang up while the last two still wait.
+  const leaving = [1, 2, 3].map(() => new AbortController());
+  for (let i = 0; i < 5; i++) {
+    answers.push(send(leaving[i]?.signal));
+    await delay(3);
+  }
+  await delay(30);
+  for (const controller of leaving) controller.abort();
+  await delay(20);
+  for (let i = 0; i < 3; i++) {
+    answers.push(send());
+    await delay(3);
+  }
+  await Promise.all(answers);
+  assert.equal(arrivals.length, 6);
+  // burst + rate x time allows 3 in 200 ms; given back early, they came within 2 ms.
+  for (let i = 0; i + 2 < arrivals.length; i++) {
+    const span = arrivals[i + 2]! - arrivals[i]!;
+    assert.ok(span >= 100, `3 requests within ${Math.round(span)} ms`);
+  }
+});
+
 Deno.test("the upstream never sees more than max at once; the queue waits in order", async () => {
   let current = 0;
   let peak = 0;
