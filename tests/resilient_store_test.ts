@@ -260,3 +260,38 @@ Deno.test("tokens go back to the store that gave them: a reservation made locall
     await store.close();
   }
 });
+
+Deno.test("a bucket call that answers after its timeout gives its tokens back: the fallback answered instead", async () => {
+  const shared = new MemoryStore();
+  let slow = true;
+  const remote: Store = {
+    kind: "redis",
+    window: (query) => shared.window(query),
+    bucket: async (query) => {
+      if (slow && query.cost > 0) await delay(150);
+      return shared.bucket(query);
+    },
+    hashGet: () => Promise.resolve(undefined),
+    ping: () => Promise.resolve(),
+    close: () => shared.close(),
+  };
+  const store = new ResilientStore(remote, { timeoutMs: 30, onFailure: "deny" });
+  try {
+    const bucket = {
+      key: "{sluice:r:c}:bucket",
+      rate: 1,
+      periodMs: 60_000,
+      burst: 1,
+      maxDelayMs: 0,
+    };
+    const refused = await store.bucket({ ...bucket, cost: 1 });
+    assert.equal(refused.source, "deny");
+    await delay(300); // The late answer arrives, and its token goes back.
+    slow = false;
+    const next = await store.bucket({ ...bucket, cost: 1 });
+    assert.equal(next.source, "store");
+    assert.equal(next.allowed, true, "the token the late call took was given back");
+  } finally {
+    await store.close();
+  }
+});

@@ -151,7 +151,14 @@ export class ResilientStore implements LimitStore {
     }
     if (this.#down) return this.#bucketFallback(query);
     try {
-      return { ...(await this.#call(() => this.primary.bucket(query))), source: "store" };
+      const decision = await this.#call(() => this.primary.bucket(query), (late) => {
+        // Answered after its timeout, when the fallback had already answered:
+        // the tokens it took serve no one, so they go back.
+        if (late.allowed && query.cost > 0) {
+          this.primary.bucket({ ...query, cost: -query.cost }).catch(() => {});
+        }
+      });
+      return { ...decision, source: "store" };
     } catch {
       return this.#bucketFallback(query);
     }
@@ -174,9 +181,9 @@ export class ResilientStore implements LimitStore {
   /**
    * One store call, bounded by the timeout: settles with the call, or rejects
    * with a StoreTimeoutError when the ticker finds it out of time (one
-   * promise per call, no race).
+   * promise per call, no race). `late` gets an answer that came after that.
    */
-  #call<T>(run: () => Promise<T>): Promise<T> {
+  #call<T>(run: () => Promise<T>, late?: (result: T) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const timed = this.#timeouts.start(this.#options.timeoutMs, (error) => {
         this.#observe(timed.started);
@@ -191,7 +198,10 @@ export class ResilientStore implements LimitStore {
       }
       call.then(
         (result) => {
-          if (!this.#timeouts.done(timed)) return; // Answered after its timeout.
+          if (!this.#timeouts.done(timed)) {
+            late?.(result); // Answered after its timeout.
+            return;
+          }
           this.#observe(timed.started);
           this.#failures = 0;
           this.#firstFailureAt = undefined;
