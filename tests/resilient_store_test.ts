@@ -209,6 +209,15 @@ Deno.test("a call that never answers leaves no timeout ticker running: a program
   assert.equal(new TextDecoder().decode(stdout).trim(), "allow");
 });
 
+/** A bucket of one token a minute. */
+const BUCKET = {
+  key: "{sluice:r:c}:bucket",
+  rate: 1,
+  periodMs: 60_000,
+  burst: 1,
+  maxDelayMs: 0,
+};
+
 Deno.test("tokens go back to the store that gave them: a reservation made locally during an outage is not refunded into the shared store", async () => {
   const remoteCosts: number[] = [];
   const shared = new MemoryStore();
@@ -230,31 +239,24 @@ Deno.test("tokens go back to the store that gave them: a reservation made locall
     probeIntervalMs: 50,
   });
   try {
-    const bucket = {
-      key: "{sluice:r:c}:bucket",
-      rate: 1,
-      periodMs: 60_000,
-      burst: 1,
-      maxDelayMs: 0,
-    };
-    const local = await store.bucket({ ...bucket, cost: 1 });
+    const local = await store.bucket({ ...BUCKET, cost: 1 });
     assert.equal(local.source, "local");
     for (let i = 0; i < 100 && store.health().state !== "up"; i++) await delay(20);
     assert.equal(store.health().state, "up");
-    await store.refundBucket({ ...bucket, cost: -1 }, local.source);
+    await store.refundBucket({ ...BUCKET, cost: -1 }, local.source);
     assert.deepEqual(remoteCosts, [], "the shared store got nothing back it never gave");
     assert.equal(
-      (await store.local.bucket({ ...bucket, cost: 1 })).allowed,
+      (await store.local.bucket({ ...BUCKET, cost: 1 })).allowed,
       true,
       "the local one did",
     );
     // A fallback that took nothing gets nothing back.
-    await store.refundBucket({ ...bucket, cost: -1 }, "allow");
+    await store.refundBucket({ ...BUCKET, cost: -1 }, "allow");
     assert.deepEqual(remoteCosts, []);
     // A token the shared store gave goes back there.
-    const shared1 = await store.bucket({ ...bucket, cost: 1 });
+    const shared1 = await store.bucket({ ...BUCKET, cost: 1 });
     assert.equal(shared1.source, "store");
-    await store.refundBucket({ ...bucket, cost: -1 }, shared1.source);
+    await store.refundBucket({ ...BUCKET, cost: -1 }, shared1.source);
     assert.deepEqual(remoteCosts, [1, -1]);
   } finally {
     await store.close();
@@ -277,18 +279,11 @@ Deno.test("a bucket call that answers after its timeout gives its tokens back: t
   };
   const store = new ResilientStore(remote, { timeoutMs: 30, onFailure: "deny" });
   try {
-    const bucket = {
-      key: "{sluice:r:c}:bucket",
-      rate: 1,
-      periodMs: 60_000,
-      burst: 1,
-      maxDelayMs: 0,
-    };
-    const refused = await store.bucket({ ...bucket, cost: 1 });
+    const refused = await store.bucket({ ...BUCKET, cost: 1 });
     assert.equal(refused.source, "deny");
     await delay(300); // The late answer arrives, and its token goes back.
     slow = false;
-    const next = await store.bucket({ ...bucket, cost: 1 });
+    const next = await store.bucket({ ...BUCKET, cost: 1 });
     assert.equal(next.source, "store");
     assert.equal(next.allowed, true, "the token the late call took was given back");
   } finally {
