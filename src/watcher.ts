@@ -72,7 +72,6 @@ export class FileWatcher {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #onChange: (files: string[]) => void;
   #debounceMs: number;
-  #changed = new Set<string>();
   #closed = false;
 
   constructor(onChange: (files: string[]) => void, debounceMs = 150) {
@@ -106,7 +105,6 @@ export class FileWatcher {
   }
 
   #rewatch(): void {
-    // Closed first: a watch closed after another was set on the same path took that one along.
     this.#stopWatchers();
     const paths = new Set<string>();
     const dirs = new Set<string>();
@@ -146,18 +144,18 @@ export class FileWatcher {
     }
   }
 
-  /** Something changed: call back once the burst is over, and watch where the paths lead now. */
+  /**
+   * Something changed: call back once the burst is over, with every file
+   * (which one changed is not always known: a link or folder moved), and
+   * watch where the paths lead now.
+   */
   #changedNow(): void {
-    // Which file changed is not always known (a link or folder moved): all may have.
-    for (const file of this.#files) this.#changed.add(file);
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
-      const changed = [...this.#changed];
-      this.#changed.clear();
       if (this.#closed) return;
       for (const file of this.#files) this.#seen.set(file, identity(file));
-      this.#onChange(changed);
+      this.#onChange([...this.#files]);
       // The links and folders may lead elsewhere now: watch there, once it has settled.
       clearTimeout(this.#settle);
       this.#settle = setTimeout(() => {
@@ -168,7 +166,13 @@ export class FileWatcher {
   }
 
   #stopWatchers(): void {
-    closeAll(this.#watchers);
+    for (const watcher of this.#watchers) {
+      try {
+        watcher.close();
+      } catch {
+        // Already closed.
+      }
+    }
     this.#watchers = [];
   }
 
@@ -182,16 +186,6 @@ export class FileWatcher {
     clearInterval(this.#poll);
     this.#poll = undefined;
     this.#stopWatchers();
-  }
-}
-
-function closeAll(watchers: readonly Deno.FsWatcher[]): void {
-  for (const watcher of watchers) {
-    try {
-      watcher.close();
-    } catch {
-      // Already closed.
-    }
   }
 }
 
