@@ -34,7 +34,7 @@ abstract class FastMetric<L extends string, C> {
   protected abstract make(): C;
 
   /** The child of one label set, by values in `labelNames` order or by name. */
-  child(...args: (string | number)[] | [Partial<Labels<L>>]): C {
+  protected child(...args: (string | number)[] | [Partial<Labels<L>>]): C {
     const first = args[0];
     const labels = {} as Labels<L>;
     if (first !== undefined && typeof first === "object") {

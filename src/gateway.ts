@@ -383,7 +383,7 @@ export class Gateway {
       return response;
     } finally {
       this.#inflight--;
-      this.#count(routeName, outcomeOf(response!), started);
+      this.#count(routeName, outcomeOf(response), started);
       // Every answer is logged at debug, the gateway's own 400, 404 and 501 too.
       if (this.log.enabled("debug")) {
         this.log.debug("request", {
