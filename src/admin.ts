@@ -132,21 +132,18 @@ export function adminHandler(gateway: Gateway): (request: Request) => Promise<Re
         const denied = allow(["GET", "HEAD"]);
         if (denied) return denied;
         const store = gateway.store.health();
-        // A draining gateway takes no new requests: load balancers must send them elsewhere.
-        if (gateway.draining) {
-          return json({
-            status: "draining",
-            version: gateway.pipeline.version,
-            store: store.state,
-          }, 503);
-        }
-        // A down store is ready only when a fallback answers for it.
-        const ready = store.state === "up" || store.on_failure !== "deny";
+        // A draining gateway takes no new requests: load balancers must send
+        // them elsewhere. A down store is ready only when a fallback answers for it.
+        const status = gateway.draining
+          ? "draining"
+          : store.state === "up" || store.on_failure !== "deny"
+          ? "ready"
+          : "not ready";
         return json({
-          status: ready ? "ready" : "not ready",
+          status,
           version: gateway.pipeline.version,
           store: store.state,
-        }, ready ? 200 : 503);
+        }, status === "ready" ? 200 : 503);
       }
       case "/metrics":
         return allow(["GET"]) ?? new Response(await gateway.metrics.render(), {
