@@ -7,8 +7,10 @@
  *
  * Every configuration is started first; then each round measures them all in
  * turn, and a configuration's result is its median round. On a small shared
- * machine one measurement moves by 15-25%; interleaved rounds expose every
- * configuration to the same slow and fast moments, so the ratios hold still.
+ * machine one measurement moves by 20-40%; interleaved rounds expose every
+ * configuration to the same slow and fast moments. A ratio between two
+ * configurations is the median of their per-round ratios (round N against
+ * round N), so those swings mostly cancel out of it.
  *
  *   BENCH_SECONDS=4          seconds of load per configuration and round
  *   BENCH_ROUNDS=5           rounds (the median round is reported)
@@ -76,11 +78,11 @@ export interface BenchResult {
   wrk?: RoundResult;
   /** Requests/s of every round, in order. */
   rounds?: number[];
-  /** Its requests/s over the bare Deno proxy's. */
+  /** Its requests/s over the bare Deno proxy's: the median of the per-round ratios. */
   vsBareProxy?: number;
-  /** Its requests/s over nginx-as-proxy's. */
+  /** Its requests/s over nginx-as-proxy's: the median of the per-round ratios. */
   vsNginxProxy?: number;
-  /** Its requests/s over sluice proxy-only's. */
+  /** Its requests/s over sluice proxy-only's: the median of the per-round ratios. */
   vsSluiceProxy?: number;
   /** The status its answers should have. */
   expectStatus?: number;
@@ -138,6 +140,19 @@ export const CONFIGURATIONS: readonly Configuration[] = [
         name: "sluice limiter memory",
         upstream: setup.upstream.url,
         pipeline: LIMITER,
+        extraYaml: `store: { kind: memory }\n${UNLIMITED_TIERS}`,
+      }),
+  },
+  {
+    // The same decisions without the five header lines `headers: both` adds
+    // to every answer: what the limiter costs apart from Deno's price per header.
+    name: "sluice: limiter, memory, headers: none",
+    start: (setup) =>
+      startSluice(setup, {
+        name: "sluice limiter memory no headers",
+        upstream: setup.upstream.url,
+        pipeline:
+          "[ { identify: {} }, { tier: {} }, { sliding-window: { limit: tier, headers: none } }, { proxy: {} } ]",
         extraYaml: `store: { kind: memory }\n${UNLIMITED_TIERS}`,
       }),
   },
@@ -300,17 +315,37 @@ export function medianRound<R extends WrkResult>(rounds: readonly R[]): R {
   return sorted[Math.floor((sorted.length - 1) / 2)]!;
 }
 
+/**
+ * The middle of the per-round ratios of `rounds` to `reference` (each round
+ * against the reference's round of the same number; the lower middle one of
+ * an even count). Rounds are interleaved, so the two measurements of a pair
+ * were taken moments apart, in the same state of the machine: the machine's
+ * swings, which move one configuration's rounds by 20-40%, mostly cancel.
+ */
+export function pairedRatio(
+  rounds: readonly number[],
+  reference: readonly number[],
+): number | undefined {
+  const ratios: number[] = [];
+  for (let i = 0; i < Math.min(rounds.length, reference.length); i++) {
+    if (reference[i]! > 0) ratios.push(rounds[i]! / reference[i]!);
+  }
+  if (ratios.length === 0) return undefined;
+  ratios.sort((a, b) => a - b);
+  return ratios[Math.floor((ratios.length - 1) / 2)];
+}
+
 function addRatios(results: BenchResult[]): void {
-  const rps = (name: string) =>
-    results.find((result) => result.name === name && result.status === "ok")?.wrk?.requestsPerSec;
-  const bare = rps(BARE_PROXY);
-  const nginx = rps(NGINX_PROXY);
-  const sluice = rps(SLUICE_PROXY);
+  const roundsOf = (name: string) =>
+    results.find((result) => result.name === name && result.status === "ok")?.rounds;
+  const bare = roundsOf(BARE_PROXY);
+  const nginx = roundsOf(NGINX_PROXY);
+  const sluice = roundsOf(SLUICE_PROXY);
   for (const result of results) {
-    if (!result.wrk) continue;
-    if (bare) result.vsBareProxy = result.wrk.requestsPerSec / bare;
-    if (nginx) result.vsNginxProxy = result.wrk.requestsPerSec / nginx;
-    if (sluice) result.vsSluiceProxy = result.wrk.requestsPerSec / sluice;
+    if (!result.rounds) continue;
+    if (bare) result.vsBareProxy = pairedRatio(result.rounds, bare);
+    if (nginx) result.vsNginxProxy = pairedRatio(result.rounds, nginx);
+    if (sluice) result.vsSluiceProxy = pairedRatio(result.rounds, sluice);
   }
 }
 

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { parseWrk, parseWrkTime } from "../bench/_wrk.ts";
 import { markdownTable } from "../bench/_table.ts";
-import { medianRound } from "../bench/bench.ts";
+import { medianRound, pairedRatio } from "../bench/bench.ts";
 
 const REPORT = `Running 3s test @ http://127.0.0.1:36509/
   1 threads and 50 connections
@@ -71,4 +71,14 @@ Deno.test("the bench reports the median round: the middle one, or the lower midd
   assert.equal(medianRound([round(30), round(10), round(20)]).requestsPerSec, 20);
   assert.equal(medianRound([round(40), round(10), round(30), round(20)]).requestsPerSec, 20);
   assert.equal(medianRound([round(7)]).requestsPerSec, 7);
+});
+
+Deno.test("a bench ratio pairs rounds of the same number: a slow round of both cancels out", () => {
+  // Round 2 was slow for everything; each round the configuration did half the reference.
+  assert.equal(pairedRatio([50, 10, 60], [100, 20, 120]), 0.5);
+  // The median of the per-round ratios (1/4, 1/2, 1), not the ratio of the medians (30/20).
+  assert.equal(pairedRatio([10, 30, 40], [40, 60, 40]), 0.5);
+  // An even count takes the lower middle ratio; rounds without a partner are left out.
+  assert.equal(pairedRatio([10, 20, 30, 40, 99], [10, 10, 10, 10]), 2);
+  assert.equal(pairedRatio([], [10]), undefined);
 });
