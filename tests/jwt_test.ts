@@ -1,0 +1,189 @@
+/** Verifying JWTs (src/jwt.ts): keys, algorithms, signatures and time limits. */
+import assert from "node:assert/strict";
+import { claimValue, type JwtOptions, type JwtOutcome, JwtVerifier } from "../src/jwt.ts";
+import { base64Url, keyPair, nowSeconds, signJwt } from "./_jwt.ts";
+
+const SECRET = "a-shared-secret-of-at-least-32-bytes!";
+const NOW = Date.now();
+
+function verifier(options: Partial<JwtOptions>): Promise<JwtVerifier> {
+  return JwtVerifier.create({ clockSkewMs: 0, ...options });
+}
+
+function reason(outcome: JwtOutcome): string {
+  return outcome.ok ? "ok" : outcome.reason;
+}
+
+Deno.test("jwt: a token signed with the shared secret passes, with its claims; HS256/384/512", async () => {
+  const jwt = await verifier({ secret: SECRET });
+  for (const alg of ["HS256", "HS384", "HS512"]) {
+    const outcome = await jwt.verify(await signJwt(alg, SECRET, { sub: "user-1" }), NOW);
+    assert.ok(outcome.ok, `${alg}: ${reason(outcome)}`);
+    assert.equal(outcome.claims.sub, "user-1");
+  }
+});
+
+Deno.test("jwt: every public-key algorithm verifies from a PEM key and from a JWKS", async () => {
+  for (const alg of ["RS256", "PS256", "ES256", "ES384", "EdDSA"]) {
+    const { privateKey, pem, jwk } = await keyPair(alg);
+    const token = await signJwt(alg, privateKey, { sub: `by-${alg}` });
+    const fromPem = await (await verifier({ publicKey: pem })).verify(token, NOW);
+    assert.ok(fromPem.ok, `${alg} from PEM: ${reason(fromPem)}`);
+    const fromJwks = await (await verifier({ jwks: { keys: [jwk as Record<string, unknown>] } }))
+      .verify(token, NOW);
+    assert.ok(fromJwks.ok, `${alg} from JWKS: ${reason(fromJwks)}`);
+  }
+});
+
+Deno.test("jwt: a changed claim, another key's signature or a cut signature does not verify", async () => {
+  const jwt = await verifier({ secret: SECRET });
+  const token = await signJwt("HS256", SECRET, { sub: "user-1" });
+  const [head, , signature] = token.split(".");
+  const forged = `${head}.${base64Url(JSON.stringify({ sub: "admin" }))}.${signature}`;
+  assert.equal(reason(await jwt.verify(forged, NOW)), "the token's signature does not verify");
+  const otherKey = await signJwt("HS256", "another-secret-that-is-32-bytes-long", {
+    sub: "user-1",
+  });
+  assert.equal(reason(await jwt.verify(otherKey, NOW)), "the token's signature does not verify");
+  assert.equal(
+    reason(await jwt.verify(token.slice(0, -4), NOW)),
+    "the token's signature does not verify",
+  );
+});
+
+Deno.test("jwt: alg none, an algorithm the key does not allow, and a public key used as HMAC secret are refused", async () => {
+  const { privateKey, pem } = await keyPair("RS256");
+  const jwt = await verifier({ publicKey: pem });
+  const unsigned = `${base64Url(JSON.stringify({ alg: "none" }))}.${
+    base64Url(JSON.stringify({ sub: "x" }))
+  }.`;
+  assert.match(reason(await jwt.verify(unsigned, NOW)), /algorithm "none" is not accepted/);
+  // The classic confusion: an HS256 token whose "secret" is the public key's PEM.
+  const confused = await signJwt("HS256", pem, { sub: "x" });
+  assert.match(reason(await jwt.verify(confused, NOW)), /algorithm "HS256" is not accepted/);
+  // `algorithms` narrows what the key allows.
+  const onlyPs = await verifier({ publicKey: pem, algorithms: ["PS256"] });
+  const rs = await signJwt("RS256", privateKey, { sub: "x" });
+  assert.match(reason(await onlyPs.verify(rs, NOW)), /algorithm "RS256" is not accepted/);
+  assert.ok((await jwt.verify(rs, NOW)).ok);
+});
+
+Deno.test("jwt: exp and nbf hold with the clock skew; iss and aud must match when configured", async () => {
+  const now = nowSeconds();
+  const jwt = await verifier({ secret: SECRET, clockSkewMs: 30_000 });
+  const at = now * 1000;
+  const sign = (claims: Record<string, unknown>) => signJwt("HS256", SECRET, claims);
+  assert.equal(
+    reason(await jwt.verify(await sign({ exp: now - 31 }), at)),
+    "the token has expired",
+  );
+  assert.ok((await jwt.verify(await sign({ exp: now - 29 }), at)).ok, "within the skew");
+  assert.equal(
+    reason(await jwt.verify(await sign({ nbf: now + 31 }), at)),
+    "the token is not valid yet (nbf)",
+  );
+  assert.ok((await jwt.verify(await sign({ nbf: now + 29 }), at)).ok);
+  assert.equal(
+    reason(await jwt.verify(await sign({ exp: "tomorrow" }), at)),
+    "the token's exp is not a number",
+  );
+  const expiring = await jwt.verify(await sign({ exp: now + 100 }), at);
+  assert.ok(expiring.ok);
+  assert.equal(expiring.expiresAtMs, (now + 100) * 1000 + 30_000);
+
+  const strict = await verifier({
+    secret: SECRET,
+    issuers: ["https://auth.example"],
+    audiences: ["api", "admin"],
+  });
+  const good = { iss: "https://auth.example", aud: ["web", "api"] };
+  assert.ok((await strict.verify(await sign(good), at)).ok);
+  assert.ok((await strict.verify(await sign({ ...good, aud: "admin" }), at)).ok);
+  assert.match(
+    reason(await strict.verify(await sign({ ...good, iss: "https://evil.example" }), at)),
+    /issuer/,
+  );
+  assert.match(reason(await strict.verify(await sign({ ...good, aud: "web" }), at)), /audience/);
+  assert.match(reason(await strict.verify(await sign({ aud: "api" }), at)), /issuer/);
+});
+
+Deno.test("jwt: a JWKS picks the key by kid; a kid it does not hold is refused", async () => {
+  const first = await keyPair("ES256");
+  const second = await keyPair("ES256");
+  const jwt = await verifier({
+    jwks: {
+      keys: [{ ...first.jwk, kid: "one" }, { ...second.jwk, kid: "two", use: "sig" }] as Record<
+        string,
+        unknown
+      >[],
+    },
+  });
+  assert.ok(
+    (await jwt.verify(await signJwt("ES256", second.privateKey, {}, { kid: "two" }), NOW)).ok,
+  );
+  assert.ok(
+    (await jwt.verify(await signJwt("ES256", first.privateKey, {}, { kid: "one" }), NOW)).ok,
+  );
+  // Signed by key one but naming key two: only key two is tried.
+  assert.equal(
+    reason(await jwt.verify(await signJwt("ES256", first.privateKey, {}, { kid: "two" }), NOW)),
+    "the token's signature does not verify",
+  );
+  assert.match(
+    reason(await jwt.verify(await signJwt("ES256", first.privateKey, {}, { kid: "three" }), NOW)),
+    /no key with kid "three"/,
+  );
+  // Without a kid, every key that fits the algorithm is tried.
+  assert.ok((await jwt.verify(await signJwt("ES256", second.privateKey, {}), NOW)).ok);
+});
+
+Deno.test("jwt: malformed tokens are refused with a reason, and a non-JWT is told apart", async () => {
+  const jwt = await verifier({ secret: SECRET });
+  const notJwt = await jwt.verify("an-opaque-api-token", NOW);
+  assert.ok(!notJwt.ok && notJwt.notJwt);
+  assert.match(reason(await jwt.verify("a.b.c", NOW)), /header is not base64url JSON/);
+  const head = base64Url(JSON.stringify({ alg: "HS256", crit: ["exp"] }));
+  assert.match(reason(await jwt.verify(`${head}.e30.sig`, NOW)), /critical extensions/);
+  assert.match(reason(await jwt.verify("x".repeat(20_000), NOW)), /longer than/);
+  const list = await signJwt("HS256", SECRET, [1, 2] as unknown as Record<string, unknown>);
+  assert.match(reason(await jwt.verify(list, NOW)), /claims are not a base64url JSON object/);
+});
+
+Deno.test("jwt: keys that cannot be used are refused when the config is read", async () => {
+  await assert.rejects(verifier({ secret: "short" }), /at least 32 bytes/);
+  await assert.rejects(verifier({}), /exactly one of secret, public_key or jwks/);
+  await assert.rejects(
+    verifier({ publicKey: "-----BEGIN RSA PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----" }),
+    /"RSA PUBLIC KEY" block/,
+  );
+  await assert.rejects(verifier({ publicKey: "not a key" }), /must be a PEM block/);
+  const small = await crypto.subtle.generateKey(
+    {
+      name: "RSASSA-PKCS1-v1_5",
+      modulusLength: 1024,
+      publicExponent: new Uint8Array([1, 0, 1]),
+      hash: "SHA-256",
+    },
+    true,
+    ["sign", "verify"],
+  ) as CryptoKeyPair;
+  const smallJwk = await crypto.subtle.exportKey("jwk", small.publicKey);
+  await assert.rejects(
+    verifier({ jwks: { keys: [{ ...smallJwk, kid: "old" } as Record<string, unknown>] } }),
+    /jwks.keys\[0\] \(kid "old"\): the RSA key has 1024 bits/,
+  );
+  const { pem } = await keyPair("ES256");
+  await assert.rejects(
+    verifier({ publicKey: pem, algorithms: ["RS256"] }),
+    /RS256 cannot be verified with this key \(it allows ES256\)/,
+  );
+});
+
+Deno.test("jwt: a claim names a caller when it is a non-empty string or a number", () => {
+  const claims = { sub: "user-1", org: 42, empty: "", list: ["a"], nested: { id: 1 }, no: null };
+  assert.equal(claimValue(claims, "sub"), "user-1");
+  assert.equal(claimValue(claims, "org"), "42");
+  for (const claim of ["empty", "list", "nested", "no", "missing", "toString"]) {
+    assert.equal(claimValue(claims, claim), undefined, claim);
+  }
+});
