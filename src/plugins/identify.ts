@@ -1,30 +1,117 @@
-/** The `identify` plugin: who is calling (API key header, Bearer token, or client IP). */
+/**
+ * The `identify` plugin: who is calling (API key header, Bearer token, a
+ * claim of a verified JWT, or client IP).
+ */
 import { keyDigest, knownKeyDigest } from "../digest.ts";
 import { z } from "zod";
 import { type ClientIdentity, definePlugin, type RequestContext } from "../plugin.ts";
 import { normalizeIp, parseIp } from "../net/cidr.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import { duration } from "../config/schema.ts";
+import { rememberBounded } from "../bounded_map.ts";
+import {
+  claimValue,
+  JWT_ALGORITHMS,
+  type JwtAlgorithm,
+  type JwtOutcome,
+  JwtVerifier,
+} from "../jwt.ts";
 
-const SOURCE_RE = /^(header:[A-Za-z0-9!#$%&'*+.^_`|~-]+|bearer|ip)$/;
+// A claim name is any visible ASCII text (namespaced claims hold ":" and "/").
+const SOURCE_RE = /^(header:[A-Za-z0-9!#$%&'*+.^_`|~-]+|bearer|jwt:[\x21-\x7e]+|ip)$/;
+
+const oneOrMany = z.union([z.string().min(1), z.array(z.string().min(1)).min(1)])
+  .transform((value) => typeof value === "string" ? [value] : value);
+
+const jwtOptions = z.strictObject({
+  /** A shared secret (HS256, HS384, HS512), at least 32 bytes. */
+  secret: z.string().optional(),
+  /** A PEM public key (RS*, PS*, ES*, EdDSA). */
+  public_key: z.string().optional(),
+  /** A JSON Web Key Set: `{ keys: [...] }`. */
+  jwks: z.strictObject({ keys: z.array(z.looseObject({ kty: z.string() })).min(1) }).optional(),
+  /** The algorithms accepted; by default every one the key allows. */
+  algorithms: z.array(z.enum(JWT_ALGORITHMS as [JwtAlgorithm, ...JwtAlgorithm[]])).min(1)
+    .optional(),
+  /** `iss` must be (one of) this. */
+  issuer: oneOrMany.optional(),
+  /** `aud` must name (one of) this. */
+  audience: oneOrMany.optional(),
+  /** Leeway for `exp` and `nbf`. */
+  clock_skew: duration().default(60_000),
+}).refine(
+  (value) =>
+    [value.secret, value.public_key, value.jwks].filter((key) => key !== undefined).length === 1,
+  { error: "Give the key in exactly one of secret, public_key or jwks" },
+);
 
 const options = z.strictObject({
   from: z.array(
     z.string().regex(SOURCE_RE, {
-      error: (issue) => `Unknown identity source "${issue.input}": use header:<name>, bearer or ip`,
+      error: (issue) =>
+        `Unknown identity source "${issue.input}": use header:<name>, bearer, jwt:<claim> or ip`,
     }),
   ).min(1).default(["ip"]),
   required: z.boolean().default(false),
+  /** How `jwt:<claim>` sources check tokens. */
+  jwt: jwtOptions.optional(),
 }).refine((value) => !value.required || value.from.some((source) => source !== "ip"), {
-  error: "Cannot require a key without a key source: add header:<name> or bearer to from",
+  error:
+    "Cannot require a key without a key source: add header:<name>, bearer or jwt:<claim> to from",
   path: ["required"],
+}).refine((value) => value.jwt || !value.from.some((source) => source.startsWith("jwt:")), {
+  error:
+    "A jwt:<claim> source needs the key that signs the tokens: add jwt: { secret: ... }, { public_key: ... } or { jwks: ... }",
+  path: ["jwt"],
+}).refine((value) => !value.jwt || value.from.some((source) => source.startsWith("jwt:")), {
+  error: "jwt is set but no source reads a token: add jwt:<claim> (such as jwt:sub) to from",
+  path: ["jwt"],
 });
 
-type Source = { kind: "header"; name: string } | { kind: "bearer" } | { kind: "ip" };
+type Source =
+  | { kind: "header"; name: string }
+  | { kind: "bearer" }
+  | { kind: "jwt"; claim: string }
+  | { kind: "ip" };
 
 function parseSource(text: string): Source {
   if (text === "ip") return { kind: "ip" };
   if (text === "bearer") return { kind: "bearer" };
+  if (text.startsWith("jwt:")) return { kind: "jwt", claim: text.slice("jwt:".length) };
   return { kind: "header", name: text.slice("header:".length).toLowerCase() };
+}
+
+/** Verified tokens remembered per identify step, so a token is verified once, not per request. */
+const TOKEN_CACHE_MAX = 10_000;
+/** Longer tokens are verified every time: a client must not park megabytes here. */
+const TOKEN_CACHE_MAX_LENGTH = 4_096;
+
+type TokenCheck = Extract<JwtOutcome, { ok: true }>;
+
+/** The tokens one identify step verified lately, checked again only for their time limits. */
+class TokenCache {
+  #verifier: JwtVerifier;
+  #verified = new Map<string, TokenCheck>();
+
+  constructor(verifier: JwtVerifier) {
+    this.#verifier = verifier;
+  }
+
+  /** The outcome for `token` now: from memory when it verified before, else a promise of it. */
+  check(token: string): JwtOutcome | Promise<JwtOutcome> {
+    const now = Date.now();
+    const known = this.#verified.get(token);
+    if (known && now < known.expiresAtMs && now >= known.notBeforeMs) return known;
+    return this.#verifier.verify(token, now).then((outcome) => {
+      if (outcome.ok && token.length <= TOKEN_CACHE_MAX_LENGTH) {
+        this.#verified.delete(token);
+        rememberBounded(this.#verified, token, outcome, TOKEN_CACHE_MAX);
+      } else if (!outcome.ok) {
+        this.#verified.delete(token);
+      }
+      return outcome;
+    });
+  }
 }
 
 /** The client id of an API key: `key:` and the first 16 hex digits of its SHA-256. */
@@ -72,42 +159,100 @@ export function clientIp(
   return candidate;
 }
 
-function findKey(ctx: RequestContext, sources: readonly Source[]): string | undefined {
-  const headers = ctx.request.headers;
-  for (const source of sources) {
-    if (source.kind === "header") {
-      const value = headers.get(source.name)?.trim();
-      if (value) return value;
-    } else if (source.kind === "bearer") {
-      const value = headers.get("authorization");
-      if (value && /^bearer\s+/i.test(value)) {
-        const token = value.replace(/^bearer\s+/i, "").trim();
-        if (token) return token;
-      }
-    }
+/** The token of an `Authorization: Bearer <token>` header, if any. */
+function bearerToken(headers: Headers): string | undefined {
+  const value = headers.get("authorization");
+  if (value && /^bearer\s+/i.test(value)) {
+    const token = value.replace(/^bearer\s+/i, "").trim();
+    if (token) return token;
   }
   return undefined;
 }
 
+/** Who a source named: an API key, or a verified token's claim. */
+interface Found {
+  kind: "key" | "jwt";
+  value: string;
+}
+
+/** What the sources said: a caller, nobody, or a refusal (a token that does not verify). */
+type Finding = Found | Response | undefined;
+
 export default definePlugin({
   name: "identify",
   options,
-  create(opts, { gateway }) {
+  async create(opts, { gateway }) {
     const sources = opts.from.map(parseSource);
     const keySources = sources.filter((source) => source.kind !== "ip");
     const names = opts.from.filter((source) => source !== "ip").join(", ");
-    // Not an async function: the common paths (an IP, a key seen before) add
-    // no promise of their own to the request.
-    return function identify(ctx, next) {
-      const ip = clientIp(ctx.request, ctx.remoteAddr, gateway.isTrustedProxy);
-      const key = findKey(ctx, keySources);
-      if (key === undefined) {
+    const bearerIsKey = sources.some((source) => source.kind === "bearer");
+    const tokens = opts.jwt
+      ? new TokenCache(
+        await JwtVerifier.create({
+          secret: opts.jwt.secret,
+          publicKey: opts.jwt.public_key,
+          jwks: opts.jwt.jwks,
+          algorithms: opts.jwt.algorithms,
+          issuers: opts.jwt.issuer,
+          audiences: opts.jwt.audience,
+          clockSkewMs: opts.jwt.clock_skew,
+        }),
+      )
+      : undefined;
+
+    /** The first source from `index` on that names the caller; a promise only while a token is verified. */
+    function find(headers: Headers, index: number): Finding | Promise<Finding> {
+      for (let i = index; i < keySources.length; i++) {
+        const source = keySources[i]!;
+        if (source.kind === "header") {
+          const value = headers.get(source.name)?.trim();
+          if (value) return { kind: "key", value };
+        } else if (source.kind === "bearer") {
+          const token = bearerToken(headers);
+          if (token) return { kind: "key", value: token };
+        } else if (source.kind === "jwt") {
+          const token = bearerToken(headers);
+          if (!token) continue;
+          const outcome = tokens!.check(token);
+          return outcome instanceof Promise
+            ? outcome.then((settled) => afterToken(headers, i, source.claim, settled))
+            : afterToken(headers, i, source.claim, outcome);
+        }
+      }
+      return undefined;
+    }
+
+    function afterToken(
+      headers: Headers,
+      index: number,
+      claim: string,
+      outcome: JwtOutcome,
+    ): Finding | Promise<Finding> {
+      if (!outcome.ok) {
+        // An opaque token is an API key when `bearer` is a source too.
+        if (outcome.notJwt && bearerIsKey) return find(headers, index + 1);
+        return invalidToken(outcome.reason);
+      }
+      const value = claimValue(outcome.claims, claim);
+      // A valid token without this claim: the next source may name the caller.
+      if (value === undefined) return find(headers, index + 1);
+      return { kind: "jwt", value };
+    }
+
+    function settle(
+      ctx: RequestContext,
+      next: () => Promise<Response>,
+      ip: string,
+      found: Finding,
+    ): Response | Promise<Response> {
+      if (found instanceof Response) return found;
+      if (found === undefined) {
         if (opts.required) {
           return problem(401, {
             type: `${PROBLEM_TYPE_BASE}missing-credentials`,
             title: "Missing credentials",
             detail: `This route needs an API key: send it as ${names}`,
-            headers: keySources.some((source) => source.kind === "bearer")
+            headers: keySources.some((source) => source.kind !== "header")
               ? { "www-authenticate": 'Bearer realm="sluice"' }
               : undefined,
           });
@@ -115,15 +260,40 @@ export default definePlugin({
         ctx.client = { id: `ip:${ip}`, kind: "ip", ip };
         return next();
       }
+      const { kind, value: key } = found;
       const known = knownKeyDigest(key);
       if (known !== undefined) {
-        ctx.client = { id: `key:${known.slice(0, 16)}`, kind: "key", key, ip };
+        ctx.client = { id: `key:${known.slice(0, 16)}`, kind, key, ip };
         return next();
       }
       return keyClientId(key).then((id) => {
-        ctx.client = { id, kind: "key", key, ip } satisfies ClientIdentity;
+        ctx.client = { id, kind, key, ip } satisfies ClientIdentity;
         return next();
       });
+    }
+
+    // Not an async function: the common paths (an IP, a key or token seen
+    // before) add no promise of their own to the request.
+    return function identify(ctx, next) {
+      const ip = clientIp(ctx.request, ctx.remoteAddr, gateway.isTrustedProxy);
+      const found = find(ctx.request.headers, 0);
+      return found instanceof Promise
+        ? found.then((settled) => settle(ctx, next, ip, settled))
+        : settle(ctx, next, ip, found);
     };
   },
 });
+
+/** The 401 for a bearer token that is not accepted (RFC 6750 3.1). */
+function invalidToken(reason: string): Response {
+  return problem(401, {
+    type: `${PROBLEM_TYPE_BASE}invalid-token`,
+    title: "Invalid token",
+    detail: `The bearer token is not accepted: ${reason}`,
+    headers: {
+      "www-authenticate": `Bearer realm="sluice", error="invalid_token", error_description="${
+        reason.replace(/["\\]/g, "'")
+      }"`,
+    },
+  });
+}

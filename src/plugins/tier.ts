@@ -2,7 +2,8 @@
  * The `tier` plugin: the caller's API key -> its tier, from the config's
  * `keys` (list or keys files) or a Redis hash (`redis_hash`, fields are the
  * SHA-256 hex of keys, values tier names) with a local TTL cache. A caller
- * without a key gets the `default` tier.
+ * without a key gets the `default` tier; so does a caller named by a JWT
+ * claim (`identify` verified it) that no key entry lists.
  */
 import { z } from "zod";
 import { duration } from "../config/schema.ts";
@@ -98,7 +99,11 @@ export default definePlugin({
       const digest = await keyDigest(key);
       let name = keys.get(digest)?.tier;
       if (name === undefined && hashes.length > 0) name = await fromHashes(digest);
-      if (name === undefined || !(name in tiers)) {
+      if ((name === undefined || !(name in tiers)) && ctx.client!.kind === "jwt") {
+        // A verified token's claim is not made up: an unlisted caller gets the
+        // default tier and keeps its own quota.
+        name = options.default;
+      } else if (name === undefined || !(name in tiers)) {
         if (options.unknown_key === "reject") {
           return problem(401, {
             type: `${PROBLEM_TYPE_BASE}unknown-api-key`,
