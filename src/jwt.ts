@@ -138,12 +138,31 @@ const EC_ALGORITHMS: Readonly<Record<string, JwtAlgorithm>> = {
   "P-521": "ES512",
 };
 
-/** The shortest HMAC secret: as long as the smallest hash (RFC 7518 3.2). */
-const MIN_SECRET_BYTES = 32;
+/** The shortest HMAC secret of each algorithm: as long as its hash (RFC 7518 3.2). */
+const MIN_SECRET_BYTES: Readonly<Record<string, number>> = { HS256: 32, HS384: 48, HS512: 64 };
+
+/** The HMAC algorithms a secret of this many bytes is long enough for. */
+function hmacAlgorithms(length: number): JwtAlgorithm[] {
+  return HMAC_ALGORITHMS.filter((alg) => length >= MIN_SECRET_BYTES[alg]!);
+}
+
+/** The length of each coordinate of an EC public key, in bytes. */
+const EC_COORDINATE_BYTES: Readonly<Record<string, number>> = {
+  "P-256": 32,
+  "P-384": 48,
+  "P-521": 66,
+};
 /** The smallest RSA key (RFC 7518 3.3). */
 const MIN_RSA_BITS = 2048;
 
 const BASE64URL = /^[A-Za-z0-9_-]*$/;
+
+/** base64url text of bytes, without padding. */
+function base64UrlText(bytes: Uint8Array): string {
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
 
 /** Bytes of base64url text (no padding), or undefined when it is not base64url. */
 export function base64UrlBytes(text: string): Uint8Array<ArrayBuffer> | undefined {
@@ -231,14 +250,15 @@ class VerifyKey {
 
 async function secretKey(secret: string): Promise<VerifyKey> {
   const bytes = new TextEncoder().encode(secret);
-  if (bytes.length < MIN_SECRET_BYTES) {
+  const algorithms = hmacAlgorithms(bytes.length);
+  if (algorithms.length === 0) {
     throw new Error(
-      `secret is ${bytes.length} bytes; an HMAC secret must be at least ${MIN_SECRET_BYTES} bytes (RFC 7518 3.2)`,
+      `secret is ${bytes.length} bytes; an HMAC secret must be at least 32 bytes (RFC 7518 3.2: as long as the hash, so 48 for HS384 and 64 for HS512)`,
     );
   }
   const key = new VerifyKey(
     undefined,
-    HMAC_ALGORITHMS,
+    algorithms,
     (alg) => crypto.subtle.importKey("raw", bytes, params(alg).import, false, ["verify"]),
   );
   await key.key("HS256");
@@ -297,11 +317,30 @@ async function pemKey(pem: string): Promise<VerifyKey> {
 function jwkAlgorithms(jwk: Jwk): JwtAlgorithm[] {
   let algorithms: JwtAlgorithm[];
   if (jwk.kty === "RSA") algorithms = [...RSA_ALGORITHMS];
-  else if (jwk.kty === "EC" && typeof jwk.crv === "string" && EC_ALGORITHMS[jwk.crv]) {
+  else if (
+    jwk.kty === "EC" && typeof jwk.crv === "string" && Object.hasOwn(EC_ALGORITHMS, jwk.crv)
+  ) {
+    // Web Crypto takes coordinates of any length here, and the key then verifies nothing.
+    const size = EC_COORDINATE_BYTES[jwk.crv]!;
+    for (const coordinate of ["x", "y"]) {
+      if (base64UrlBytes(String(jwk[coordinate] ?? ""))?.length !== size) {
+        throw new Error(`${coordinate} must be ${size} bytes of base64url for ${jwk.crv}`);
+      }
+    }
     algorithms = [EC_ALGORITHMS[jwk.crv]!];
   } else if (jwk.kty === "OKP" && jwk.crv === "Ed25519") algorithms = ["EdDSA"];
-  else if (jwk.kty === "oct") algorithms = [...HMAC_ALGORITHMS];
-  else {
+  else if (jwk.kty === "oct") {
+    const length = base64UrlBytes(String(jwk.k ?? ""))?.length ?? 0;
+    const named = typeof jwk.alg === "string" && Object.hasOwn(MIN_SECRET_BYTES, jwk.alg)
+      ? jwk.alg
+      : "HS256";
+    if (length < MIN_SECRET_BYTES[named]!) {
+      throw new Error(
+        `an ${named} key must be at least ${MIN_SECRET_BYTES[named]} bytes; k holds ${length}`,
+      );
+    }
+    algorithms = hmacAlgorithms(length);
+  } else {
     throw new Error(
       `kty "${String(jwk.kty)}"${
         jwk.crv === undefined ? "" : ` with crv "${String(jwk.crv)}"`
@@ -350,9 +389,6 @@ async function jwksKeys(jwks: { keys: Jwk[] }): Promise<VerifyKey[]> {
       if (bits !== undefined && bits < MIN_RSA_BITS) {
         throw new Error(`the RSA key has ${bits} bits; it must have at least ${MIN_RSA_BITS}`);
       }
-      if (jwk.kty === "oct" && (base64UrlBytes(String(jwk.k))?.length ?? 0) < MIN_SECRET_BYTES) {
-        throw new Error(`an HMAC key must be at least ${MIN_SECRET_BYTES} bytes`);
-      }
     } catch (error) {
       throw new Error(`${where}: ${(error as Error).message}`);
     }
@@ -397,10 +433,14 @@ export class JwtVerifier {
     if (options.algorithms) {
       const impossible = options.algorithms.filter((alg) => !possible.has(alg));
       if (impossible.length > 0) {
+        const hmac = impossible.some((alg) => alg.startsWith("HS")) && possible.size > 0 &&
+            [...possible].every((alg) => alg.startsWith("HS"))
+          ? "; an HMAC secret must be as long as the hash: 48 bytes for HS384, 64 for HS512"
+          : "";
         throw new Error(
           `algorithms: ${impossible.join(", ")} cannot be verified with this key (it allows ${
             [...possible].join(", ")
-          })`,
+          })${hmac}`,
         );
       }
       algorithms = new Set(options.algorithms);
@@ -422,7 +462,7 @@ export class JwtVerifier {
       return {
         ok: false,
         reason: `the token's algorithm ${
-          typeof alg === "string" ? JSON.stringify(alg) : "is missing and"
+          typeof alg === "string" ? quoteShort(alg) : "is missing and"
         } is not accepted (accepted: ${[...this.algorithms].join(", ")})`,
       };
     }
@@ -434,14 +474,18 @@ export class JwtVerifier {
       };
     }
     const signature = base64UrlBytes(parts[2]!);
-    if (!signature) return { ok: false, reason: "the token's signature is not base64url" };
+    // One signature, one spelling: unused bits set in the last character make
+    // another text of the same token (RFC 4648 3.5).
+    if (!signature || base64UrlText(signature) !== parts[2]) {
+      return { ok: false, reason: "the token's signature is not canonical base64url" };
+    }
     const kid = typeof header.kid === "string" ? header.kid : undefined;
     const candidates = this.#keys.filter((key) =>
       key.algorithms.has(alg as JwtAlgorithm) &&
       (kid === undefined || key.kid === undefined || key.kid === kid)
     );
     if (candidates.length === 0) {
-      return { ok: false, reason: `no key with kid ${JSON.stringify(kid)} verifies ${alg}` };
+      return { ok: false, reason: `no key with kid ${quoteShort(kid ?? "")} verifies ${alg}` };
     }
     const signed = new TextEncoder().encode(`${parts[0]}.${parts[1]}`);
     const verifyParams = params(alg as JwtAlgorithm).verify;
@@ -488,9 +532,21 @@ export class JwtVerifier {
       if (!named.some((name) => typeof name === "string" && audiences.includes(name))) {
         return { ok: false, reason: "the token is not meant for this audience (aud)" };
       }
+    } else if (aud !== undefined) {
+      // RFC 7519 4.1.3: a token for named audiences is refused by anyone who is
+      // not one of them; this gateway names itself only through `audience`.
+      return {
+        ok: false,
+        reason: "the token is meant for a named audience (aud), and this gateway has no audience",
+      };
     }
     return { ok: true, claims, expiresAtMs, notBeforeMs };
   }
+}
+
+/** A value from a token, JSON-quoted and cut short, for an error's words. */
+function quoteShort(text: string): string {
+  return JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}...` : text);
 }
 
 /**

@@ -11,18 +11,20 @@ import type { LimitStore } from "./store/store.ts";
 
 /** Who is calling, as the `identify` plugin found it. */
 export interface ClientIdentity {
-  /** The id shown in logs and the admin API: `key:<16 hex of sha256(key)>` or `ip:<address>`. */
+  /** The id shown in logs and the admin API: `key:<16 hex of sha256(key)>`, `jwt:<16 hex>` or `ip:<address>`. */
   readonly id: string;
   /**
    * Which source named the client: an API key (a header or a bearer token),
-   * a claim of a verified JWT (`jwt:<claim>`, its id made as a key's), or
-   * the address.
+   * a claim of a verified JWT (`jwt:<claim>`; its id is `jwt:<16 hex>`, never
+   * a key's), or the address.
    */
   readonly kind: "key" | "jwt" | "ip";
   /** The raw API key, or the claim's value. Never log it, never use it as a metric label. */
   readonly key?: string;
   /** The client's IP address (after trusted `X-Forwarded-For` hops). */
   readonly ip: string;
+  /** The tier a verified JWT claims (`jwt.tier_claim`), for the `tier` step. */
+  readonly tier?: string;
 }
 
 /**

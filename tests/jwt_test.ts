@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { claimValue, type JwtOptions, type JwtOutcome, JwtVerifier } from "../src/jwt.ts";
 import { base64Url, keyPair, nowSeconds, signJwt } from "./_jwt.ts";
 
-const SECRET = "a-shared-secret-of-at-least-32-bytes!";
+/** 64 bytes: long enough for HS512. */
+const SECRET = "a-shared-secret-of-64-bytes-long-enough-for-every-hmac-algorithm";
 const NOW = Date.now();
 
 function verifier(options: Partial<JwtOptions>): Promise<JwtVerifier> {
@@ -137,6 +138,29 @@ Deno.test("jwt: a JWKS picks the key by kid; a kid it does not hold is refused",
   assert.ok((await jwt.verify(await signJwt("ES256", second.privateKey, {}), NOW)).ok);
 });
 
+Deno.test("jwt: a token for a named audience is refused when no audience is configured (RFC 7519 4.1.3)", async () => {
+  const jwt = await verifier({ secret: SECRET });
+  assert.match(
+    reason(await jwt.verify(await signJwt("HS256", SECRET, { sub: "x", aud: "billing" }), NOW)),
+    /meant for a named audience/,
+  );
+  assert.ok((await jwt.verify(await signJwt("HS256", SECRET, { sub: "x" }), NOW)).ok);
+});
+
+Deno.test("jwt: one signature has one spelling: set padding bits in its last character are refused", async () => {
+  const jwt = await verifier({ secret: SECRET });
+  // HS256 signs 32 bytes: 43 characters, the last carrying 2 unused bits.
+  const token = await signJwt("HS256", SECRET, { sub: "x" });
+  assert.ok((await jwt.verify(token, NOW)).ok);
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  const last = alphabet.indexOf(token.at(-1)!);
+  const respelled = token.slice(0, -1) + alphabet[last ^ 1];
+  assert.equal(
+    reason(await jwt.verify(respelled, NOW)),
+    "the token's signature is not canonical base64url",
+  );
+});
+
 Deno.test("jwt: malformed tokens are refused with a reason, and a non-JWT is told apart", async () => {
   const jwt = await verifier({ secret: SECRET });
   const notJwt = await jwt.verify("an-opaque-api-token", NOW);
@@ -145,12 +169,36 @@ Deno.test("jwt: malformed tokens are refused with a reason, and a non-JWT is tol
   const head = base64Url(JSON.stringify({ alg: "HS256", crit: ["exp"] }));
   assert.match(reason(await jwt.verify(`${head}.e30.sig`, NOW)), /critical extensions/);
   assert.match(reason(await jwt.verify("x".repeat(20_000), NOW)), /longer than/);
+  // An algorithm name is quoted short in the reason.
+  const longAlg = `${base64Url(JSON.stringify({ alg: "A".repeat(5_000) }))}.e30.sig`;
+  assert.ok(reason(await jwt.verify(longAlg, NOW)).length < 200);
   const list = await signJwt("HS256", SECRET, [1, 2] as unknown as Record<string, unknown>);
   assert.match(reason(await jwt.verify(list, NOW)), /claims are not a base64url JSON object/);
 });
 
 Deno.test("jwt: keys that cannot be used are refused when the config is read", async () => {
   await assert.rejects(verifier({ secret: "short" }), /at least 32 bytes/);
+  // RFC 7518 3.2: a secret as long as the hash. 40 bytes allow HS256 only.
+  const forty = "x".repeat(40);
+  assert.deepEqual([...(await verifier({ secret: forty })).algorithms], ["HS256"]);
+  assert.deepEqual([...(await verifier({ secret: SECRET })).algorithms], [
+    "HS256",
+    "HS384",
+    "HS512",
+  ]);
+  await assert.rejects(
+    verifier({ secret: forty, algorithms: ["HS512"] }),
+    /HS512 cannot be verified with this key \(it allows HS256\); an HMAC secret must be as long as the hash/,
+  );
+  await assert.rejects(
+    verifier({ jwks: { keys: [{ kty: "oct", k: base64Url(forty), alg: "HS384" }] } }),
+    /an HS384 key must be at least 48 bytes; k holds 40/,
+  );
+  // An EC key whose coordinates are not the curve's size verifies nothing: refused now.
+  await assert.rejects(
+    verifier({ jwks: { keys: [{ kty: "EC", crv: "P-256", x: "AAAA", y: "BBBB" }] } }),
+    /jwks.keys\[0\]: x must be 32 bytes of base64url for P-256/,
+  );
   await assert.rejects(verifier({}), /exactly one of secret, public_key or jwks/);
   await assert.rejects(
     verifier({ publicKey: "-----BEGIN RSA PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----" }),

@@ -39,6 +39,8 @@ const jwtOptions = z.strictObject({
   audience: oneOrMany.optional(),
   /** Leeway for `exp` and `nbf`. */
   clock_skew: duration().default(60_000),
+  /** A claim naming the caller's tier (for the `tier` step). */
+  tier_claim: z.string().regex(/^[\x21-\x7e]+$/, { error: "Expected a claim name" }).optional(),
 }).refine(
   (value) =>
     [value.secret, value.public_key, value.jwks].filter((key) => key !== undefined).length === 1,
@@ -66,7 +68,19 @@ const options = z.strictObject({
 }).refine((value) => !value.jwt || value.from.some((source) => source.startsWith("jwt:")), {
   error: "jwt is set but no source reads a token: add jwt:<claim> (such as jwt:sub) to from",
   path: ["jwt"],
+}).refine((value) => {
+  const lastJwt = value.from.findLastIndex((source) => source.startsWith("jwt:"));
+  return lastJwt < 0 || !value.from.slice(0, lastJwt).some(readsAuthorization);
+}, {
+  error:
+    "Put jwt:<claim> before bearer and header:authorization in from: a source before it takes every token as a key, unverified",
+  path: ["from"],
 });
+
+/** True for a source that takes the Authorization header as a key. */
+function readsAuthorization(source: string): boolean {
+  return source === "bearer" || source.toLowerCase() === "header:authorization";
+}
 
 type Source =
   | { kind: "header"; name: string }
@@ -169,11 +183,14 @@ function bearerToken(headers: Headers): string | undefined {
   return undefined;
 }
 
-/** Who a source named: an API key, or a verified token's claim. */
-interface Found {
-  kind: "key" | "jwt";
+/** Who a source named: an API key, or a verified token's claim (and the tier it claims). */
+type Found = { kind: "key"; value: string } | {
+  kind: "jwt";
+  /** What the id is made from: the claim's name and value, apart from any API key. */
+  identity: string;
   value: string;
-}
+  tier: string | undefined;
+};
 
 /** What the sources said: a caller, nobody, or a refusal (a token that does not verify). */
 type Finding = Found | Response | undefined;
@@ -236,7 +253,15 @@ export default definePlugin({
       const value = claimValue(outcome.claims, claim);
       // A valid token without this claim: the next source may name the caller.
       if (value === undefined) return find(headers, index + 1);
-      return { kind: "jwt", value };
+      const tierClaim = opts.jwt?.tier_claim;
+      const tier = tierClaim === undefined ? undefined : outcome.claims[tierClaim];
+      return {
+        kind: "jwt",
+        // The claim's name and type count: sub "x" is not client_id "x", nor 42 "42".
+        identity: JSON.stringify([claim, outcome.claims[claim]]),
+        value,
+        tier: typeof tier === "string" ? tier : undefined,
+      };
     }
 
     function settle(
@@ -260,14 +285,27 @@ export default definePlugin({
         ctx.client = { id: `ip:${ip}`, kind: "ip", ip };
         return next();
       }
-      const { kind, value: key } = found;
-      const known = knownKeyDigest(key);
+      // A token's caller has ids of its own (jwt:): anyone may send any text
+      // as an API key, and it must not be a way to pass as someone's subject.
+      const hashed = found.kind === "jwt" ? found.identity : found.value;
+      const prefix = found.kind === "jwt" ? "jwt:" : "key:";
+      const identify = (digest: string): ClientIdentity =>
+        found.kind === "jwt"
+          ? {
+            id: prefix + digest.slice(0, 16),
+            kind: "jwt",
+            key: found.value,
+            ip,
+            tier: found.tier,
+          }
+          : { id: prefix + digest.slice(0, 16), kind: "key", key: found.value, ip };
+      const known = knownKeyDigest(hashed);
       if (known !== undefined) {
-        ctx.client = { id: `key:${known.slice(0, 16)}`, kind, key, ip };
+        ctx.client = identify(known);
         return next();
       }
-      return keyClientId(key).then((id) => {
-        ctx.client = { id, kind, key, ip } satisfies ClientIdentity;
+      return keyDigest(hashed).then((digest) => {
+        ctx.client = identify(digest);
         return next();
       });
     }
@@ -290,10 +328,7 @@ function invalidToken(reason: string): Response {
     type: `${PROBLEM_TYPE_BASE}invalid-token`,
     title: "Invalid token",
     detail: `The bearer token is not accepted: ${reason}`,
-    headers: {
-      "www-authenticate": `Bearer realm="sluice", error="invalid_token", error_description="${
-        reason.replace(/["\\]/g, "'")
-      }"`,
-    },
+    // The reason is in the body only: it may quote the token, which is no header text.
+    headers: { "www-authenticate": 'Bearer realm="sluice", error="invalid_token"' },
   });
 }

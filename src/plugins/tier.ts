@@ -2,8 +2,8 @@
  * The `tier` plugin: the caller's API key -> its tier, from the config's
  * `keys` (list or keys files) or a Redis hash (`redis_hash`, fields are the
  * SHA-256 hex of keys, values tier names) with a local TTL cache. A caller
- * without a key gets the `default` tier; so does a caller named by a JWT
- * claim (`identify` verified it) that no key entry lists.
+ * without a key gets the `default` tier. A caller named by a verified JWT
+ * gets the tier its `tier_claim` names, else the default: never a key's.
  */
 import { z } from "zod";
 import { duration } from "../config/schema.ts";
@@ -85,6 +85,15 @@ export default definePlugin({
     // Not an async function: a caller without a key adds no promise of its own.
     return function tier(ctx, next) {
       const client = ctx.client;
+      if (client?.kind === "jwt") {
+        // A verified token is looked up in no key list (its claim is no secret):
+        // its tier is the one it claims, when that is a tier, else the default.
+        ctx.tier = client.tier !== undefined && Object.hasOwn(tiers, client.tier)
+          ? client.tier
+          : options.default;
+        gateway.clients.seen(clientIdOf(ctx), ctx.tier, route.name);
+        return next();
+      }
       if (!client?.key) {
         ctx.tier = options.default;
         // /clients/{id} shows the tier, on a route with no limit step too.
@@ -99,11 +108,7 @@ export default definePlugin({
       const digest = await keyDigest(key);
       let name = keys.get(digest)?.tier;
       if (name === undefined && hashes.length > 0) name = await fromHashes(digest);
-      if ((name === undefined || !(name in tiers)) && ctx.client!.kind === "jwt") {
-        // A verified token's claim is not made up: an unlisted caller gets the
-        // default tier and keeps its own quota.
-        name = options.default;
-      } else if (name === undefined || !(name in tiers)) {
+      if (name === undefined || !Object.hasOwn(tiers, name)) {
         if (options.unknown_key === "reject") {
           return problem(401, {
             type: `${PROBLEM_TYPE_BASE}unknown-api-key`,

@@ -7,14 +7,20 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { delay, freePort, repoPath, startGateway, startUpstream } from "../_helpers.ts";
-import { keyPair, nowSeconds, signJwt } from "../_jwt.ts";
+import { base64Url, keyPair, nowSeconds, signJwt } from "../_jwt.ts";
 
 const CLIENT_ID_PLUGIN = repoPath("tests/fixtures/client_id_plugin.ts");
 const SECRET = "integration-secret-of-32-bytes-or-more";
 
-/** The id a claim value should get, computed here independently of the gateway. */
+/** The id of an API key, computed here independently of the gateway. */
 function keyId(value: string): string {
   return `key:${createHash("sha256").update(value).digest("hex").slice(0, 16)}`;
+}
+
+/** The id of a token's caller: of the claim's name and JSON value, apart from every API key. */
+function jwtId(claim: string, value: string | number): string {
+  const digest = createHash("sha256").update(JSON.stringify([claim, value])).digest("hex");
+  return `jwt:${digest.slice(0, 16)}`;
 }
 
 function route(upstream: string, identify: string, rest = ""): string {
@@ -55,11 +61,14 @@ Deno.test("identify jwt: the claim of a verified token names the caller; no toke
   const now = nowSeconds();
   const alice = await call(url, await signJwt("HS256", SECRET, { sub: "alice", iat: now }));
   assert.equal(alice.status, 200);
-  assert.equal(alice.id, keyId("alice"));
+  assert.equal(alice.id, jwtId("sub", "alice"));
   // Another token for the same subject is the same caller; another subject is not.
-  const again = await call(url, await signJwt("HS384", SECRET, { sub: "alice", iat: now + 1 }));
-  assert.equal(again.id, keyId("alice"));
-  assert.equal((await call(url, await signJwt("HS256", SECRET, { sub: "bob" }))).id, keyId("bob"));
+  const again = await call(url, await signJwt("HS256", SECRET, { sub: "alice", iat: now + 1 }));
+  assert.equal(again.id, jwtId("sub", "alice"));
+  assert.equal(
+    (await call(url, await signJwt("HS256", SECRET, { sub: "bob" }))).id,
+    jwtId("sub", "bob"),
+  );
   assert.equal((await call(url)).id, "ip:127.0.0.1");
   // A valid token without the claim leaves the caller to the next source.
   assert.equal(
@@ -117,25 +126,23 @@ Deno.test("identify jwt: with bearer as a later source an opaque token is an API
   assert.equal((await call(url, "opaque-api-key")).id, keyId("opaque-api-key"));
   assert.equal(
     (await call(url, await signJwt("HS256", SECRET, { sub: "dave" }))).id,
-    keyId("dave"),
+    jwtId("sub", "dave"),
   );
   // A JWT that does not verify is still refused: it does not fall back to being a key.
   const forged = await signJwt("HS256", "a-different-secret-32-bytes-long!!", { sub: "dave" });
   assert.equal((await call(url, forged)).status, 401);
 });
 
-Deno.test("identify jwt: each subject has its own quota, a listed subject its tier, an unlisted one the default tier", async () => {
+Deno.test("identify jwt: each subject has its own quota, and the tier its token claims", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   const { privateKey, jwk } = await keyPair("EdDSA");
   await using gw = await startGateway(`tiers:
   free: { limit: 2, window: 1m }
   pro: { limit: 4, window: 1m }
-keys:
-  - { key: erin, tier: pro }
 ${
     route(
       upstream.url,
-      `{ from: [jwt:sub, ip], required: true, jwt: { jwks: { keys: [ ${
+      `{ from: [jwt:sub, ip], required: true, jwt: { tier_claim: plan, jwks: { keys: [ ${
         JSON.stringify({ ...jwk, kid: "k1" })
       } ] } } }`,
       `      - tier: { default: free, unknown_key: reject }
@@ -144,25 +151,65 @@ ${
     )
   }`);
   const url = `${gw.url}/x`;
-  const token = (sub: string) => signJwt("EdDSA", privateKey, { sub }, { kid: "k1" });
-  const statuses = async (sub: string, n: number) => {
+  const token = (sub: string, plan?: string) =>
+    signJwt("EdDSA", privateKey, { sub, plan }, { kid: "k1" });
+  const statuses = async (n: number, sub: string, plan?: string) => {
     const seen: number[] = [];
-    for (let i = 0; i < n; i++) seen.push((await call(url, await token(sub))).status);
+    for (let i = 0; i < n; i++) seen.push((await call(url, await token(sub, plan))).status);
     return seen;
   };
-  // Frank is in no key entry: a verified caller, so the default tier, not a 401.
-  assert.deepEqual(await statuses("frank", 3), [200, 200, 429]);
-  // Grace has her own quota, untouched by Frank's.
-  assert.deepEqual(await statuses("grace", 3), [200, 200, 429]);
-  // Erin is listed as pro.
-  assert.deepEqual(await statuses("erin", 5), [200, 200, 200, 200, 429]);
-  const policy = await fetch(url, { headers: { authorization: `Bearer ${await token("erin")}` } });
+  // Frank's token claims no plan: the default tier (unknown_key does not apply to a verified caller).
+  assert.deepEqual(await statuses(3, "frank"), [200, 200, 429]);
+  // Grace has her own quota, untouched by Frank's; a plan that is no tier is the default too.
+  assert.deepEqual(await statuses(3, "grace", "platinum"), [200, 200, 429]);
+  // Erin's token claims pro.
+  assert.deepEqual(await statuses(5, "erin", "pro"), [200, 200, 200, 200, 429]);
+  const policy = await fetch(url, {
+    headers: { authorization: `Bearer ${await token("erin", "pro")}` },
+  });
   await policy.body?.cancel();
   assert.equal(policy.headers.get("ratelimit-policy"), '"pro";q=4;w=60');
   // required: true and no token: 401, saying a bearer token is wanted.
   const missing = await call(url);
   assert.equal(missing.status, 401);
   assert.equal(missing.authenticate, 'Bearer realm="sluice"');
+});
+
+Deno.test("identify jwt: a subject's name sent as an API key is another caller, with another quota", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(
+    route(
+      upstream.url,
+      `{ from: [jwt:sub, bearer], jwt: { secret: ${SECRET} } }`,
+      "      - sliding-window: { limit: 2, window: 1m }\n",
+    ),
+  );
+  const url = `${gw.url}/x`;
+  const alice = await signJwt("HS256", SECRET, { sub: "alice" });
+  // Anyone can send "alice" as a key: it spends that key's quota, not Alice's.
+  assert.deepEqual(
+    [(await call(url, "alice")).status, (await call(url, "alice")).status],
+    [200, 200],
+  );
+  assert.equal((await call(url, "alice")).status, 429);
+  const real = await call(url, alice);
+  assert.equal(real.status, 200);
+  assert.equal(real.id, jwtId("sub", "alice"));
+  assert.notEqual(real.id, keyId("alice"));
+});
+
+Deno.test("identify jwt: a token whose algorithm holds any text is a 401 with a plain WWW-Authenticate, never a 500", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(
+    route(upstream.url, `{ from: [jwt:sub], jwt: { secret: ${SECRET} } }`),
+  );
+  for (const alg of ["H\u0100S256", "\u00e9", "x".repeat(10_000), 'a"b\\c']) {
+    const header = base64Url(JSON.stringify({ alg, kid: "\u4e2d" }));
+    const answer = await call(`${gw.url}/x`, `${header}.${base64Url("{}")}.c2ln`);
+    assert.equal(answer.status, 401, alg.slice(0, 10));
+    assert.equal(answer.authenticate, 'Bearer realm="sluice", error="invalid_token"');
+    assert.match(JSON.parse(answer.body).detail, /algorithm/);
+  }
 });
 
 Deno.test("identify jwt: a missing or unusable key is a config error at the identify step's line", async () => {
@@ -177,6 +224,14 @@ Deno.test("identify jwt: a missing or unusable key is a config error at the iden
     ],
     ["{ from: [jwt:sub], jwt: { public_key: nonsense } }", /public_key must be a PEM block/],
     ["{ from: [jwt:sub], jwt: { secret: " + SECRET + ", algorithms: [RS256] } }", /RS256/],
+    [
+      "{ from: [bearer, jwt:sub], jwt: { secret: " + SECRET + " } }",
+      /identify\.from: Put jwt:<claim> before bearer/,
+    ],
+    [
+      "{ from: [header:Authorization, jwt:sub], jwt: { secret: " + SECRET + " } }",
+      /Put jwt:<claim> before bearer and header:authorization/,
+    ],
   ];
   for (const [identify, message] of bad) {
     await assert.rejects(startGateway(route(upstream, identify)), (error: Error) => {
@@ -202,4 +257,12 @@ Deno.test("identify jwt: a token accepted before is refused once it expires", as
   const late = await call(url, token);
   assert.equal(late.status, 401);
   assert.match(JSON.parse(late.body).detail, /expired/);
+});
+
+Deno.test("identify jwt: bearer and header:authorization stay valid sources without a jwt source", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  for (const from of ["[bearer, ip]", "[header:authorization]", "[ip, bearer]"]) {
+    await using gw = await startGateway(route(upstream.url, `{ from: ${from} }`));
+    assert.equal((await call(`${gw.url}/x`, "k")).status, 200, from);
+  }
 });
