@@ -69,6 +69,11 @@ redisTest(
     );
     assert.equal(await policy(gw.url, "redis-key"), `"gold";q=3;w=3600`);
     assert.equal(await policy(gw.url, "later-key"), 401);
+    // A hash value that is no tier (an object's own words, too) is an unknown key, never a 500.
+    for (const value of ["constructor", "toString", "__proto__", "platinum"]) {
+      await redis.cli(["HSET", "sluice:keys", await sha256Hex(`odd-${value}`), value]);
+      assert.equal(await policy(gw.url, `odd-${value}`), 401, value);
+    }
     await redis.cli(["HSET", "sluice:keys", await sha256Hex("later-key"), "free"]);
     assert.ok(
       await waitFor(async () => (await policy(gw.url, "later-key")) === `"free";q=1;w=3600`, 3_000),
