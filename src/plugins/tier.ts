@@ -35,7 +35,7 @@ export default definePlugin({
       const [what, name] of [["default", options.default], ["unknown_key", options.unknown_key]]
     ) {
       if (what === "unknown_key" && name === "reject") continue;
-      if (!(name! in tiers)) {
+      if (!Object.hasOwn(tiers, name!)) {
         throw new Error(
           `${what}: tier "${name}" is not defined under tiers (defined: ${
             known.join(", ") || "none"

@@ -486,6 +486,18 @@ Deno.test("a bad tier reference is a config error at its line", async () => {
     ),
     /keys\[0\]\.tier: Unknown tier "gold"/,
   );
+  // Words every object has are no tiers either: such a default failed every request.
+  for (const name of ["toString", "constructor"]) {
+    await assert.rejects(
+      startGateway(
+        yaml(upstream.url, TIERED).replace(
+          "tier: { default: free, unknown_key: reject }",
+          `tier: { default: ${name}, unknown_key: reject }`,
+        ),
+      ),
+      new RegExp(`default: tier "${name}" is not defined under tiers`),
+    );
+  }
 });
 
 Deno.test("stacked limits on a proxied answer: every IETF policy, the tightest legacy one, the upstream's own if tighter", async () => {
