@@ -209,6 +209,13 @@ function answer(
   return response;
 }
 
+// Every C0 control but HTAB, CR and LF (lines are split on CRLF; a bare CR or
+// LF is refused with the field), and DEL.
+// deno-lint-ignore no-control-regex
+const CONTROLS = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
+// deno-lint-ignore no-control-regex
+const CONTROLS_ALL = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/g;
+
 /** Raised for an upstream that answers something that is not HTTP/1.x. */
 export class UpstreamProtocolError extends Error {
   override name = "UpstreamProtocolError";
@@ -310,7 +317,11 @@ export class Http1Client {
         }
         end = reader.headEnd();
       }
-      const text = latin1(reader.buf.subarray(reader.start, end));
+      let text = latin1(reader.buf.subarray(reader.start, end));
+      // Control characters other than HTAB in a field (RFC 9110, 5.5): each
+      // becomes a space, as the RFC allows, since Deno's server (2.9) ends the
+      // whole process on one in a header it sends.
+      if (CONTROLS.test(text)) text = text.replace(CONTROLS_ALL, " ");
       reader.start = end + 4;
       const lines = text.split("\r\n");
       const match = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0] ?? "");
@@ -597,7 +608,12 @@ function requestHead(
     const lower = name.toLowerCase();
     if (lower === "transfer-encoding" || lower === "connection") continue;
     if (lower === "host") host = true;
-    if (lower === "content-length") length = true;
+    if (lower === "content-length") {
+      // Without the body, a length would leave the upstream reading the next
+      // request on this connection as its body (a GET's body stops at Deno's server).
+      if (!hasBody) continue;
+      length = true;
+    }
     head += `${name}: ${value}\r\n`;
   }
   if (!host) head += `host: ${origin.authority}\r\n`;

@@ -1507,3 +1507,47 @@ Deno.test("proxy: the client's Accept-Encoding reaches the upstream as sent, and
     "x-request-id",
   ]);
 });
+
+Deno.test("proxy: a GET or HEAD sent with a Content-Length goes on without it: the pooled upstream connection stays in step", async () => {
+  const seen: string[] = [];
+  await using upstream = startUpstream((request) => {
+    const path = new URL(request.url).pathname;
+    seen.push(`${request.method} ${path} cl=${request.headers.get("content-length")}`);
+    return new Response(`${request.method} ${path}`);
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const port = gw.gateway.addr.port;
+  for (const method of ["GET", "HEAD"]) {
+    seen.length = 0;
+    // The body the client sends is read by the gateway's server and goes no further; a
+    // Content-Length forwarded without it would leave the upstream waiting for bytes, and
+    // the next request on that connection would be read as this one's body.
+    const first = await rawRequest(
+      port,
+      `${method} /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello`,
+      method,
+    );
+    assert.equal(statusOf(first), 200, method);
+    const second = await fetch(`${gw.url}/b`, { headers: { "x-pad": "GET /smuggled HTTP/1.1" } });
+    assert.equal(await second.text(), "GET /b", method);
+    assert.deepEqual(seen, [`${method} /a cl=null`, "GET /b cl=null"], method);
+  }
+});
+
+Deno.test("proxy: control characters in an upstream's header values reach the client as spaces, and the gateway lives on", async () => {
+  await using upstream = startRawUpstream(() =>
+    "HTTP/1.1 200 OK\r\nX-Odd: a\x01b\x7fc\x1fd\r\nX-Tab: a\tb\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const answer = await rawRequest(
+    gw.gateway.addr.port,
+    "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+  );
+  assert.equal(statusOf(answer), 200);
+  assert.equal(single(answer, "x-odd"), "a b c d");
+  assert.equal(single(answer, "x-tab"), "a\tb");
+  assert.equal(decoder.decode(answer.body), "ok");
+  const health = await fetch(`${gw.adminUrl}/health`);
+  assert.equal(health.status, 200);
+  await health.body?.cancel();
+});
