@@ -369,6 +369,20 @@ export class Gateway {
           detail: "A plugin of this route failed; the gateway log has the details",
         });
       }
+      // Deno's server (2.9) ends the process on a control character in a
+      // header it sends, and Headers take them: a custom plugin's answer is checked.
+      if (route.custom && hasControlCharacters(response)) {
+        this.log.error("plugin failed", {
+          route: routeName,
+          request_id: requestId,
+          error: "a response header value holds a control character",
+        });
+        response = problem(500, {
+          type: `${PROBLEM_TYPE_BASE}plugin-failed`,
+          title: "Plugin failed",
+          detail: "A plugin of this route failed; the gateway log has the details",
+        });
+      }
       // A sealed answer was built with its X-Request-Id (and reading its headers would cost).
       if (!isSealed(ctx, response)) {
         try {
@@ -711,4 +725,18 @@ function outcomeOf(response: Response | undefined): string {
     default:
       return "rejected";
   }
+}
+
+// Every C0 control but HTAB, and DEL (Headers already refuse NUL, CR and LF).
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]/;
+
+/** True when a header value of `response` holds a control character. */
+function hasControlCharacters(response: Response): boolean {
+  try {
+    for (const [, value] of response.headers) if (CONTROL.test(value)) return true;
+  } catch {
+    // Headers that cannot be read are Deno's own, and valid.
+  }
+  return false;
 }

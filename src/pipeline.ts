@@ -26,6 +26,8 @@ export interface CompiledRoute {
   readonly steps: readonly string[];
   /** Runs the route's pipeline. */
   readonly run: (ctx: RequestContext) => Promise<Response>;
+  /** True when a custom plugin is one of its steps: its answers' headers are checked before they go out. */
+  readonly custom: boolean;
   /** The plugins' views of one client, for `/clients/{id}`. */
   readonly clientQueries: readonly ((clientId: string) => Promise<ClientReport | undefined>)[];
   /** The plugins' state for `/status`. */
@@ -164,6 +166,7 @@ export async function buildPipeline(
       matches: compileMatch(route.match),
       steps,
       run: compose(handlers, noAnswer),
+      custom: route.pipeline.some((entry) => entry.module !== undefined),
       clientQueries,
       statusReports,
     });

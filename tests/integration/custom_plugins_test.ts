@@ -80,3 +80,26 @@ export default definePlugin({
   assert.match(JSON.stringify(logged[2]), /not a Response/);
   assert.equal(logged[2]!.request_id, "forgot-1");
 });
+
+Deno.test("a plugin that puts a control character in a response header gets its route's 500, and the gateway lives on", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(
+    `routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - plugin: ${repoPath("tests/fixtures/tag_plugin.ts")}
+        with: { value: "a\\x01b" }
+      - proxy: {}
+`,
+  );
+  const answer = await fetch(`${gw.url}/x`, { headers: { "x-request-id": "ctl-1" } });
+  assert.equal(answer.status, 500);
+  assert.equal(answer.headers.get("x-request-id"), "ctl-1");
+  assert.equal((await answer.json()).title, "Plugin failed");
+  const logged = gw.logs.lines.filter((line) => line.msg === "plugin failed");
+  assert.match(JSON.stringify(logged), /control character/);
+  const health = await fetch(`${gw.adminUrl}/health`);
+  assert.equal(health.status, 200);
+  await health.body?.cancel();
+});
