@@ -98,6 +98,10 @@ function browserAbuse(request: Request, loopbackOnly: boolean): string | undefin
 /** The admin listener's request handler. */
 export function adminHandler(gateway: Gateway): (request: Request) => Promise<Response> {
   return async function admin(request) {
+    // Deno builds the URL from the Host header, which may be anything.
+    if (!URL.canParse(request.url)) {
+      return problem(400, { detail: "The request URL is not valid (look at its Host header)" });
+    }
     const url = new URL(request.url);
     const path = url.pathname;
     const abuse = browserAbuse(

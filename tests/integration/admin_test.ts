@@ -95,6 +95,9 @@ Deno.test("the admin API refuses what a browser page on another site could send 
   assert.equal(await raw(`127.0.0.1:${port}`), "HTTP/1.1 200 OK");
   assert.equal(await raw("localhost"), "HTTP/1.1 200 OK");
   assert.equal(await raw("localhost."), "HTTP/1.1 200 OK");
+  // A Host that makes no URL is the client's mistake: a 400, not the admin API's 500.
+  assert.equal(await raw("[::1"), "HTTP/1.1 400 Bad Request");
+  assert.equal(gw.logs.lines.filter((line) => line.level === "error").length, 0);
   // An HTTP/1.0 health check sends no Host: no browser does that.
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   await conn.write(new TextEncoder().encode("GET /health HTTP/1.0\r\n\r\n"));
