@@ -10,38 +10,21 @@
  * hold.
  */
 
-/** A JWS algorithm this verifier knows. */
-export type JwtAlgorithm =
-  | "HS256"
-  | "HS384"
-  | "HS512"
-  | "RS256"
-  | "RS384"
-  | "RS512"
-  | "PS256"
-  | "PS384"
-  | "PS512"
-  | "ES256"
-  | "ES384"
-  | "ES512"
-  | "EdDSA";
+const HMAC_ALGORITHMS = ["HS256", "HS384", "HS512"] as const;
+const RSA_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] as const;
 
-/** Every algorithm, for the config schema. */
-export const JWT_ALGORITHMS: readonly JwtAlgorithm[] = [
-  "HS256",
-  "HS384",
-  "HS512",
-  "RS256",
-  "RS384",
-  "RS512",
-  "PS256",
-  "PS384",
-  "PS512",
+/** Every JWS algorithm this verifier knows, for the config schema. */
+export const JWT_ALGORITHMS = [
+  ...HMAC_ALGORITHMS,
+  ...RSA_ALGORITHMS,
   "ES256",
   "ES384",
   "ES512",
   "EdDSA",
-];
+] as const;
+
+/** A JWS algorithm this verifier knows. */
+export type JwtAlgorithm = typeof JWT_ALGORITHMS[number];
 
 /** A JSON Web Key, as far as this verifier reads it. */
 export interface Jwk {
@@ -123,15 +106,6 @@ function params(alg: JwtAlgorithm): AlgorithmParams {
   }
 }
 
-const HMAC_ALGORITHMS: readonly JwtAlgorithm[] = ["HS256", "HS384", "HS512"];
-const RSA_ALGORITHMS: readonly JwtAlgorithm[] = [
-  "RS256",
-  "RS384",
-  "RS512",
-  "PS256",
-  "PS384",
-  "PS512",
-];
 const EC_ALGORITHMS: Readonly<Record<string, JwtAlgorithm>> = {
   "P-256": "ES256",
   "P-384": "ES384",
