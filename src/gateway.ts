@@ -27,7 +27,7 @@ import { Http1Client, type Http1Init } from "./http1_client.ts";
 import { createStore, storeKind } from "./store/mod.ts";
 import type { ResilientStore } from "./store/resilient_store.ts";
 import { RecentClients } from "./client_directory.ts";
-import { decodeUnreserved, hasMalformedEscape } from "./router.ts";
+import { decodeUnreserved, hasMalformedEscape, isHost } from "./router.ts";
 import { stableStringify } from "./state_registry.ts";
 
 /** Options for {@linkcode Gateway.start}. */
@@ -302,10 +302,14 @@ export class Gateway {
     try {
       let url: URL;
       try {
+        // Deno makes the URL of the Host header and the target: a Host with
+        // a "/", "?" or "#" in it would change the path that is routed and forwarded.
+        const host = request.headers.get("host");
+        if (host !== null && !isHost(host)) throw new TypeError("invalid Host");
         url = new URL(request.url);
       } catch {
         response = problem(400, {
-          detail: "The request URL is not valid",
+          detail: "The request URL is not valid (its target or its Host header)",
           headers: { "x-request-id": requestId },
         });
         return response;

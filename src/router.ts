@@ -74,3 +74,15 @@ export function decodeUnreserved(path: string): string {
     (_, hex: string) => String.fromCharCode(parseInt(hex, 16)),
   );
 }
+
+const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::\d{0,5})?$/;
+
+/**
+ * True for a Host header that is only a host: a name, an IPv4 address or a
+ * bracketed IPv6 one, and a port (RFC 9110, 7.2). Deno makes a request's URL
+ * of its Host and its target, so a "/", "?" or "#" in the Host would change
+ * the path.
+ */
+export function isHost(text: string): boolean {
+  return HOST.test(text);
+}

@@ -97,6 +97,8 @@ Deno.test("the admin API refuses what a browser page on another site could send 
   assert.equal(await raw("localhost."), "HTTP/1.1 200 OK");
   // A Host that makes no URL is the client's mistake: a 400, not the admin API's 500.
   assert.equal(await raw("[::1"), "HTTP/1.1 400 Bad Request");
+  // Nor may a Host change the path: /status asked, /health is not what it gets.
+  assert.equal(await raw(`127.0.0.1:${port}/health?`), "HTTP/1.1 400 Bad Request");
   assert.equal(gw.logs.lines.filter((line) => line.level === "error").length, 0);
   // An HTTP/1.0 health check sends no Host: no browser does that.
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
