@@ -379,7 +379,13 @@ export class Http1Client {
     }
     if (bodiless || (!chunked && !untilClose && length === 0)) {
       detach();
-      this.#release(connection, close);
+      // A 204 that frames a body, or a 304 with a transfer coding, is an
+      // upstream at odds with itself (RFC 9110, 8.6 and 6.1): bytes it may
+      // still send must not become the next request's answer.
+      const odd = (status === 204 && (chunked || untilClose || (length ?? 0) > 0)) ||
+        (status === 304 && (chunked || untilClose));
+      if (odd) this.#discard(connection);
+      else this.#release(connection, close);
       return answer(null, responseInit, true);
     }
     if (!chunked && !untilClose && length !== undefined && length <= SMALL_BODY) {
@@ -613,6 +619,10 @@ function requestHead(
       // request on this connection as its body (a GET's body stops at Deno's server).
       if (!hasBody) continue;
       length = true;
+      // A length the client repeated (Deno joins them as "5, 5") goes on once:
+      // upstreams refuse a list (RFC 9110, 8.6). Deno refuses unequal ones.
+      head += `${name}: ${value.split(",")[0]!.trim()}\r\n`;
+      continue;
     }
     head += `${name}: ${value}\r\n`;
   }

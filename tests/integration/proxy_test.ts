@@ -1551,3 +1551,96 @@ Deno.test("proxy: control characters in an upstream's header values reach the cl
   assert.equal(health.status, 200);
   await health.body?.cancel();
 });
+
+Deno.test("proxy: a Host header that holds a path, query or fragment is a 400: it cannot change the path routed and forwarded", async () => {
+  const seen: string[] = [];
+  await using upstream = startUpstream((request) => {
+    seen.push(new URL(request.url).pathname);
+    return new Response("ok");
+  });
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const port = gw.gateway.addr.port;
+  const send = (host: string) =>
+    rawRequest(port, `GET /public HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+  for (const host of ["g/admin?", "g\\admin?", "g/admin#", "api.example.com:1/admin?", "a@b"]) {
+    const answer = await send(host);
+    assert.equal(statusOf(answer), 400, host);
+    assert.equal(single(answer, "content-type"), "application/problem+json", host);
+  }
+  assert.deepEqual(seen, []);
+  for (const host of ["example.com", "localhost:8080", "[::1]:80", "127.0.0.1", "a-b.example."]) {
+    assert.equal(statusOf(await send(host)), 200, host);
+  }
+  assert.deepEqual(seen, ["/public", "/public", "/public", "/public", "/public"]);
+});
+
+Deno.test("proxy: a Content-Length the client repeated goes upstream once", async () => {
+  await using upstream = startUpstream(async (request) =>
+    new Response(`${request.headers.get("content-length")} ${await request.text()}`)
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  const answer = await rawRequest(
+    gw.gateway.addr.port,
+    "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+  );
+  assert.equal(statusOf(answer), 200);
+  assert.equal(decoder.decode(answer.body), "5 hello");
+});
+
+Deno.test("proxy: after a 204 that announces a body, the upstream connection is not reused, so late bytes reach no other client", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  let connections = 0;
+  const serving = (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      connections++;
+      (async () => {
+        const buffer = new Uint8Array(4096);
+        let count = 0;
+        try {
+          while (await conn.read(buffer) !== null) {
+            count++;
+            if (count === 1 && connections === 1) {
+              // A 204 that says it has 5 bytes, and a forged answer sent a little later.
+              await conn.write(
+                encoder.encode("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+              );
+              await delay(150);
+              await conn.write(
+                encoder.encode("HTTP/1.1 200 OK\r\nX-Poison: 1\r\nContent-Length: 6\r\n\r\nforged"),
+              );
+            } else {
+              await conn.write(encoder.encode("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"));
+            }
+          }
+        } catch {
+          // the gateway went away
+        }
+      })();
+    }
+  })();
+  try {
+    await using gw = await startGateway(
+      proxyOnly(`http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`),
+    );
+    const first = await fetch(`${gw.url}/first`);
+    assert.equal(first.status, 204);
+    await first.body?.cancel();
+    // Sent before the forged bytes arrive: on a reused connection they would be its answer.
+    const second = await fetch(`${gw.url}/second`);
+    assert.equal(second.headers.get("x-poison"), null);
+    assert.equal(await second.text(), "real");
+    assert.equal(connections, 2);
+  } finally {
+    listener.close();
+    for (const conn of conns) {
+      try {
+        conn.close();
+      } catch {
+        // closed
+      }
+    }
+    await serving.catch(() => {});
+  }
+});
