@@ -512,13 +512,12 @@ export class Gateway {
     } catch (error) {
       build.abort();
       if (store !== this.#store) await store.close();
-      const failure = error instanceof PipelineBuildError
-        ? { path: error.yamlPath, line: error.line }
-        : { path: "" };
-      return this.#fail(trigger, [{
-        ...failure,
-        message: String((error as Error)?.message ?? error),
-      }]);
+      return this.#fail(
+        trigger,
+        error instanceof PipelineBuildError
+          ? error.failures.map(({ yamlPath, line, message }) => ({ path: yamlPath, line, message }))
+          : [{ path: "", message: String((error as Error)?.message ?? error) }],
+      );
     }
     // The swap: one assignment. Requests in flight keep the pipeline they read.
     this.#pipeline = next;
@@ -605,14 +604,14 @@ function asConfigError(file: string, error: unknown): unknown {
   if (!(error instanceof PipelineBuildError)) return error;
   return new ConfigError(
     file,
-    [{ path: error.yamlPath, line: error.line, message: error.message }],
+    error.failures.map(({ yamlPath, line, message }) => ({ path: yamlPath, line, message })),
     { cause: error },
   );
 }
 
 /**
  * Creates every plugin of a loaded config against a memory store, as a start
- * would, and throws {@linkcode ConfigError} for the first that refuses (a
+ * would, and throws {@linkcode ConfigError} naming every one that refuses (a
  * step missing before it, say): `--check` catches what only a start found.
  */
 export async function checkPipelines(loaded: LoadedConfig): Promise<void> {

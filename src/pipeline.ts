@@ -50,16 +50,19 @@ export interface Pipeline {
   match(method: string, host: string | null, path: string): CompiledRoute | undefined;
 }
 
-/** Raised when a plugin's `create` throws while a pipeline is built. */
+/** One pipeline entry whose plugin refused to be created. */
+export interface BuildFailure {
+  /** The entry's YAML path, such as `routes[0].pipeline[1]`. */
+  readonly yamlPath: string;
+  readonly line: number | undefined;
+  readonly message: string;
+}
+
+/** Raised when plugins' `create` throw while a pipeline is built: every entry that refused. */
 export class PipelineBuildError extends Error {
   override name = "PipelineBuildError";
-  constructor(
-    readonly yamlPath: string,
-    readonly line: number | undefined,
-    message: string,
-    options?: ErrorOptions,
-  ) {
-    super(message, options);
+  constructor(readonly failures: readonly BuildFailure[], options?: ErrorOptions) {
+    super(failures.map((failure) => failure.message).join("\n"), options);
   }
 }
 
@@ -104,12 +107,17 @@ export interface BuildOptions {
   readonly log: Logger;
 }
 
-/** Creates every plugin of every route; throws {@linkcode PipelineBuildError} naming the entry that failed. */
+/**
+ * Creates every plugin of every route; throws {@linkcode PipelineBuildError}
+ * naming every entry that refused (all of them, not only the first).
+ */
 export async function buildPipeline(
   loaded: LoadedConfig,
   options: BuildOptions,
 ): Promise<Pipeline> {
   const routes: CompiledRoute[] = [];
+  const failures: BuildFailure[] = [];
+  const causes: unknown[] = [];
   for (const route of loaded.routes) {
     const info: RouteInfo = Object.freeze({
       name: route.name,
@@ -151,14 +159,14 @@ export async function buildPipeline(
       try {
         handlers.push(await entry.definition.create(entry.options, context));
       } catch (error) {
-        throw new PipelineBuildError(
-          entry.yamlPath,
-          entry.line,
-          `Cannot create plugin "${entry.name}" at ${entry.yamlPath}: ${
+        causes.push(error);
+        failures.push({
+          yamlPath: entry.yamlPath,
+          line: entry.line,
+          message: `Cannot create plugin "${entry.name}" at ${entry.yamlPath}: ${
             (error as Error)?.message ?? error
           }`,
-          { cause: error },
-        );
+        });
       }
     }
     routes.push({
@@ -169,6 +177,11 @@ export async function buildPipeline(
       custom: route.pipeline.some((entry) => entry.module !== undefined),
       clientQueries,
       statusReports,
+    });
+  }
+  if (failures.length > 0) {
+    throw new PipelineBuildError(failures, {
+      cause: causes.length === 1 ? causes[0] : new AggregateError(causes),
     });
   }
   return {

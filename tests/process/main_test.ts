@@ -80,6 +80,36 @@ ${steps}
   }
 });
 
+Deno.test("--check names every plugin that refuses to be created, not only the first", async () => {
+  await using config = await tempConfig(`tiers:
+  free: { limit: 10, window: 1m }
+routes:
+  - name: a
+    match: { path_prefix: /a }
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - sliding-window: { limit: 5000, window: 1m, cost: 1001 }
+      - token-bucket: { rate: 5/s, burst: 5, cost: 6 }
+      - proxy: {}
+  - name: b
+    match: { path_prefix: /b }
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - identify: {}
+      - tier: { default: nosuch }
+      - proxy: {}
+`);
+  const result = await runMain(["--check", config.file]);
+  assert.equal(result.code, 1, result.stdout);
+  assert.match(result.stderr, /:8:.* routes\[0\]\.pipeline\[0\]: .*cost 1001 is above 1000/);
+  assert.match(
+    result.stderr,
+    /:9:.* routes\[0\]\.pipeline\[1\]: .*cost 6 is more than the bucket holds/,
+  );
+  assert.match(result.stderr, /:16:.* routes\[1\]\.pipeline\[1\]: .*tier "nosuch" is not defined/);
+  assert.match(result.stderr, /3 errors/);
+});
+
 Deno.test("--check of a missing file says it cannot read it", async () => {
   const result = await runMain(["--check", "/nonexistent/gateway.yaml"]);
   assert.equal(result.code, 1);
