@@ -474,7 +474,8 @@ export class Gateway {
       return { ok: true, version: current.version, changed: false };
     }
     const trusted = new CidrSet(loaded.config.trusted_proxies);
-    // A changed store section gets a new store; an unchanged one keeps its counters.
+    // Another store (kind, address) gets a new store; the same one keeps its
+    // connection and counters, and takes a new timeout and failure policy at the swap.
     const signature = storeSignature(loaded, this.#env);
     let store: ResilientStore;
     try {
@@ -490,6 +491,16 @@ export class Gateway {
       return this.#fail(trigger, [{
         path: "store",
         message: String((error as Error)?.message ?? error),
+      }]);
+    }
+    if (store !== this.#store && store.health().state === "down") {
+      // Swapped in, a store that does not answer would hand every decision to
+      // the fallback, whose counters start empty: spent quotas would open again.
+      await store.close().catch(() => {});
+      return this.#fail(trigger, [{
+        path: "store",
+        message:
+          "The new store does not answer; the running store and pipeline keep serving (reload again once it is up)",
       }]);
     }
     const build = this.#state.begin();
@@ -522,6 +533,12 @@ export class Gateway {
     // The swap: one assignment. Requests in flight keep the pipeline they read.
     this.#pipeline = next;
     build.commit();
+    if (store === this.#store) {
+      store.reconfigure({
+        timeoutMs: loaded.config.store.timeout,
+        onFailure: loaded.config.store.on_failure,
+      });
+    }
     if (store !== this.#store) {
       const old = this.#store;
       this.#store = store;
@@ -670,11 +687,11 @@ function makeServices(parts: {
   };
 }
 
+/** What a store is: its kind and address. Its timeout and failure policy change in place. */
 function storeSignature(loaded: LoadedConfig, env: EnvLookup): string {
-  const config = loaded.config.store;
+  const { timeout: _timeout, on_failure: _onFailure, ...config } = loaded.config.store;
   const kind = storeKind(config, env);
-  // The memory store has no connection, timeout or failure policy: only
-  // another kind of store replaces it (and its counters).
+  // The memory store has no connection: only another kind of store replaces it (and its counters).
   if (kind === "memory") return kind;
   return stableStringify({
     ...config,

@@ -12,7 +12,10 @@ import type { StoreKind } from "./store.ts";
 export type StoreConfig = GatewayConfig["store"];
 
 /** The store kind in force: `kind`, else redis when a url (or `REDIS_URL`) is given, else memory. */
-export function storeKind(config: StoreConfig, env: EnvLookup): StoreKind {
+export function storeKind(
+  config: Pick<StoreConfig, "kind" | "url" | "nodes">,
+  env: EnvLookup,
+): StoreKind {
   if (config.kind) return config.kind;
   if (config.nodes && config.nodes.length > 0) return "redis-cluster";
   return config.url || env("REDIS_URL") ? "redis" : "memory";

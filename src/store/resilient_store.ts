@@ -83,6 +83,16 @@ export class ResilientStore implements LimitStore {
     }
   }
 
+  /**
+   * Takes a new timeout and failure policy, keeping the connection, the
+   * down state, the fallback's counters and the over-limit cache: what a
+   * reload that changes only those two needs.
+   */
+  reconfigure(options: { timeoutMs: number; onFailure: FailurePolicy }): void {
+    this.#options.timeoutMs = options.timeoutMs;
+    this.#options.onFailure = options.onFailure;
+  }
+
   /** The store's kind. */
   get kind(): StoreKind {
     return this.primary.kind;

@@ -225,3 +225,67 @@ redisTest(
     }
   },
 );
+
+/** The ids of the clients connected to a Redis. */
+async function clientIds(redis: RedisServer): Promise<string[]> {
+  const list = await redis.cli(["CLIENT", "LIST"]);
+  return [...list.matchAll(/^id=(\d+) .*cmd=(\S+)/gm)]
+    .filter((match) => match[2] !== "client|list")
+    .map((match) => match[1]!)
+    .sort();
+}
+
+redisTest(
+  "a reload that changes only the store's timeout or policy keeps its connection, counters and over-limit memory",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await using gw = await gatewayOn(redis, "local", upstream.url, 2);
+    assert.deepEqual([(await send(gw.url, "k")).status, (await send(gw.url, "k")).status], [
+      200,
+      200,
+    ]);
+    assert.equal((await send(gw.url, "k")).status, 429);
+    const before = await clientIds(redis);
+    assert.equal(before.length, 1);
+    const text = await Deno.readTextFile(gw.config.file);
+    await Deno.writeTextFile(
+      gw.config.file,
+      text.replace("timeout: 100ms, on_failure: local", "timeout: 150ms, on_failure: deny"),
+    );
+    const reload = await fetch(`${gw.adminUrl}/reload`, { method: "POST" });
+    assert.equal(reload.status, 200);
+    await reload.body?.cancel();
+    assert.equal((await status(gw.adminUrl)).store.on_failure, "deny");
+    assert.deepEqual(await clientIds(redis), before, "the same connection");
+    assert.equal((await send(gw.url, "k")).status, 429);
+    // The new policy is in force: with Redis gone, deny answers 503.
+    await redis.kill();
+    assert.ok(await waitFor(async () => (await send(gw.url, "other")).status === 503, 5_000));
+  },
+);
+
+redisTest(
+  "a reload onto a store that does not answer fails: the running store keeps deciding",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await using gw = await gatewayOn(redis, "local", upstream.url, 2);
+    assert.deepEqual([(await send(gw.url, "k")).status, (await send(gw.url, "k")).status], [
+      200,
+      200,
+    ]);
+    const text = await Deno.readTextFile(gw.config.file);
+    await Deno.writeTextFile(
+      gw.config.file,
+      text.replace(redis.url, `redis://127.0.0.1:${freePort()}`),
+    );
+    const reload = await fetch(`${gw.adminUrl}/reload`, { method: "POST" });
+    assert.equal(reload.status, 422);
+    assert.match(JSON.stringify(await reload.json()), /new store does not answer/);
+    const state = await status(gw.adminUrl);
+    assert.equal(state.store.state, "up");
+    // Swapped in, the dead store's empty fallback would have let this pass.
+    assert.equal((await send(gw.url, "k")).status, 429);
+  },
+);
