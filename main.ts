@@ -104,7 +104,14 @@ async function serve(file: string, log: Logger): Promise<number> {
     return 1;
   }
   const { promise: stopped, resolve } = Promise.withResolvers<number>();
+  let stopping = false;
   const stop = (signal: string) => {
+    if (stopping) {
+      // A second signal (Ctrl-C again) does not wait for the grace period.
+      log.warn("second signal: exiting without waiting for requests in flight", { signal });
+      Deno.exit(signal === "SIGINT" ? 130 : 143);
+    }
+    stopping = true;
     log.info("signal received", { signal });
     gateway.shutdown().then(() => resolve(0), () => resolve(1));
   };

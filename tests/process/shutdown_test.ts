@@ -89,6 +89,43 @@ Deno.test("a request longer than the grace period does not hold the exit", async
   await stuck;
 });
 
+Deno.test("a second SIGTERM or SIGINT exits at once, without waiting for the grace period", async () => {
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    await using upstream = startUpstream(async (request) => {
+      // Until the gateway goes away (or 20 s).
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 20_000);
+        request.signal.addEventListener("abort", () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      return new Response("late");
+    });
+    const adminPort = freePort();
+    await using config = await tempConfig(configYaml(upstream.url, adminPort, "30s"));
+    const gw = await spawnGateway(config.file, { adminPort });
+    const stuck = fetch(`${gw.url}/stuck`).then(
+      async (response) => {
+        await response.body?.cancel();
+        return response.status;
+      },
+      () => 0,
+    );
+    await delay(200);
+    const started = Date.now();
+    gw.child.kill(signal);
+    await delay(300);
+    gw.child.kill(signal);
+    const { code, lines } = await gw.exited;
+    const waited = Date.now() - started;
+    assert.equal(code, signal === "SIGINT" ? 130 : 143, signal);
+    assert.ok(waited < 5_000, `${signal}: exit took ${waited} ms`);
+    assert.ok(lines.some((line) => JSON.parse(line).msg.startsWith("second signal")), signal);
+    await stuck;
+  }
+});
+
 Deno.test("SIGHUP reloads the config", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   const adminPort = freePort();
