@@ -398,6 +398,14 @@ export class Gateway {
         }
       }
       client = ctx.client?.id;
+      if (this.#closing !== undefined) {
+        // Draining: the client must not send its next request on this connection.
+        try {
+          response.headers.set("connection", "close");
+        } catch {
+          // Immutable headers: the listener's close ends the connection all the same.
+        }
+      }
       return response;
     } finally {
       this.#inflight--;

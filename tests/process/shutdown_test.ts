@@ -34,6 +34,7 @@ Deno.test("SIGTERM stops accepting, lets requests in flight finish, and exits 0"
       ) => ({
         status: response.status,
         body: await response.text(),
+        connection: response.headers.get("connection"),
       })),
   );
   assert.ok(await waitFor(() => seen === 5), "the upstream did not see the requests");
@@ -52,7 +53,11 @@ Deno.test("SIGTERM stops accepting, lets requests in flight finish, and exits 0"
   assert.equal(ready.status, 503);
   assert.equal((await ready.json()).status, "draining");
   const results = await Promise.all(inflight);
-  assert.deepEqual(results, Array(5).fill({ status: 200, body: "finished" }));
+  // Each says its connection ends with it: no client sends its next request on a closing socket.
+  assert.deepEqual(
+    results,
+    Array(5).fill({ status: 200, body: "finished", connection: "close" }),
+  );
   const { code, lines } = await gw.exited;
   assert.equal(code, 0);
   const parsed = lines.map((line) => JSON.parse(line));
