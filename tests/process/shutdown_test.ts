@@ -15,6 +15,17 @@ routes:
 `;
 }
 
+/** A request the upstream holds: its status once it ends, 0 when the connection dies. */
+function stuckRequest(url: string): Promise<number> {
+  return fetch(`${url}/stuck`).then(
+    async (response) => {
+      await response.body?.cancel();
+      return response.status;
+    },
+    () => 0,
+  );
+}
+
 Deno.test("SIGTERM stops accepting, lets requests in flight finish, and exits 0", async () => {
   let seen = 0;
   await using upstream = startUpstream(async () => {
@@ -74,13 +85,7 @@ Deno.test("a request longer than the grace period does not hold the exit", async
   const adminPort = freePort();
   await using config = await tempConfig(configYaml(upstream.url, adminPort, "300ms"));
   const gw = await spawnGateway(config.file, { adminPort });
-  const stuck = fetch(`${gw.url}/stuck`).then(
-    async (response) => {
-      await response.body?.cancel();
-      return response.status;
-    },
-    () => 0,
-  );
+  const stuck = stuckRequest(gw.url);
   await delay(200);
   const started = Date.now();
   gw.child.kill("SIGTERM");
@@ -110,13 +115,7 @@ Deno.test("a second SIGTERM or SIGINT exits at once, without waiting for the gra
     const adminPort = freePort();
     await using config = await tempConfig(configYaml(upstream.url, adminPort, "30s"));
     const gw = await spawnGateway(config.file, { adminPort });
-    const stuck = fetch(`${gw.url}/stuck`).then(
-      async (response) => {
-        await response.body?.cancel();
-        return response.status;
-      },
-      () => 0,
-    );
+    const stuck = stuckRequest(gw.url);
     await delay(200);
     const started = Date.now();
     gw.child.kill(signal);
