@@ -88,6 +88,9 @@ async function check(file: string): Promise<number> {
   }
 }
 
+/** A signal repeated sooner than this after the first is the same one, delivered twice. */
+const SECOND_SIGNAL_AFTER_MS = 500;
+
 async function serve(file: string, log: Logger): Promise<number> {
   let gateway: Gateway;
   try {
@@ -104,14 +107,17 @@ async function serve(file: string, log: Logger): Promise<number> {
     return 1;
   }
   const { promise: stopped, resolve } = Promise.withResolvers<number>();
-  let stopping = false;
+  let firstSignalAt: number | undefined;
   const stop = (signal: string) => {
-    if (stopping) {
+    if (firstSignalAt !== undefined) {
+      // One Ctrl-C can arrive twice (from the terminal and from `deno task`),
+      // a moment apart: only a signal sent again later is a second one.
+      if (performance.now() - firstSignalAt < SECOND_SIGNAL_AFTER_MS) return;
       // A second signal (Ctrl-C again) does not wait for the grace period.
       log.warn("second signal: exiting without waiting for requests in flight", { signal });
       Deno.exit(signal === "SIGINT" ? 130 : 143);
     }
-    stopping = true;
+    firstSignalAt = performance.now();
     log.info("signal received", { signal });
     gateway.shutdown().then(() => resolve(0), () => resolve(1));
   };

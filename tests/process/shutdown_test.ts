@@ -119,7 +119,7 @@ Deno.test("a second SIGTERM or SIGINT exits at once, without waiting for the gra
     await delay(200);
     const started = Date.now();
     gw.child.kill(signal);
-    await delay(300);
+    await delay(700);
     gw.child.kill(signal);
     const { code, lines } = await gw.exited;
     const waited = Date.now() - started;
@@ -128,6 +128,25 @@ Deno.test("a second SIGTERM or SIGINT exits at once, without waiting for the gra
     assert.ok(lines.some((line) => JSON.parse(line).msg.startsWith("second signal")), signal);
     await stuck;
   }
+});
+
+Deno.test("one signal delivered twice a moment apart (the terminal and deno task both send it) still drains", async () => {
+  await using upstream = startUpstream(async () => {
+    await delay(600);
+    return new Response("finished");
+  });
+  const adminPort = freePort();
+  await using config = await tempConfig(configYaml(upstream.url, adminPort));
+  const gw = await spawnGateway(config.file, { adminPort });
+  const slow = fetch(`${gw.url}/slow`).then(async (response) => await response.text(), () => "");
+  await delay(200);
+  gw.child.kill("SIGINT");
+  // The copy from the other sender comes a moment later (sent at once, the two would merge).
+  await delay(50);
+  gw.child.kill("SIGINT");
+  assert.equal(await slow, "finished");
+  const { code } = await gw.exited;
+  assert.equal(code, 0);
 });
 
 Deno.test("SIGHUP reloads the config", async () => {
