@@ -100,7 +100,7 @@ export function adminHandler(gateway: Gateway): (request: Request) => Promise<Re
   return async function admin(request) {
     // Deno builds the URL from the Host header, which may be anything.
     const host = request.headers.get("host");
-    if ((host !== null && !isHost(host)) || !URL.canParse(request.url)) {
+    if ((host !== null && host !== "" && !isHost(host)) || !URL.canParse(request.url)) {
       return problem(400, { detail: "The request URL is not valid (look at its Host header)" });
     }
     const url = new URL(request.url);

@@ -305,7 +305,7 @@ export class Gateway {
         // Deno makes the URL of the Host header and the target: a Host with
         // a "/", "?" or "#" in it would change the path that is routed and forwarded.
         const host = request.headers.get("host");
-        if (host !== null && !isHost(host)) throw new TypeError("invalid Host");
+        if (host !== null && host !== "" && !isHost(host)) throw new TypeError("invalid Host");
         url = new URL(request.url);
       } catch {
         response = problem(400, {
@@ -381,6 +381,8 @@ export class Gateway {
           request_id: requestId,
           error: "a response header value holds a control character",
         });
+        // Its body (an upstream's, say) is read by no one: cancelled, its connection is freed.
+        response.body?.cancel().catch(() => {});
         response = problem(500, {
           type: `${PROBLEM_TYPE_BASE}plugin-failed`,
           title: "Plugin failed",

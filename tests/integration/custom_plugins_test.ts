@@ -1,6 +1,13 @@
 /** Custom plugins in a real gateway: the examples, and plugins that misbehave. */
 import assert from "node:assert/strict";
-import { repoPath, startEchoUpstream, startGateway } from "../_helpers.ts";
+import {
+  delay,
+  repoPath,
+  startEchoUpstream,
+  startGateway,
+  startUpstream,
+  waitFor,
+} from "../_helpers.ts";
 
 const modUrl = new URL("../../mod.ts", import.meta.url).href;
 
@@ -82,7 +89,21 @@ export default definePlugin({
 });
 
 Deno.test("a plugin that puts a control character in a response header gets its route's 500, and the gateway lives on", async () => {
-  await using upstream = startEchoUpstream();
+  // The upstream streams until its reader goes away.
+  let cancelled = false;
+  await using upstream = startUpstream(() =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          await delay(10);
+          controller.enqueue(new Uint8Array(1024));
+        },
+        cancel() {
+          cancelled = true;
+        },
+      }),
+    )
+  );
   await using gw = await startGateway(
     `routes:
   - name: api
@@ -99,6 +120,8 @@ Deno.test("a plugin that puts a control character in a response header gets its 
   assert.equal((await answer.json()).title, "Plugin failed");
   const logged = gw.logs.lines.filter((line) => line.msg === "plugin failed");
   assert.match(JSON.stringify(logged), /control character/);
+  // The replaced answer's body is cancelled, so its upstream connection does not stay open.
+  assert.ok(await waitFor(() => cancelled, 3_000), "the upstream body was never cancelled");
   const health = await fetch(`${gw.adminUrl}/health`);
   assert.equal(health.status, 200);
   await health.body?.cancel();
