@@ -61,18 +61,20 @@ function quantile(buckets, q) {
   for (const b of buckets) if (b.count >= q * total) return b.le === Infinity ? null : b.le * 1000;
   return null;
 }
+// Maps, keyed by route name: a route may be called "constructor" or "at".
 let previous = null;
-const history = {};
+const history = new Map();
 async function tick() {
   try {
     const [status, text] = await Promise.all([get("/status"), get("/metrics")]);
     const now = Date.now();
     const samples = parse(text);
-    const per = {};
+    const per = new Map();
     for (const s of samples) {
       const route = s.labels.route;
       if (route === undefined || route === "") continue;
-      const r = per[route] ??= { requests: 0, limited: 0, buckets: [] };
+      if (!per.has(route)) per.set(route, { requests: 0, limited: 0, buckets: [] });
+      const r = per.get(route);
       if (s.name === "sluice_requests_total") {
         r.requests += s.value;
         if (s.labels.outcome === "limited") r.limited += s.value;
@@ -91,13 +93,15 @@ async function tick() {
     const esc = (text) => String(text).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
     const rows = [];
     for (const route of status.routes) {
-      const r = per[route.name] ?? { requests: 0, limited: 0, buckets: [] };
-      const p = previous?.[route.name];
+      const r = per.get(route.name) ?? { requests: 0, limited: 0, buckets: [] };
+      const p = previous?.routes.get(route.name);
       const seconds = previous ? (now - previous.at) / 1000 : 0;
       const rate = p && seconds ? (r.requests - p.requests) / seconds : 0;
       const limitedRate = p && seconds ? (r.limited - p.limited) / seconds : 0;
-      (history[route.name] ??= []).push(rate);
-      if (history[route.name].length > 60) history[route.name].shift();
+      if (!history.has(route.name)) history.set(route.name, []);
+      const points = history.get(route.name);
+      points.push(rate);
+      if (points.length > 60) points.shift();
       const breaker = route.breaker
         ? Object.entries(route.breaker).map(([t, s]) => '<span class="' + esc(s) + '">' + esc(s) + "</span>").join(" ")
         : "";
@@ -109,15 +113,14 @@ async function tick() {
     }
     document.getElementById("routes").innerHTML = rows.join("");
     for (const canvas of document.querySelectorAll("canvas")) {
-      const points = history[canvas.dataset.route] ?? [];
+      const points = history.get(canvas.dataset.route) ?? [];
       const c = canvas.getContext("2d");
       const max = Math.max(1, ...points);
       c.strokeStyle = "#2f6feb"; c.lineWidth = 2; c.beginPath();
       points.forEach((v, i) => c.lineTo(i * (320 / 59), 62 - (v / max) * 58));
       c.stroke();
     }
-    previous = { at: now };
-    for (const [name, r] of Object.entries(per)) previous[name] = r;
+    previous = { at: now, routes: per };
   } catch (error) {
     document.getElementById("error").textContent = String(error);
   }

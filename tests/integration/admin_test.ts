@@ -1,6 +1,6 @@
 /** The admin listener: health, readiness, metrics, status, auth. */
 import assert from "node:assert/strict";
-import { startGateway, startUpstream } from "../_helpers.ts";
+import { startGateway, startUpstream, waitFor } from "../_helpers.ts";
 
 function yaml(upstream: string, token = ""): string {
   return `admin: { token: "${token}" }
@@ -225,4 +225,47 @@ Deno.test("/ serves the dashboard page, whose script parses", async () => {
   new Function(script);
   assert.match(script, /\/status/);
   assert.match(script, /\/metrics/);
+});
+
+Deno.test("the dashboard draws a row for every route, whatever its name (constructor, at)", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const route = (name: string) =>
+    `  - name: ${name}
+    match: { path_prefix: /${name} }
+    upstream: { url: ${upstream.url} }
+    pipeline: [ { proxy: {} } ]
+`;
+  await using gw = await startGateway(
+    `routes:\n${route("constructor")}${route("at")}${route("api")}`,
+  );
+  for (const name of ["constructor", "at", "api"]) {
+    await (await fetch(`${gw.url}/${name}`)).body?.cancel();
+  }
+  // The page's own script, run against this admin listener with a stand-in for the DOM.
+  const html = await (await fetch(`${gw.adminUrl}/`)).text();
+  const script = /<script>([\s\S]*)<\/script>/.exec(html)![1]!;
+  const elements = new Map<string, { textContent: string; innerHTML: string }>();
+  const document = {
+    getElementById: (id: string) => {
+      if (!elements.has(id)) elements.set(id, { textContent: "", innerHTML: "" });
+      return elements.get(id)!;
+    },
+    querySelectorAll: () => [],
+  };
+  const ticks: (() => Promise<void>)[] = [];
+  new Function("document", "sessionStorage", "fetch", "prompt", "setInterval", script)(
+    document,
+    { getItem: () => "", setItem() {} },
+    (path: string, init: RequestInit) => fetch(`${gw.adminUrl}${path}`, init),
+    () => null,
+    (tick: () => Promise<void>) => ticks.push(tick),
+  );
+  await waitFor(() => elements.get("routes")?.innerHTML !== undefined && ticks.length > 0);
+  await waitFor(() => (elements.get("routes")?.innerHTML ?? "").includes("<tr>"), 3_000);
+  await ticks[0]!();
+  const rows = elements.get("routes")!.innerHTML;
+  assert.equal(elements.get("error")?.textContent ?? "", "");
+  for (const name of ["constructor", "at", "api"]) {
+    assert.ok(rows.includes(`<tr><td>${name}</td>`), `no row for ${name}: ${rows}`);
+  }
 });
