@@ -395,3 +395,23 @@ Deno.test("cluster nodes that mix redis:// and rediss:// are an error at the odd
   assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [["store.nodes[1]", 4]]);
   assert.match(issues[0]!.message, /all be redis:\/\/ or all be rediss:\/\//);
 });
+
+Deno.test("an upstream URL with a user or password is an error that does not repeat them", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    upstream: { url: "http://admin:Sup3rSecret@backend:9001" }
+  - name: pool
+    upstream: { targets: ["http://a:1", "https://b:Other5ecret@b:443"] }
+  - name: odd
+    upstream: { url: "htp://c:Third5ecret@c" }
+`);
+  assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [
+    ["routes[0].upstream.url", 3],
+    ["routes[1].upstream.targets[1]", 5],
+    ["routes[2].upstream.url", 7],
+  ]);
+  for (const issue of issues) {
+    assert.match(issue.message, /cannot hold a user or password/);
+    assert.ok(!/Sup3rSecret|Other5ecret|Third5ecret/.test(issue.message), issue.message);
+  }
+});

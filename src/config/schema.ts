@@ -49,15 +49,26 @@ export function rate() {
 
 const port = z.number().int().min(0).max(65535);
 
-const httpUrl = z.string().refine((text) => {
+const httpUrl = z.string().superRefine((text, ctx) => {
+  let url: URL;
   try {
-    const url = new URL(text);
-    return url.protocol === "http:" || url.protocol === "https:";
+    url = new URL(text);
   } catch {
-    return false;
+    url = new URL("invalid:");
   }
-}, {
-  error: (issue) => `Invalid upstream URL "${issue.input}": write http://host:port or https://host`,
+  if (url.username || url.password) {
+    // The gateway sends no credentials of a URL, and a URL is shown on /status and in logs.
+    ctx.addIssue({
+      code: "custom",
+      message:
+        "An upstream URL cannot hold a user or password (they would be shown, and never sent): set an Authorization header with a plugin instead",
+    });
+  } else if (url.protocol !== "http:" && url.protocol !== "https:") {
+    ctx.addIssue({
+      code: "custom",
+      message: `Invalid upstream URL "${text}": write http://host:port or https://host`,
+    });
+  }
   // Characters outside ASCII are written percent-encoded (and a host in punycode), as they go on the wire.
 }).transform((text) => /[^\x20-\x7e]/.test(text) ? new URL(text).href : text);
 
