@@ -62,7 +62,8 @@ export function statusDocument(gateway: Gateway): Record<string, unknown> {
 
 const LOOPBACK_NAMES = new Set(["localhost", "127.0.0.1", "[::1]", "::1"]);
 
-function isLoopbackName(name: string): boolean {
+/** True for a loopback address or the name localhost (a trailing dot allowed). */
+export function isLoopbackName(name: string): boolean {
   const bare = name.endsWith(".") ? name.slice(0, -1) : name;
   return LOOPBACK_NAMES.has(bare) || /^127\.\d+\.\d+\.\d+$/.test(bare);
 }

@@ -22,7 +22,7 @@ import { BUILTIN_PLUGINS } from "./plugins/mod.ts";
 import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "./problem.ts";
 import { StateRegistry } from "./state_registry.ts";
 import { FileWatcher } from "./watcher.ts";
-import { adminHandler } from "./admin.ts";
+import { adminHandler, isLoopbackName } from "./admin.ts";
 import { Http1Client, type Http1Init } from "./http1_client.ts";
 import { createStore, storeKind } from "./store/mod.ts";
 import type { ResilientStore } from "./store/resilient_store.ts";
@@ -189,6 +189,12 @@ export class Gateway {
       routes: pipeline.routes.length,
       store: store.kind,
     });
+    if (!gateway.adminToken && !isLoopbackName(gateway.adminAddr.hostname)) {
+      log.warn(
+        "the admin API listens beyond this machine without a token: anyone who reaches it (a web page through DNS rebinding too) may read /status and reload; set admin.token or ADMIN_TOKEN",
+        { admin: `${gateway.adminAddr.hostname}:${gateway.adminAddr.port}` },
+      );
+    }
     return gateway;
   }
 

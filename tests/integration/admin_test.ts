@@ -269,3 +269,23 @@ Deno.test("the dashboard draws a row for every route, whatever its name (constru
     assert.ok(rows.includes(`<tr><td>${name}</td>`), `no row for ${name}: ${rows}`);
   }
 });
+
+Deno.test("an admin listener beyond loopback without a token is warned about at start", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  {
+    await using open = await startGateway(
+      yaml(upstream.url).replace('admin: { token: "" }', 'admin: { token: "", hostname: 0.0.0.0 }'),
+    );
+    assert.ok(
+      open.logs.lines.some((line) =>
+        line.level === "warn" && String(line.msg).includes("without a token")
+      ),
+    );
+  }
+  for (const admin of ['admin: { token: "s3cret", hostname: 0.0.0.0 }', 'admin: { token: "" }']) {
+    await using quiet = await startGateway(
+      yaml(upstream.url).replace('admin: { token: "" }', admin),
+    );
+    assert.ok(!quiet.logs.lines.some((line) => line.level === "warn"), admin);
+  }
+});
