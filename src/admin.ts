@@ -5,7 +5,7 @@
 import type { Gateway } from "./gateway.ts";
 import { problem, PROBLEM_TYPE_BASE } from "./problem.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
-import { hostName, isHost } from "./router.ts";
+import { hasPlainHost, hostName } from "./router.ts";
 
 // The dashboard page itself is open: it asks for the token and sends it with its own calls.
 const OPEN_PATHS = new Set(["/health", "/ready", "/"]);
@@ -100,8 +100,7 @@ function browserAbuse(request: Request, loopbackOnly: boolean): string | undefin
 export function adminHandler(gateway: Gateway): (request: Request) => Promise<Response> {
   return async function admin(request) {
     // Deno builds the URL from the Host header, which may be anything.
-    const host = request.headers.get("host");
-    if ((host !== null && host !== "" && !isHost(host)) || !URL.canParse(request.url)) {
+    if (!hasPlainHost(request) || !URL.canParse(request.url)) {
       return problem(400, { detail: "The request URL is not valid (look at its Host header)" });
     }
     const url = new URL(request.url);

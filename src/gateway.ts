@@ -23,11 +23,11 @@ import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "./problem.ts";
 import { StateRegistry } from "./state_registry.ts";
 import { FileWatcher } from "./watcher.ts";
 import { adminHandler, isLoopbackName } from "./admin.ts";
-import { Http1Client, type Http1Init } from "./http1_client.ts";
+import { FIELD_CONTROLS, Http1Client, type Http1Init } from "./http1_client.ts";
 import { createStore, storeKind } from "./store/mod.ts";
 import type { ResilientStore } from "./store/resilient_store.ts";
 import { RecentClients } from "./client_directory.ts";
-import { decodeUnreserved, hasMalformedEscape, isHost } from "./router.ts";
+import { decodeUnreserved, hasMalformedEscape, hasPlainHost } from "./router.ts";
 import { stableStringify } from "./state_registry.ts";
 
 /** Options for {@linkcode Gateway.start}. */
@@ -310,8 +310,7 @@ export class Gateway {
       try {
         // Deno makes the URL of the Host header and the target: a Host with
         // a "/", "?" or "#" in it would change the path that is routed and forwarded.
-        const host = request.headers.get("host");
-        if (host !== null && host !== "" && !isHost(host)) throw new TypeError("invalid Host");
+        if (!hasPlainHost(request)) throw new TypeError("invalid Host");
         url = new URL(request.url);
       } catch {
         response = problem(400, {
@@ -371,24 +370,15 @@ export class Gateway {
           // A plugin that forgot `return next()`: its route's 500, logged with the request id.
           throw new TypeError(`The pipeline ended with ${typeof response}, not a Response`);
         }
+        // Deno's server (2.9) ends the process on a control character in a
+        // header it sends, and Headers take them: a custom plugin's answer is checked.
+        if (route.custom && hasControlCharacters(response)) {
+          // Its body (an upstream's, say) is read by no one: cancelled, its connection is freed.
+          response.body?.cancel().catch(() => {});
+          throw new TypeError("A response header value holds a control character");
+        }
       } catch (error) {
         this.log.error("plugin failed", { route: routeName, request_id: requestId, error });
-        response = problem(500, {
-          type: `${PROBLEM_TYPE_BASE}plugin-failed`,
-          title: "Plugin failed",
-          detail: "A plugin of this route failed; the gateway log has the details",
-        });
-      }
-      // Deno's server (2.9) ends the process on a control character in a
-      // header it sends, and Headers take them: a custom plugin's answer is checked.
-      if (route.custom && hasControlCharacters(response)) {
-        this.log.error("plugin failed", {
-          route: routeName,
-          request_id: requestId,
-          error: "a response header value holds a control character",
-        });
-        // Its body (an upstream's, say) is read by no one: cancelled, its connection is freed.
-        response.body?.cancel().catch(() => {});
         response = problem(500, {
           type: `${PROBLEM_TYPE_BASE}plugin-failed`,
           title: "Plugin failed",
@@ -554,8 +544,7 @@ export class Gateway {
         timeoutMs: loaded.config.store.timeout,
         onFailure: loaded.config.store.on_failure,
       });
-    }
-    if (store !== this.#store) {
+    } else {
       const old = this.#store;
       this.#store = store;
       this.#storeSignature = signature;
@@ -763,16 +752,8 @@ function outcomeOf(response: Response | undefined): string {
   }
 }
 
-// Every C0 control but HTAB, and DEL (Headers already refuse NUL, CR and LF).
-// deno-lint-ignore no-control-regex
-const CONTROL = /[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]/;
-
-/** True when a header value of `response` holds a control character. */
+/** True when a header value of `response` holds a control character other than a tab. */
 function hasControlCharacters(response: Response): boolean {
-  try {
-    for (const [, value] of response.headers) if (CONTROL.test(value)) return true;
-  } catch {
-    // Headers that cannot be read are Deno's own, and valid.
-  }
+  for (const [, value] of response.headers) if (FIELD_CONTROLS.test(value)) return true;
   return false;
 }

@@ -209,12 +209,14 @@ function answer(
   return response;
 }
 
-// Every C0 control but HTAB, CR and LF (lines are split on CRLF; a bare CR or
-// LF is refused with the field), and DEL.
+/**
+ * A control character Deno's server (2.9) cannot send in a field value: every
+ * C0 control but HTAB, CR and LF (a head is split on CRLF, and Headers refuse a
+ * bare CR or LF), and DEL.
+ */
 // deno-lint-ignore no-control-regex
-const CONTROLS = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
-// deno-lint-ignore no-control-regex
-const CONTROLS_ALL = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/g;
+export const FIELD_CONTROLS = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
+const FIELD_CONTROLS_ALL = new RegExp(FIELD_CONTROLS.source, "g");
 
 /** Raised for an upstream that answers something that is not HTTP/1.x. */
 export class UpstreamProtocolError extends Error {
@@ -321,7 +323,7 @@ export class Http1Client {
       // Control characters other than HTAB in a field (RFC 9110, 5.5): each
       // becomes a space, as the RFC allows, since Deno's server (2.9) ends the
       // whole process on one in a header it sends.
-      if (CONTROLS.test(text)) text = text.replace(CONTROLS_ALL, " ");
+      if (FIELD_CONTROLS.test(text)) text = text.replace(FIELD_CONTROLS_ALL, " ");
       reader.start = end + 4;
       const lines = text.split("\r\n");
       const match = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0] ?? "");

@@ -78,11 +78,12 @@ export function decodeUnreserved(path: string): string {
 const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::\d{0,5})?$/;
 
 /**
- * True for a Host header that is only a host: a name, an IPv4 address or a
- * bracketed IPv6 one, and a port (RFC 9110, 7.2). Deno makes a request's URL
- * of its Host and its target, so a "/", "?" or "#" in the Host would change
- * the path.
+ * True unless the request's Host header is more than a host: a name, an IPv4
+ * address or a bracketed IPv6 one, and a port (RFC 9110, 7.2); an empty or
+ * missing Host passes (RFC 9112, 3.2). Deno makes a request's URL of its Host
+ * and its target, so a "/", "?" or "#" in the Host would change the path.
  */
-export function isHost(text: string): boolean {
-  return HOST.test(text);
+export function hasPlainHost(request: Request): boolean {
+  const host = request.headers.get("host");
+  return host === null || host === "" || HOST.test(host);
 }
