@@ -138,19 +138,23 @@ function base64UrlText(bytes: Uint8Array): string {
   return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
+/** The bytes of base64 text (padded); throws when it is not base64. */
+function base64Bytes(base64: string): Uint8Array<ArrayBuffer> {
+  const binary = atob(base64);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
 /** Bytes of base64url text (no padding), or undefined when it is not base64url. */
 export function base64UrlBytes(text: string): Uint8Array<ArrayBuffer> | undefined {
   if (!BASE64URL.test(text) || text.length % 4 === 1) return undefined;
   const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
-  let binary: string;
   try {
-    binary = atob(base64 + "=".repeat((4 - base64.length % 4) % 4));
+    return base64Bytes(base64 + "=".repeat((4 - base64.length % 4) % 4));
   } catch {
     return undefined;
   }
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return bytes;
 }
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
@@ -184,12 +188,8 @@ function pemBytes(pem: string): Uint8Array<ArrayBuffer> {
       }" block; write the key as "PUBLIC KEY" (SubjectPublicKeyInfo), such as openssl pkey -pubout prints`,
     );
   }
-  const body = match[2]!.replace(/\s+/g, "");
   try {
-    const binary = atob(body);
-    const bytes = new Uint8Array(binary.length);
-    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-    return bytes;
+    return base64Bytes(match[2]!.replace(/\s+/g, ""));
   } catch {
     throw new Error("public_key is not valid base64 between its BEGIN and END lines");
   }
