@@ -95,6 +95,9 @@ const SLUICE_PROXY = "sluice: proxy only";
 /** A limit no benchmark client reaches: the limiter decides, never refuses. */
 const UNLIMITED_TIERS = `tiers:
   free: { limit: 100000000, window: 1s }`;
+/** One request an hour: every client of the bench is over its limit after its first request. */
+const OVER_LIMIT_TIERS = `tiers:
+  free: { limit: 1, window: 1h }`;
 const LIMITER =
   "[ { identify: {} }, { tier: {} }, { sliding-window: { limit: tier } }, { proxy: {} } ]";
 const FULL_PIPELINE = `
@@ -176,7 +179,17 @@ export const CONFIGURATIONS: readonly Configuration[] = [
         name: "sluice limiter redis over limit",
         upstream: setup.upstream.url,
         pipeline: LIMITER,
-        extraYaml: `${redisStore(setup)}\ntiers:\n  free: { limit: 1, window: 1h }`,
+        extraYaml: `${redisStore(setup)}\n${OVER_LIMIT_TIERS}`,
+      }),
+  },
+  {
+    name: "sluice: full pipeline, memory",
+    start: (setup) =>
+      startSluice(setup, {
+        name: "sluice full pipeline memory",
+        upstream: setup.upstream.url,
+        pipeline: FULL_PIPELINE,
+        extraYaml: `store: { kind: memory }\n${UNLIMITED_TIERS}`,
       }),
   },
   {
@@ -188,6 +201,18 @@ export const CONFIGURATIONS: readonly Configuration[] = [
         upstream: setup.upstream.url,
         pipeline: FULL_PIPELINE,
         extraYaml: `${redisStore(setup)}\n${UNLIMITED_TIERS}`,
+      }),
+  },
+  {
+    name: "sluice: full pipeline, Redis, every client over its limit",
+    unavailable: noRedis,
+    expectStatus: 429,
+    start: (setup) =>
+      startSluice(setup, {
+        name: "sluice full pipeline redis over limit",
+        upstream: setup.upstream.url,
+        pipeline: FULL_PIPELINE,
+        extraYaml: `${redisStore(setup)}\n${OVER_LIMIT_TIERS}`,
       }),
   },
 ];
