@@ -271,6 +271,17 @@ async function publicKeyAlgorithms(
   }
 }
 
+/** The DER of the id-RSASSA-PSS object identifier (1.2.840.113549.1.1.10, RFC 4055). */
+const RSASSA_PSS_OID = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
+
+function containsBytes(haystack: Uint8Array, needle: readonly number[]): boolean {
+  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return true;
+  }
+  return false;
+}
+
 async function pemKey(pem: string): Promise<VerifyKey> {
   const der = pemBytes(pem);
   const importer = (p: AlgorithmParams["import"]) =>
@@ -282,6 +293,12 @@ async function pemKey(pem: string): Promise<VerifyKey> {
     throw new Error(`public_key: ${(error as Error).message}`);
   }
   if (!algorithms) {
+    if (containsBytes(der, RSASSA_PSS_OID)) {
+      // Web Crypto imports RSA keys only under rsaEncryption; such a key still verifies PS256.
+      throw new Error(
+        "public_key is an RSA-PSS key (id-RSASSA-PSS), which Web Crypto cannot import; write the same key as a plain RSA key, and PS256/384/512 still verify with it: openssl rsa -pubin -in key.pem -RSAPublicKey_out -outform DER | openssl rsa -RSAPublicKey_in -inform DER -pubout",
+      );
+    }
     throw new Error("public_key is not an RSA, EC (P-256, P-384, P-521) or Ed25519 public key");
   }
   return new VerifyKey(undefined, algorithms, (alg) => importer(params(alg).import));
@@ -343,8 +360,18 @@ async function jwksKeys(jwks: { keys: Jwk[] }): Promise<VerifyKey[]> {
   const keys: VerifyKey[] = [];
   for (const [index, jwk] of jwks.keys.entries()) {
     const where = `jwks.keys[${index}]${typeof jwk.kid === "string" ? ` (kid "${jwk.kid}")` : ""}`;
-    // A key for encryption is not a key for signatures.
+    // A key for encryption is not a key for signatures (RFC 7517 4.2, 4.3).
     if (jwk.use !== undefined && jwk.use !== "sig") continue;
+    if (
+      jwk.key_ops !== undefined && !(Array.isArray(jwk.key_ops) && jwk.key_ops.includes("verify"))
+    ) {
+      continue;
+    }
+    // A kid that is not a string would match no token's kid, or, read as no
+    // kid at all, every token's.
+    if (jwk.kid !== undefined && typeof jwk.kid !== "string") {
+      throw new Error(`${where}: kid must be a string (RFC 7517 4.5)`);
+    }
     let algorithms: JwtAlgorithm[];
     try {
       algorithms = jwkAlgorithms(jwk);
@@ -453,13 +480,24 @@ export class JwtVerifier {
     if (!signature || base64UrlText(signature) !== parts[2]) {
       return { ok: false, reason: "the token's signature is not canonical base64url" };
     }
-    const kid = typeof header.kid === "string" ? header.kid : undefined;
+    if (header.kid !== undefined && typeof header.kid !== "string") {
+      return { ok: false, reason: "the token's kid is not a string" };
+    }
+    const kid = header.kid as string | undefined;
     const candidates = this.#keys.filter((key) =>
       key.algorithms.has(alg as JwtAlgorithm) &&
       (kid === undefined || key.kid === undefined || key.kid === kid)
     );
     if (candidates.length === 0) {
       return { ok: false, reason: `no key with kid ${quoteShort(kid ?? "")} verifies ${alg}` };
+    }
+    // A token picks its key: trying every key of a set for a token that names
+    // none would let any made-up token cost one signature check per key.
+    if (kid === undefined && candidates.length > 1) {
+      return {
+        ok: false,
+        reason: `the token names no kid, and ${candidates.length} keys of the set verify ${alg}`,
+      };
     }
     const signed = new TextEncoder().encode(`${parts[0]}.${parts[1]}`);
     const verifyParams = params(alg as JwtAlgorithm).verify;
@@ -486,10 +524,11 @@ export class JwtVerifier {
   #checkClaims(claims: Record<string, unknown>, nowMs: number): JwtOutcome {
     const skew = this.#options.clockSkewMs;
     const { exp, nbf, iss, aud } = claims;
-    if (exp !== undefined && typeof exp !== "number") {
+    // A number too large for a double (1e400) reads as Infinity: never expiring.
+    if (exp !== undefined && !(typeof exp === "number" && Number.isFinite(exp))) {
       return { ok: false, reason: "the token's exp is not a number" };
     }
-    if (nbf !== undefined && typeof nbf !== "number") {
+    if (nbf !== undefined && !(typeof nbf === "number" && Number.isFinite(nbf))) {
       return { ok: false, reason: "the token's nbf is not a number" };
     }
     const expiresAtMs = exp === undefined ? Infinity : exp * 1000 + skew;

@@ -22,11 +22,14 @@ const SIGN: Record<string, AlgorithmIdentifier | RsaPssParams | EcdsaParams> = {
   EdDSA: "Ed25519",
 };
 
-/** A compact JWS of `claims`, signed with `key` (a CryptoKey, or a secret for HS*). */
+/**
+ * A compact JWS of `claims` (an object, or JSON text as it is), signed with
+ * `key` (a CryptoKey, or a secret for HS*).
+ */
 export async function signJwt(
   alg: string,
   key: CryptoKey | string,
-  claims: Record<string, unknown>,
+  claims: Record<string, unknown> | string,
   header: Record<string, unknown> = {},
 ): Promise<string> {
   const signingKey = typeof key === "string"
@@ -39,7 +42,7 @@ export async function signJwt(
     )
     : key;
   const head = base64Url(JSON.stringify({ alg, typ: "JWT", ...header }));
-  const body = base64Url(JSON.stringify(claims));
+  const body = base64Url(typeof claims === "string" ? claims : JSON.stringify(claims));
   const signature = await crypto.subtle.sign(
     SIGN[alg]!,
     signingKey,

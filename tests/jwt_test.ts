@@ -88,6 +88,13 @@ Deno.test("jwt: exp and nbf hold with the clock skew; iss and aud must match whe
     reason(await jwt.verify(await sign({ exp: "tomorrow" }), at)),
     "the token's exp is not a number",
   );
+  // 1e400 is beyond a double: read as Infinity, it would never expire.
+  for (const claim of ["exp", "nbf"]) {
+    assert.equal(
+      reason(await jwt.verify(await signJwt("HS256", SECRET, `{"${claim}":1e400}`), at)),
+      `the token's ${claim} is not a number`,
+    );
+  }
   const expiring = await jwt.verify(await sign({ exp: now + 100 }), at);
   assert.ok(expiring.ok);
   assert.equal(expiring.expiresAtMs, (now + 100) * 1000 + 30_000);
@@ -134,8 +141,50 @@ Deno.test("jwt: a JWKS picks the key by kid; a kid it does not hold is refused",
     reason(await jwt.verify(await signJwt("ES256", first.privateKey, {}, { kid: "three" }), NOW)),
     /no key with kid "three"/,
   );
-  // Without a kid, every key that fits the algorithm is tried.
-  assert.ok((await jwt.verify(await signJwt("ES256", second.privateKey, {}), NOW)).ok);
+  // A token names its key: one without a kid would cost a check per key of the set.
+  assert.equal(
+    reason(await jwt.verify(await signJwt("ES256", second.privateKey, {}), NOW)),
+    "the token names no kid, and 2 keys of the set verify ES256",
+  );
+  // A kid that is not a string is not read as "no kid".
+  assert.equal(
+    reason(await jwt.verify(await signJwt("ES256", second.privateKey, {}, { kid: 2 }), NOW)),
+    "the token's kid is not a string",
+  );
+  // With one key of the set for the algorithm, a token without a kid is checked against it.
+  const single = await verifier({ jwks: { keys: [{ ...first.jwk, kid: "one" }] } });
+  assert.ok((await single.verify(await signJwt("ES256", first.privateKey, {}), NOW)).ok);
+});
+
+Deno.test("jwt: a JWKS key marked for other uses is skipped, and a kid must be a string", async () => {
+  const signing = await keyPair("ES256");
+  const other = await keyPair("ES256");
+  const jwt = await verifier({
+    jwks: {
+      keys: [
+        { ...other.jwk, kid: "enc", key_ops: ["encrypt"] },
+        { ...signing.jwk, kid: "sig", key_ops: ["verify"] },
+      ] as Record<string, unknown>[],
+    },
+  });
+  assert.match(
+    reason(await jwt.verify(await signJwt("ES256", other.privateKey, {}, { kid: "enc" }), NOW)),
+    /no key with kid "enc"/,
+  );
+  assert.ok(
+    (await jwt.verify(await signJwt("ES256", signing.privateKey, {}, { kid: "sig" }), NOW)).ok,
+  );
+  await assert.rejects(
+    verifier({
+      jwks: { keys: [{ ...other.jwk, key_ops: ["encrypt"] }] as Record<string, unknown>[] },
+    }),
+    /jwks holds no signing key/,
+  );
+  // A numeric kid would have matched every token's kid.
+  await assert.rejects(
+    verifier({ jwks: { keys: [{ ...other.jwk, kid: 7 }] as Record<string, unknown>[] } }),
+    /jwks.keys\[0\]: kid must be a string/,
+  );
 });
 
 Deno.test("jwt: a token for a named audience is refused when no audience is configured (RFC 7519 4.1.3)", async () => {
@@ -205,6 +254,13 @@ Deno.test("jwt: keys that cannot be used are refused when the config is read", a
     /"RSA PUBLIC KEY" block/,
   );
   await assert.rejects(verifier({ publicKey: "not a key" }), /must be a PEM block/);
+  // openssl genpkey -algorithm RSA-PSS writes an id-RSASSA-PSS key: told how to rewrite it.
+  await assert.rejects(
+    verifier({
+      publicKey: await Deno.readTextFile(new URL("fixtures/rsa_pss_only.pem", import.meta.url)),
+    }),
+    /RSA-PSS key \(id-RSASSA-PSS\), which Web Crypto cannot import; .*openssl rsa -pubin/,
+  );
   const small = await crypto.subtle.generateKey(
     {
       name: "RSASSA-PKCS1-v1_5",
