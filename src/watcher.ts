@@ -22,6 +22,15 @@ const SETTLE_MS = 300;
  */
 const POLL_MS = 2_000;
 
+/**
+ * True when this process may read `path` without asking: with a narrow
+ * `--allow-read` (the start task's `--allow-read=.`), looking at a folder
+ * outside it would stop the process at a permission prompt in a terminal.
+ */
+function mayRead(path: string): boolean {
+  return Deno.permissions.querySync({ name: "read", path }).state === "granted";
+}
+
 /** The symlinks met while resolving `path` (each as the path it was met at), and the real file. */
 export function symlinkChain(path: string): { links: string[]; real: string } {
   const links: string[] = [];
@@ -35,6 +44,11 @@ export function symlinkChain(path: string): { links: string[]; real: string } {
         continue;
       }
       const candidate = `${prefix}/${part}`;
+      // A folder this process may not read is taken as written: it cannot be looked into.
+      if (!mayRead(candidate)) {
+        prefix = candidate;
+        continue;
+      }
       let info: Deno.FileInfo;
       try {
         info = Deno.lstatSync(candidate);
@@ -121,6 +135,7 @@ export class FileWatcher {
     }
     this.#paths = paths;
     for (const dir of dirs) {
+      if (!mayRead(dir)) continue;
       let watcher: Deno.FsWatcher;
       try {
         watcher = Deno.watchFs(dir, { recursive: false });
@@ -191,6 +206,7 @@ export class FileWatcher {
 
 /** What the file is now (through any links): its inode, size and mtime, or "missing". */
 function identity(file: string): string {
+  if (!mayRead(file)) return "unreadable";
   try {
     const info = Deno.statSync(file);
     return `${info.dev}:${info.ino}:${info.size}:${info.mtime?.getTime()}`;

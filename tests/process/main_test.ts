@@ -189,3 +189,86 @@ Deno.test("a checkout under a folder whose name has a space starts on its defaul
     await Deno.remove(root, { recursive: true });
   }
 });
+
+/** Every process whose command line holds `text` (read from /proc). */
+async function pidsWith(text: string): Promise<number[]> {
+  const pids: number[] = [];
+  for await (const entry of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    const cmdline = await Deno.readTextFile(`/proc/${entry.name}/cmdline`).catch(() => "");
+    if (cmdline.includes(text)) pids.push(Number(entry.name));
+  }
+  return pids;
+}
+
+const SCRIPT = ["/usr/bin/script", "/bin/script"].find((path) => {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+});
+if (!SCRIPT) {
+  globalThis.addEventListener("unload", () => {
+    console.log("1 terminal test ignored: script (util-linux) is not installed");
+  });
+}
+
+Deno.test({
+  name: "in a terminal, a start with --allow-read of its own folders asks for no permission",
+  ignore: !SCRIPT || Deno.build.os !== "linux",
+  async fn() {
+    // As `deno task start` runs it (--allow-read=.), but with the config in a folder of its own:
+    // the watcher must not look at the folders above them (/, /tmp), which would stop the
+    // gateway at Deno's permission prompt.
+    await using config = await tempConfig(`listen: { port: ${freePort()}, hostname: 127.0.0.1 }
+admin: { port: ${freePort()}, hostname: 127.0.0.1 }
+routes:
+  - name: api
+    upstream: { url: "http://127.0.0.1:9" }
+    pipeline: [ { proxy: {} } ]
+`);
+    const command = [
+      "exec timeout 60",
+      Deno.execPath(),
+      "run --allow-net --allow-env",
+      `--allow-read=${repoPath("")},${config.dir}`,
+      repoPath("main.ts"),
+      "--config",
+      config.file,
+    ].join(" ");
+    const child = new Deno.Command(SCRIPT!, {
+      args: ["-qec", command, "/dev/null"],
+      env: { NO_COLOR: "1" },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let output = "";
+    const decoder = new TextDecoder();
+    const reader = child.stdout.getReader();
+    const deadline = Date.now() + 20_000;
+    try {
+      while (!/gateway started|Deno requests|error/.test(output) && Date.now() < deadline) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        output += decoder.decode(value, { stream: true });
+      }
+    } finally {
+      for (const pid of await pidsWith(config.file)) {
+        try {
+          Deno.kill(pid, "SIGTERM");
+        } catch {
+          // Already gone.
+        }
+      }
+      reader.releaseLock();
+      await child.stdin.close().catch(() => {});
+      await child.stdout.cancel().catch(() => {});
+      await child.stderr.cancel().catch(() => {});
+      await child.status;
+    }
+    assert.doesNotMatch(output, /Deno requests/, output);
+    assert.match(output, /"msg":"gateway started"/, output);
+  },
+});
