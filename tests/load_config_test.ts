@@ -4,6 +4,13 @@ import { sha256Hex } from "../src/digest.ts";
 import { BUILTIN_PLUGINS } from "../src/plugins/mod.ts";
 import { tempConfig } from "./_helpers.ts";
 
+/** The one route a config needs, for tests about the rest of the file. */
+const A_ROUTE = `routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+`;
+
 async function issuesOf(yaml: string, env: Record<string, string> = {}): Promise<ConfigIssue[]> {
   await using config = await tempConfig(yaml);
   try {
@@ -164,7 +171,7 @@ Deno.test("an unset variable is an error at its line", async () => {
 
 Deno.test("a bad trusted proxy CIDR is an error", async () => {
   const issues = await issuesOf(`trusted_proxies: [10.0.0.0/8, 10.0.0.0/33, banana]
-`);
+${A_ROUTE}`);
   assert.deepEqual(issues.map((issue) => issue.path), ["trusted_proxies[1]", "trusted_proxies[2]"]);
 });
 
@@ -294,7 +301,44 @@ Deno.test("a token-bucket rate whose count is not whole is an error (the headers
   assert.equal(issues.length, 1);
   assert.equal(issues[0]!.path, "routes[0].pipeline[0].token-bucket.rate");
   assert.equal(issues[0]!.line, 5);
-  assert.match(issues[0]!.message, /whole number: write 1\/2s/);
+  assert.match(issues[0]!.message, /whole number: write 30\/m, not 0.5\/s/);
+});
+
+Deno.test("a rate of 0, a window of 0 and a wait beyond a timer's reach are errors at their lines", async () => {
+  const issues = await issuesOf(`tiers:
+  free: { limit: 2, window: 0ms }
+shutdown: { grace: 30d }
+routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001, timeout: 99999999999999999999d }
+    pipeline:
+      - token-bucket: { rate: 0/s }
+      - sliding-window: { limits: [10/s, 0.0/h] }
+      - sliding-window: { limit: 5, window: 0s }
+      - concurrency: { max: 1, queue_timeout: 9999999d }
+      - circuit-breaker: { window: 0ms }
+      - proxy: {}
+`);
+  const at = new Map(issues.map((issue) => [issue.path, issue]));
+  const expected: [string, number, RegExp][] = [
+    ["tiers.free.window", 2, /Invalid window "0ms": a window must be at least 1ms/],
+    ["shutdown.grace", 3, /Invalid duration "30d": a wait can be at most 24d/],
+    ["routes[0].upstream.timeout", 6, /a wait can be at most 24d/],
+    [
+      "routes[0].pipeline[0].token-bucket.rate",
+      8,
+      /Invalid rate "0\/s": the count must be above 0/,
+    ],
+    ["routes[0].pipeline[1].sliding-window.limits[1]", 9, /Invalid rate "0.0\/h"/],
+    ["routes[0].pipeline[2].sliding-window.window", 10, /a window must be at least 1ms/],
+    ["routes[0].pipeline[3].concurrency.queue_timeout", 11, /at most 24d/],
+    ["routes[0].pipeline[4].circuit-breaker.window", 12, /a window must be at least 1ms/],
+  ];
+  for (const [path, line, message] of expected) {
+    assert.equal(at.get(path)?.line, line, `${path} in ${JSON.stringify(issues, null, 1)}`);
+    assert.match(at.get(path)!.message, message);
+  }
+  assert.equal(issues.length, expected.length, JSON.stringify(issues, null, 1));
 });
 
 Deno.test("a whole ${VAR} is a number where a number is wanted, and keeps its text where a string is", async () => {
@@ -317,6 +361,91 @@ routes:
   assert.equal(loaded.config.listen.port, 9090);
   assert.equal(loaded.config.admin.token, "20240611");
   assert.ok(loaded.keys.has(await sha256Hex("0012345")), "the key keeps its leading zeros");
+});
+
+Deno.test("a whole ${VAR} keeps its text in a plugin's options where a string is wanted", async () => {
+  await using config = await tempConfig(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - identify: { from: [jwt:sub], jwt: { secret: \${JWT_SECRET}, audience: \${JWT_AUD} } }
+      - plugin: ${new URL("../plugins/examples/request_id.ts", import.meta.url).pathname}
+        with: { header: \${HEADER} }
+      - token-bucket: { rate: 10/s, burst: \${BURST} }
+      - proxy: {}
+`);
+  const secret = "1234567890123456789012345678901234567890";
+  const env: Record<string, string> = {
+    JWT_SECRET: secret,
+    JWT_AUD: "2024",
+    HEADER: "123",
+    BURST: "20",
+  };
+  const loaded = await loadConfig(config.file, {
+    plugins: BUILTIN_PLUGINS,
+    env: (name) => env[name],
+  });
+  const [identify, requestId, bucket] = loaded.routes[0]!.pipeline;
+  const jwt = (identify!.options as { jwt: { secret: string; audience: string[] } }).jwt;
+  assert.equal(jwt.secret, secret, "40 digits kept as text, not rounded as a number");
+  assert.deepEqual(jwt.audience, ["2024"]);
+  assert.equal((requestId!.options as { header: string }).header, "123");
+  assert.equal((bucket!.options as { burst: number }).burst, 20, "a number where one is wanted");
+});
+
+Deno.test("a ${VAR} in a key is an error at its line, in the words written", async () => {
+  const issues = await issuesOf(`tiers:
+  \${TIER:-free}: { limit: 10, window: 1m }
+routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+`);
+  assert.equal(issues.length, 1, JSON.stringify(issues));
+  assert.equal(issues[0]!.line, 2);
+  assert.equal(issues[0]!.path, "tiers.${TIER:-free}");
+  assert.match(issues[0]!.message, /placeholders go in values, never in keys/);
+  assert.doesNotMatch(JSON.stringify(issues), /__sluice_var/);
+});
+
+Deno.test("a file of only --- or without routes is an error, not a gateway that answers 404 to all", async () => {
+  const dashes = await issuesOf("---\n");
+  assert.match(dashes[0]!.message, /The file is empty/);
+  for (const text of ["routes:\n", "routes: []\n", "listen: { port: 8080 }\n"]) {
+    const issues = await issuesOf(text);
+    assert.equal(issues.length, 1, `${text}: ${JSON.stringify(issues)}`);
+    assert.equal(issues[0]!.path, "routes");
+    assert.match(issues[0]!.message, /at least one route/);
+  }
+});
+
+Deno.test("YAML merge keys (<<: *base) apply, with errors in what they build reported", async () => {
+  await using config = await tempConfig(`tiers:
+  free: &base { limit: 10, window: 1m }
+  paid: { <<: *base, limit: 100 }
+routes:
+  - name: a
+    upstream: &up { url: http://127.0.0.1:9001, timeout: 5s }
+    pipeline: [ { proxy: {} } ]
+  - name: b
+    upstream: { <<: *up, timeout: 2s }
+    pipeline: [ { proxy: {} } ]
+`);
+  const loaded = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined });
+  assert.deepEqual(loaded.config.tiers.paid, { limit: 100, window: 60_000 });
+  assert.equal(loaded.routes[1]!.upstream!.url, "http://127.0.0.1:9001");
+  assert.equal(loaded.routes[1]!.upstream!.timeout, 2_000);
+  const issues = await issuesOf(`tiers:
+  free: &base { limit: 10, window: 1m }
+  paid: { <<: *base, limit: -5 }
+routes:
+  - name: a
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+`);
+  assert.equal(issues.length, 1, JSON.stringify(issues));
+  assert.equal(issues[0]!.path, "tiers.paid.limit");
+  assert.equal(issues[0]!.line, 3);
 });
 
 Deno.test("keys files and plugins are found in folders whose names hold a space, # or ?", async () => {
@@ -373,7 +502,7 @@ Deno.test("a Redis URL the store could not read at start is an error at its line
   const issues = await issuesOf(`store:
   url: "redis://:p%zzword@127.0.0.1:6379"
   nodes: ["redis://[::1]:7000", "redis://127.0.0.1:7001/x"]
-`);
+${A_ROUTE}`);
   assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [
     ["store.url", 2],
     ["store.nodes[1]", 3],
@@ -391,7 +520,7 @@ Deno.test("cluster nodes that mix redis:// and rediss:// are an error at the odd
   nodes:
     - redis://127.0.0.1:7000
     - REDISS://127.0.0.1:7001
-`);
+${A_ROUTE}`);
   assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [["store.nodes[1]", 4]]);
   assert.match(issues[0]!.message, /all be redis:\/\/ or all be rediss:\/\//);
 });

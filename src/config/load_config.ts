@@ -138,7 +138,13 @@ export async function loadConfigText(
   const path = absolutePath(file);
   const lineCounter = new LineCounter();
   const guarded = protectPlaceholders(text);
-  const doc = parseDocument(guarded.text, { lineCounter, prettyErrors: true, uniqueKeys: true });
+  // merge: `<<: *base` merge keys (YAML 1.1), as docker compose and Kubernetes tools read them.
+  const doc = parseDocument(guarded.text, {
+    lineCounter,
+    prettyErrors: true,
+    uniqueKeys: true,
+    merge: true,
+  });
   const issues: ConfigIssue[] = doc.errors.map((error) => {
     const pos = error.linePos?.[0];
     return {
@@ -151,7 +157,8 @@ export async function loadConfigText(
     };
   });
   if (issues.length > 0) throw new ConfigError(path, issues);
-  if (doc.contents === null) {
+  // A document of only `---` holds a null scalar.
+  if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) {
     // An editor that truncates before it writes shows an empty file for a
     // moment: it must not reload as a gateway with no routes.
     throw new ConfigError(path, [{
@@ -216,7 +223,12 @@ export async function loadConfigText(
       const [entryIndex, entry] of (Array.isArray(route.pipeline) ? route.pipeline : []).entries()
     ) {
       const at: PathSegment[] = ["routes", routeIndex, "pipeline", entryIndex];
-      const resolved = await resolveEntry(entry, at, path, options, locate, issues, pluginFiles);
+      const resolved = await resolveEntry(entry, at, path, options, {
+        locate,
+        issues,
+        files: pluginFiles,
+        retyped,
+      });
       if (!resolved) continue;
       if (resolved.module) {
         pluginFiles.add(resolved.module.path);
@@ -310,14 +322,36 @@ export async function loadConfigText(
   };
 }
 
+/** What resolving the entries of a file shares. */
+interface EntryContext {
+  locate: (segments: readonly PathSegment[], atKey?: boolean) => Partial<ConfigIssue>;
+  issues: ConfigIssue[];
+  /** The custom plugin files named so far. */
+  files: Set<string>;
+  /** Where a whole `${VAR}` was read as a number or boolean: its text. */
+  retyped: ReadonlyMap<string, string>;
+}
+
+/** A plugin's options, parsed by its schema; a whole `${VAR}` keeps its text where a string is wanted. */
+function parseOptions(
+  schema: PluginDefinition["options"],
+  raw: unknown,
+  at: PathSegment[],
+  retyped: ReadonlyMap<string, string>,
+) {
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success && restoreStrings(raw, parsed.error.issues, retyped, at)) {
+    return schema.safeParse(raw);
+  }
+  return parsed;
+}
+
 async function resolveEntry(
   entry: unknown,
   at: PathSegment[],
   configFile: string,
   options: LoadConfigOptions,
-  locate: (segments: readonly PathSegment[], atKey?: boolean) => Partial<ConfigIssue>,
-  issues: ConfigIssue[],
-  files: Set<string>,
+  { locate, issues, files, retyped }: EntryContext,
 ): Promise<ResolvedEntry | undefined> {
   const plugins = options.plugins;
   const fail = (segments: PathSegment[], message: string, atKey = false) => {
@@ -359,7 +393,7 @@ async function resolveEntry(
     );
     if ("error" in loaded) return fail([...at, "plugin"], loaded.error);
     const raw = record.with ?? {};
-    const parsed = loaded.definition.options.safeParse(raw);
+    const parsed = parseOptions(loaded.definition.options, raw, [...at, "with"], retyped);
     if (!parsed.success) {
       issues.push(...zodIssues(parsed.error.issues, [...at, "with"], locate));
       return undefined;
@@ -394,7 +428,7 @@ async function resolveEntry(
     );
   }
   const raw = record[name] ?? {};
-  const parsed = definition.options.safeParse(raw);
+  const parsed = parseOptions(definition.options, raw, [...at, name], retyped);
   if (!parsed.success) {
     issues.push(...zodIssues(parsed.error.issues, [...at, name], locate));
     return undefined;
@@ -594,7 +628,7 @@ function interpolateDocument(
   doc: Document,
   restore: (value: string) => string,
   env: EnvLookup,
-  locate: (segments: readonly PathSegment[]) => Partial<ConfigIssue>,
+  locate: (segments: readonly PathSegment[], atKey?: boolean) => Partial<ConfigIssue>,
   issues: ConfigIssue[],
   retyped: Map<string, string>,
 ): void {
@@ -602,6 +636,16 @@ function interpolateDocument(
     if (isMap(node)) {
       for (const pair of node.items) {
         const key = isScalar(pair.key) ? String(pair.key.value) : "?";
+        const written = restore(key);
+        if (hasPlaceholder(written)) {
+          // A key is a name the file gives (a tier, a route option): never read from the environment.
+          issues.push({
+            ...locate([...path, key], true),
+            path: formatPath([...path, written]),
+            message:
+              `The key "${written}" holds a \${VAR}: placeholders go in values, never in keys`,
+          });
+        }
         walk(pair.value, [...path, key]);
       }
     } else if (isSeq(node)) {
@@ -633,6 +677,8 @@ function restoreStrings(
   raw: unknown,
   zodIssues: readonly z.core.$ZodIssue[],
   retyped: ReadonlyMap<string, string>,
+  /** Where `raw` is in the file. */
+  at: readonly PropertyKey[] = [],
 ): boolean {
   let changed = false;
   const visit = (issues: readonly z.core.$ZodIssue[], base: readonly PropertyKey[]) => {
@@ -644,7 +690,7 @@ function restoreStrings(
         continue;
       }
       if (issue.code !== "invalid_type" || issue.expected !== "string") continue;
-      const text = retyped.get(JSON.stringify(path));
+      const text = retyped.get(JSON.stringify([...at, ...path]));
       if (text === undefined || path.length === 0) continue;
       let parent = raw as Record<PropertyKey, unknown> | undefined;
       for (const segment of path.slice(0, -1)) {

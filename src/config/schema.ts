@@ -11,6 +11,17 @@ import { parseRedisUrl } from "../store/resp_client.ts";
 const DURATION_PATTERN = "^\\d+(\\.\\d+)?(ms|s|m|h|d)$";
 const RATE_PATTERN = "^\\d+(\\.\\d+)?/(s|m|h|d)$";
 
+/** The longest timer JavaScript runs: a longer one fires at once (2^31 - 1 ms, about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** What a duration is used for, which bounds it. */
+export interface DurationUse {
+  /** A window or period: it must be longer than 0. */
+  window?: boolean;
+  /** A wait run on a timer: at most 24d. */
+  timer?: boolean;
+}
+
 /**
  * A duration such as `250ms`, `10s`, `1m`, `1h` or `1d`, parsed to milliseconds.
  *
@@ -20,13 +31,35 @@ const RATE_PATTERN = "^\\d+(\\.\\d+)?/(s|m|h|d)$";
  * duration().parse("10s"); // 10000
  * ```
  */
-export function duration() {
+export function duration(use: DurationUse = {}) {
   return z.string({ error: "Expected a duration such as 250ms, 10s, 1m, 1h or 1d" })
     .regex(new RegExp(DURATION_PATTERN), {
       error: (issue) =>
         `Invalid duration "${issue.input}": write a number followed by ms, s, m, h or d, such as 250ms or 10s`,
     })
-    .transform((text) => parseDuration(text));
+    .transform((text, ctx) => {
+      const ms = parseDuration(text);
+      if (use.window && ms < 1) {
+        ctx.issues.push({
+          code: "custom",
+          input: text,
+          message: `Invalid window "${text}": a window must be at least 1ms`,
+        });
+      } else if (use.timer && ms > MAX_TIMER_MS) {
+        ctx.issues.push({
+          code: "custom",
+          input: text,
+          message: `Invalid duration "${text}": a wait can be at most 24d`,
+        });
+      } else if (!Number.isSafeInteger(ms)) {
+        ctx.issues.push({
+          code: "custom",
+          input: text,
+          message: `Invalid duration "${text}": too long to count in milliseconds`,
+        });
+      }
+      return ms;
+    });
 }
 
 /**
@@ -44,7 +77,18 @@ export function rate() {
       error: (issue) =>
         `Invalid rate "${issue.input}": write a count, a slash and s, m, h or d, such as 50/s or 600/m`,
     })
-    .transform((text) => parseRate(text));
+    .transform((text, ctx) => {
+      const count = Number(text.slice(0, text.indexOf("/")));
+      if (!(count > 0 && Number.isSafeInteger(Math.ceil(count)))) {
+        ctx.issues.push({
+          code: "custom",
+          input: text,
+          message: `Invalid rate "${text}": the count must be above 0`,
+        });
+        return { count: 1, periodMs: 1_000 };
+      }
+      return parseRate(text);
+    });
 }
 
 const port = z.number().int().min(0).max(65535);
@@ -104,7 +148,7 @@ const METHODS = [
 
 const tierSchema = z.strictObject({
   limit: z.number().int().positive(),
-  window: duration(),
+  window: duration({ window: true }),
 });
 
 const keyEntrySchema = z.union([
@@ -139,7 +183,7 @@ const routeSchema = z.strictObject({
     /** A pool of upstreams. */
     targets: z.array(httpUrl).min(1).optional(),
     balance: z.enum(["round_robin", "least_inflight"]).default("round_robin"),
-    timeout: duration().default(30_000),
+    timeout: duration({ timer: true }).default(30_000),
   }).superRefine((upstream, ctx) => {
     if ((upstream.url === undefined) === (upstream.targets === undefined)) {
       ctx.addIssue({
@@ -190,16 +234,22 @@ export const configSchema = z.strictObject({
         }
       }
     }),
-    timeout: duration().default(100),
+    timeout: duration({ timer: true }).default(100),
     on_failure: z.enum(["allow", "deny", "local"]).default("local"),
   }).default({ timeout: 100, on_failure: "local" }),
   shutdown: z.strictObject({
-    grace: duration().default(10_000),
+    grace: duration({ timer: true }).default(10_000),
   }).default({ grace: 10_000 }),
   trusted_proxies: z.array(cidr).default([]),
   tiers: z.record(policyName(), tierSchema).default({}),
   keys: z.array(keyEntrySchema).default([]),
-  routes: z.array(routeSchema).default([]),
+  // A gateway with no route would answer every request 404: a truncated save, not a config.
+  routes: z.array(routeSchema, {
+    error: (issue) =>
+      issue.input === undefined
+        ? "A config has at least one route: routes: [ { name, upstream, pipeline } ]"
+        : "Expected a list of routes",
+  }).min(1, { error: "A config has at least one route" }),
 });
 
 /** The config after validation and defaults, durations in milliseconds. */

@@ -96,7 +96,7 @@ export default definePlugin({
   options: z.strictObject({
     max: z.number().int().min(1),
     queue: z.number().int().min(0).default(0),
-    queue_timeout: duration().default(1_000),
+    queue_timeout: duration({ timer: true }).default(1_000),
   }),
   create(opts, { route, keep, onStatus }) {
     // Kept across hot swaps while the options stay the same: slots held stay held.

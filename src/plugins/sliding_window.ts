@@ -33,7 +33,7 @@ const MAX_LOG_COST = 1_000;
 const options = z.strictObject({
   /** `tier` (the caller's tier's limit and window) or a number of requests per `window`. */
   limit: z.union([z.literal("tier"), z.number().int().positive()]).optional(),
-  window: duration().optional(),
+  window: duration({ window: true }).optional(),
   /** Several limits decided together, such as `[10/s, 1000/h]`. */
   limits: z.array(rate()).min(1).optional(),
   algorithm: z.enum(["log", "counter", "fixed"]).default("log"),

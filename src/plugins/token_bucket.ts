@@ -51,7 +51,7 @@ export default definePlugin({
     /** The most tokens the bucket holds (the largest burst passed at once). Defaults to the rate's count. */
     burst: z.number().int().positive().optional(),
     /** The longest a request waits for a token before it is refused. */
-    max_delay: duration().default(0),
+    max_delay: duration({ timer: true }).default(0),
     /** `route`: one bucket protects the upstream; `client`: one bucket per caller. */
     scope: z.enum(["route", "client"]).default("route"),
     cost: z.number().int().min(1).default(1),
@@ -63,7 +63,7 @@ export default definePlugin({
       ctx.addIssue({
         code: "custom",
         path: ["rate"],
-        message: "A rate's count must be a whole number: write 1/2s, not 0.5/s",
+        message: "A rate's count must be a whole number: write 30/m, not 0.5/s",
       });
     }
   }),

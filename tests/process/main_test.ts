@@ -190,17 +190,6 @@ Deno.test("a checkout under a folder whose name has a space starts on its defaul
   }
 });
 
-/** Every process whose command line holds `text` (read from /proc). */
-async function pidsWith(text: string): Promise<number[]> {
-  const pids: number[] = [];
-  for await (const entry of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    const cmdline = await Deno.readTextFile(`/proc/${entry.name}/cmdline`).catch(() => "");
-    if (cmdline.includes(text)) pids.push(Number(entry.name));
-  }
-  return pids;
-}
-
 const SCRIPT = ["/usr/bin/script", "/bin/script"].find((path) => {
   try {
     return Deno.statSync(path).isFile;
@@ -228,8 +217,9 @@ routes:
     upstream: { url: "http://127.0.0.1:9" }
     pipeline: [ { proxy: {} } ]
 `);
+    // The shell says its PID, which timeout (then the gateway's parent) takes over.
     const command = [
-      "exec timeout 60",
+      "echo pid=$$; exec timeout 60",
       Deno.execPath(),
       "run --allow-net --allow-env",
       `--allow-read=${repoPath("")},${config.dir}`,
@@ -255,9 +245,11 @@ routes:
         output += decoder.decode(value, { stream: true });
       }
     } finally {
-      for (const pid of await pidsWith(config.file)) {
+      // timeout passes SIGTERM on to the gateway.
+      const pid = /pid=(\d+)/.exec(output)?.[1];
+      if (pid) {
         try {
-          Deno.kill(pid, "SIGTERM");
+          Deno.kill(Number(pid), "SIGTERM");
         } catch {
           // Already gone.
         }
