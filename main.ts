@@ -9,8 +9,9 @@
  */
 import { ConfigError, formatIssue, loadConfig } from "./src/config/load_config.ts";
 import { checkPipelines, Gateway } from "./src/gateway.ts";
-import { Logger, parseLogLevel } from "./src/log.ts";
+import { isLogLevel, Logger, parseLogLevel } from "./src/log.ts";
 import { BUILTIN_PLUGINS } from "./src/plugins/mod.ts";
+import { parseRedisUrl } from "./src/store/resp_client.ts";
 
 const DEFAULT_CONFIG = "config/gateway.yaml";
 
@@ -69,11 +70,43 @@ function parseArgs(argv: readonly string[]): Args {
   return args;
 }
 
+/** What is wrong with the environment variables the gateway reads besides the file's `${VAR}`s. */
+function environmentErrors(env: (name: string) => string | undefined = Deno.env.get): string[] {
+  const errors: string[] = [];
+  const port = env("PORT");
+  if (port && !(/^\d{1,5}$/.test(port) && Number(port) <= 65535)) {
+    errors.push(`PORT="${port}": a port is a whole number from 0 to 65535`);
+  }
+  const redisUrl = env("REDIS_URL");
+  if (redisUrl) {
+    try {
+      parseRedisUrl(redisUrl);
+    } catch (error) {
+      errors.push(`REDIS_URL: ${(error as Error).message}`);
+    }
+  }
+  const level = env("LOG_LEVEL");
+  if (level && !isLogLevel(level)) {
+    errors.push(`LOG_LEVEL="${level}": write debug, info, warn or error`);
+  }
+  return errors;
+}
+
 async function check(file: string): Promise<number> {
+  const environment = environmentErrors();
+  for (const error of environment) console.error(error);
   try {
     const loaded = await loadConfig(file, { plugins: BUILTIN_PLUGINS });
     // Each plugin is created too, as a start would: some refuse only then.
     await checkPipelines(loaded);
+    if (environment.length > 0) {
+      console.error(
+        `${loaded.file}: ok, but the environment has ${environment.length} error${
+          environment.length === 1 ? "" : "s"
+        }`,
+      );
+      return 1;
+    }
     console.log(
       `${loaded.file}: ok (${loaded.routes.length} route${loaded.routes.length === 1 ? "" : "s"})`,
     );
@@ -92,6 +125,11 @@ async function check(file: string): Promise<number> {
 const SECOND_SIGNAL_AFTER_MS = 500;
 
 async function serve(file: string, log: Logger): Promise<number> {
+  const environment = environmentErrors();
+  if (environment.length > 0) {
+    log.error("cannot start: the environment has errors", { errors: environment });
+    return 1;
+  }
   let gateway: Gateway;
   try {
     gateway = await Gateway.start({ configFile: file, logger: log });

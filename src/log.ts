@@ -17,10 +17,15 @@ function stdoutSink(line: string): void {
   Deno.stdout.writeSync(encoder.encode(line + "\n"));
 }
 
+/** True when `text` names a log level. */
+export function isLogLevel(text: string): text is LogLevel {
+  return Object.hasOwn(LEVELS, text.toLowerCase());
+}
+
 /** Parses a `LOG_LEVEL` value; unknown values give `info`. */
 export function parseLogLevel(text: string | undefined): LogLevel {
   const value = (text ?? "").toLowerCase();
-  return value in LEVELS ? value as LogLevel : "info";
+  return Object.hasOwn(LEVELS, value) ? value as LogLevel : "info";
 }
 
 /** A structured logger that writes one JSON object per line. */

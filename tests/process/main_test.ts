@@ -190,6 +190,26 @@ Deno.test("a checkout under a folder whose name has a space starts on its defaul
   }
 });
 
+Deno.test("--check and a start refuse a PORT, REDIS_URL or LOG_LEVEL that cannot be used, by name", async () => {
+  const env = { PORT: "0x4e3b", REDIS_URL: "garbage", LOG_LEVEL: "toString" };
+  await using config = await tempConfig(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9 }
+    pipeline: [ { proxy: {} } ]
+`);
+  const checked = await runMain(["--check", config.file], env);
+  assert.equal(checked.code, 1);
+  assert.match(checked.stderr, /^PORT="0x4e3b": a port is a whole number from 0 to 65535$/m);
+  assert.match(checked.stderr, /^REDIS_URL: Invalid Redis URL "garbage"/m);
+  assert.match(checked.stderr, /^LOG_LEVEL="toString": write debug, info, warn or error$/m);
+  assert.match(checked.stderr, /ok, but the environment has 3 errors$/m);
+  const started = await runMain(["--config", config.file], { PORT: "80800" });
+  assert.equal(started.code, 1);
+  assert.match(started.stdout, /cannot start: the environment has errors.*PORT=\\"80800\\"/);
+  const fine = await runMain(["--check", config.file], { PORT: "8081", LOG_LEVEL: "WARN" });
+  assert.equal(fine.code, 0, fine.stderr);
+});
+
 const SCRIPT = ["/usr/bin/script", "/bin/script"].find((path) => {
   try {
     return Deno.statSync(path).isFile;
