@@ -16,6 +16,8 @@ const decoder = new TextDecoder();
 const READ_SIZE = 64 * 1024;
 const SMALL_BODY = 64 * 1024;
 const MAX_HEAD = 64 * 1024;
+/** A head's line ends in CRLF, or a bare LF (RFC 9112, 2.2). */
+const LINE_END = /\r?\n/;
 const BODILESS_STATUSES = new Set([204, 304]);
 
 /** Methods a request may be repeated with (RFC 9110, 9.2.2): a retry is safe only for these. */
@@ -117,11 +119,16 @@ class Reader {
     return true;
   }
 
-  /** The index of `\r\n\r\n` from the start, or -1. */
+  /**
+   * Where the body starts: just past the empty line that ends the head, or
+   * -1. A line may end in a bare LF, as RFC 9112 (2.2) lets a recipient read.
+   */
   headEnd(): number {
     const b = this.buf;
-    for (let i = this.start; i + 3 < this.end; i++) {
-      if (b[i] === 13 && b[i + 1] === 10 && b[i + 2] === 13 && b[i + 3] === 10) return i;
+    for (let i = this.start; i + 1 < this.end; i++) {
+      if (b[i] !== 10) continue;
+      if (b[i + 1] === 10) return i + 2;
+      if (b[i + 1] === 13 && i + 2 < this.end && b[i + 2] === 10) return i + 3;
     }
     return -1;
   }
@@ -156,6 +163,8 @@ interface Connection {
   conn: Deno.Conn;
   reader: Reader;
   reused: boolean;
+  /** The upstream has sent bytes of an answer to the request on it: it has seen the request. */
+  answered: boolean;
   /** In the idle pool, waiting for a request. */
   idle: boolean;
   /** Called when the idle read settles: while still idle, the connection is over. */
@@ -261,9 +270,10 @@ export class Http1Client {
         if (connection.bodyError) throw connection.bodyError;
         // A kept-alive connection the upstream had closed: once more on a new
         // one, for a method that may be repeated (RFC 9110, 9.2.2; RFC 9112, 9.3.1).
+        // Only when it sent nothing back: an upstream that answered has handled the request.
         if (
-          connection.reused && body === null && attempt === 0 && IDEMPOTENT_METHODS.has(method) &&
-          !(error instanceof UpstreamProtocolError)
+          connection.reused && !connection.answered && body === null && attempt === 0 &&
+          IDEMPOTENT_METHODS.has(method) && !(error instanceof UpstreamProtocolError)
         ) {
           continue;
         }
@@ -281,6 +291,7 @@ export class Http1Client {
     detach: () => void,
   ): Promise<Response> {
     const { conn, reader } = connection;
+    connection.answered = false;
     await writeAll(conn, head);
     let chunkedBody = false;
     if (body) {
@@ -317,15 +328,17 @@ export class Http1Client {
         if (!await reader.fill()) {
           throw new Error("upstream closed the connection before answering");
         }
+        connection.answered = true;
         end = reader.headEnd();
       }
+      connection.answered = true;
       let text = latin1(reader.buf.subarray(reader.start, end));
       // Control characters other than HTAB in a field (RFC 9110, 5.5): each
       // becomes a space, as the RFC allows, since Deno's server (2.9) ends the
       // whole process on one in a header it sends.
       if (FIELD_CONTROLS.test(text)) text = text.replace(FIELD_CONTROLS_ALL, " ");
-      reader.start = end + 4;
-      const lines = text.split("\r\n");
+      reader.start = end;
+      const lines = text.split(LINE_END);
       const match = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0] ?? "");
       if (!match) {
         throw new UpstreamProtocolError(`upstream answered something other than HTTP/1.x`);
@@ -349,13 +362,13 @@ export class Http1Client {
       }
       framing = headers;
       // Hop-by-hop headers describe this connection: the client consumes them.
-      let connection: string | null = null;
+      let connectionHeader: string | null = null;
       for (const [name, value] of headers) {
         if (name === "connection") {
-          connection = connection === null ? value : `${connection}, ${value}`;
+          connectionHeader = connectionHeader === null ? value : `${connectionHeader}, ${value}`;
         }
       }
-      headers = dropHopByHop(headers, connection);
+      headers = dropHopByHop(headers, connectionHeader);
       if (status === 101) {
         // The gateway never forwards Upgrade, so an upstream may not switch (RFC 9110, 15.2.2).
         throw new UpstreamProtocolError("upstream switched protocols unasked (101)");
@@ -390,11 +403,12 @@ export class Http1Client {
       else this.#release(connection, close);
       return answer(null, responseInit, true);
     }
-    if (!chunked && !untilClose && length !== undefined && length <= SMALL_BODY) {
-      // Small fixed bodies are read at once and handed over as bytes.
-      while (reader.buffered < length) {
-        if (!await reader.fill()) throw new Error("upstream closed the connection mid-body");
-      }
+    if (
+      !chunked && !untilClose && length !== undefined && length <= SMALL_BODY &&
+      reader.buffered >= length
+    ) {
+      // A fixed body that came in with the head is handed over as bytes. One
+      // still on its way is streamed, however small: it may trickle in.
       const bytes = reader.buf.slice(reader.start, reader.start + length);
       reader.start += length;
       detach();
@@ -523,6 +537,7 @@ export class Http1Client {
       conn,
       reader: new Reader(conn),
       reused: false,
+      answered: false,
       idle: false,
       sending: undefined,
       releaseWhenSent: undefined,

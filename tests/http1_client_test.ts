@@ -1,6 +1,8 @@
-/** How the upstream client delimits a response body (src/http1_client.ts). */
+/** The upstream client (src/http1_client.ts): how it delimits a body, reads a head, retries. */
 import assert from "node:assert/strict";
-import { bodyFraming, UpstreamProtocolError } from "../src/http1_client.ts";
+import { bodyFraming, Http1Client, UpstreamProtocolError } from "../src/http1_client.ts";
+import { writeAll } from "../src/net/write_all.ts";
+import { delay } from "./_helpers.ts";
 
 const frame = (headers: [string, string][], http10 = false) => bodyFraming(headers, http10);
 
@@ -53,4 +55,118 @@ Deno.test("bodyFraming: Connection close in any Connection field ends the connec
   assert.equal(frame([], true).close, true);
   assert.equal(frame([["connection", "Keep-Alive"]], true).close, false);
   assert.equal(frame([["connection", "keep-alive, close"]], true).close, true);
+});
+
+/** A hand-written upstream: `answer` writes the reply to each request head read on a connection. */
+function scriptedUpstream(
+  answer: (conn: Deno.Conn, target: string, connectionIndex: number) => Promise<void>,
+) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const targets: string[] = [];
+  const conns = new Set<Deno.Conn>();
+  let connections = 0;
+  const serve = async (conn: Deno.Conn, index: number) => {
+    const buf = new Uint8Array(65536);
+    let text = "";
+    try {
+      for (;;) {
+        const n = await conn.read(buf);
+        if (n === null) return;
+        text += new TextDecoder().decode(buf.subarray(0, n));
+        let end;
+        while ((end = text.indexOf("\r\n\r\n")) >= 0) {
+          const target = text.slice(0, text.indexOf("\r\n")).split(" ")[1]!;
+          text = text.slice(end + 4);
+          targets.push(target);
+          await answer(conn, target, index);
+        }
+      }
+    } catch {
+      // The client went away.
+    } finally {
+      conns.delete(conn);
+      try {
+        conn.close();
+      } catch {
+        // Closed by the answer.
+      }
+    }
+  };
+  (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      serve(conn, connections++);
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    targets,
+    close() {
+      listener.close();
+      for (const conn of conns) conn.close();
+    },
+  };
+}
+
+const write = (conn: Deno.Conn, text: string) => writeAll(conn, new TextEncoder().encode(text));
+
+Deno.test("Http1Client: a small body still on its way is streamed, the answer handed over at its head", async () => {
+  const { promise: bodyMayGo, resolve: letBodyGo } = Promise.withResolvers<void>();
+  const upstream = scriptedUpstream(async (conn) => {
+    await write(conn, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc");
+    await bodyMayGo;
+    await write(conn, "def");
+  });
+  const client = new Http1Client();
+  try {
+    const answer = client.fetch(`${upstream.url}/slow`);
+    const first = await Promise.race([answer, delay(5_000).then(() => "timed out")]);
+    assert.ok(first instanceof Response, "the answer waited for the whole body");
+    letBodyGo();
+    assert.equal(await first.text(), "abcdef");
+  } finally {
+    letBodyGo();
+    await client.close();
+    upstream.close();
+  }
+});
+
+Deno.test("Http1Client: a request the upstream answered is never sent again, even on a reused connection", async () => {
+  const upstream = scriptedUpstream(async (conn, target) => {
+    // A field name with a space: the answer cannot be built, after the upstream has answered.
+    await write(
+      conn,
+      target === "/bad"
+        ? "HTTP/1.1 200 OK\r\nX Bad: v\r\nContent-Length: 2\r\n\r\nok"
+        : "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+  });
+  const client = new Http1Client();
+  try {
+    assert.equal(await (await client.fetch(`${upstream.url}/warm`)).text(), "ok");
+    await assert.rejects(client.fetch(`${upstream.url}/bad`, { method: "DELETE" }));
+    assert.deepEqual(upstream.targets, ["/warm", "/bad"]);
+  } finally {
+    await client.close();
+    upstream.close();
+  }
+});
+
+Deno.test("Http1Client: a head whose lines end in a bare LF is read (RFC 9112, 2.2)", async () => {
+  const upstream = scriptedUpstream(async (conn) => {
+    await write(conn, "HTTP/1.1 200 OK\nContent-Length: 2\nX-Kind: lf\n\nok");
+  });
+  const client = new Http1Client();
+  try {
+    const answer = await Promise.race([
+      client.fetch(`${upstream.url}/lf`),
+      delay(5_000).then(() => "no answer"),
+    ]);
+    assert.ok(answer instanceof Response, String(answer));
+    assert.equal(answer.headers.get("x-kind"), "lf");
+    assert.equal(await answer.text(), "ok");
+  } finally {
+    await client.close();
+    upstream.close();
+  }
 });

@@ -40,6 +40,27 @@ export function upstreamUrl(
   return (base.endsWith("/") ? base.slice(0, -1) : base) + forwarded + search;
 }
 
+/**
+ * The query of a request as the client wrote it, from its `?` (kept even
+ * when nothing follows) to the end, or to a `#`: what a URL parser would
+ * re-escape (`'`, `<`, `"`) goes on byte for byte, since an upstream may
+ * check a signature over it. Only what a request line cannot carry (spaces,
+ * controls, non-ASCII) is percent-encoded, as UTF-8.
+ */
+export function rawQuery(url: string): string {
+  const mark = url.indexOf("?");
+  if (mark < 0) return "";
+  const hash = url.indexOf("#", mark);
+  const query = hash < 0 ? url.slice(mark) : url.slice(mark, hash);
+  if (!/[^\x21-\x7e]/.test(query)) return query;
+  try {
+    return query.replace(/[^\x21-\x7e]+/g, encodeURIComponent);
+  } catch {
+    // A lone surrogate has no UTF-8: the parsed URL's escaping instead.
+    return new URL(url).search;
+  }
+}
+
 /** The header pairs to forward: hop-by-hop headers and those named in `Connection` left out. */
 function forwardable(headers: Headers, skip?: ReadonlySet<string>): [string, string][] {
   return dropHopByHop(headers, headers.get("connection"), skip);
@@ -171,7 +192,7 @@ export default definePlugin({
       };
       try {
         const response = await gateway.fetch(
-          upstreamUrl(target, ctx.url.pathname, ctx.url.search, stripPrefix),
+          upstreamUrl(target, ctx.url.pathname, rawQuery(ctx.request.url), stripPrefix),
           init,
         );
         return { kind: "response", response, seconds: (performance.now() - started) / 1000 };
