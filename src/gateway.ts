@@ -87,6 +87,8 @@ export class Gateway {
   #clients: RecentClients;
   #retired = new Map<ReturnType<typeof setTimeout>, ResilientStore>();
   #server!: Deno.HttpServer<Deno.NetAddr>;
+  /** The listener settings the gateway started with: a reload cannot change them. */
+  #bound!: [string, unknown][];
   #admin!: Deno.HttpServer<Deno.NetAddr>;
   #fetch: (input: string, init: RequestInit) => Promise<Response>;
   #httpClient: Http1Client | undefined;
@@ -175,6 +177,7 @@ export class Gateway {
     metrics.configReloads.inc({ result: "ok" });
     metrics.readRouteGauges(() => routeGauges(gateway.#pipeline));
     gateway.#listen(loaded, options);
+    gateway.#bound = boundSettings(loaded);
     if (options.watch ?? true) {
       gateway.#watcher = new FileWatcher(() => {
         gateway.reload("watch").catch(() => {});
@@ -558,11 +561,11 @@ export class Gateway {
     }
     this.#lastFailure = undefined;
     this.metrics.configReloads.inc({ result: "ok" });
-    const restartNeeded = [
-      ["listen", current.loaded.config.listen, loaded.config.listen],
-      ["admin.port", current.loaded.config.admin.port, loaded.config.admin.port],
-      ["admin.hostname", current.loaded.config.admin.hostname, loaded.config.admin.hostname],
-    ].filter(([, a, b]) => JSON.stringify(a) !== JSON.stringify(b)).map(([name]) => name);
+    // Against what is bound, not the last file: an edit put back needs no restart.
+    const wanted = new Map(boundSettings(loaded));
+    const restartNeeded = this.#bound
+      .filter(([name, value]) => JSON.stringify(value) !== JSON.stringify(wanted.get(name)))
+      .map(([name]) => name);
     if (restartNeeded.length > 0) {
       this.log.warn("config changes that need a restart were not applied", { keys: restartNeeded });
     }
@@ -690,6 +693,15 @@ function makeServices(parts: {
     keyHashes: parts.loaded.keyHashes,
     clients: parts.clients,
   };
+}
+
+/** The settings only a start applies, by name. */
+function boundSettings(loaded: LoadedConfig): [string, unknown][] {
+  return [
+    ["listen", loaded.config.listen],
+    ["admin.port", loaded.config.admin.port],
+    ["admin.hostname", loaded.config.admin.hostname],
+  ];
 }
 
 /** What a store is: its kind and address. Its timeout and failure policy change in place. */

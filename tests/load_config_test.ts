@@ -448,6 +448,28 @@ routes:
   assert.equal(issues[0]!.line, 3);
 });
 
+Deno.test("a route's match.host written with a port is an error (the port is never matched)", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    match: { host: "api.example.com:8080" }
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+  - name: v6
+    match: { host: "[::1]:80" }
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+  - name: fine
+    match: { host: "[::1]" }
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+`);
+  assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [
+    ["routes[0].match.host", 3],
+    ["routes[1].match.host", 7],
+  ]);
+  assert.match(issues[0]!.message, /write "api.example.com", and every port of it matches/);
+});
+
 Deno.test("keys files and plugins are found in folders whose names hold a space, # or ?", async () => {
   await using config = await tempConfig(`tiers:
   free: { limit: 10, window: 1m }

@@ -3,7 +3,7 @@
  * presence answers 403; `require` lists headers that must be present (400
  * without them); `remove` strips headers before the upstream sees them.
  *
- *   - plugin: ./plugins/examples/header_filter.ts
+ *   - plugin: ../plugins/examples/header_filter.ts   # relative to the config file (here in config/)
  *     with: { deny: [x-debug], require: [x-tenant], remove: [cookie] }
  */
 import { z } from "zod";

@@ -3,7 +3,7 @@
  * reports the count in a response header. The count is kept across reloads
  * while this entry's options stay the same (`ctx.keep`).
  *
- *   - plugin: ./plugins/examples/hit_counter.ts
+ *   - plugin: ../plugins/examples/hit_counter.ts   # relative to the config file (here in config/)
  *     with: { header: x-hits }
  */
 import { z } from "zod";

@@ -2,7 +2,7 @@
  * Example plugin: echoes the request id (the client's `X-Request-Id`, or the
  * one the gateway made) in a response header, so a client can quote it.
  *
- *   - plugin: ./plugins/examples/request_id.ts
+ *   - plugin: ../plugins/examples/request_id.ts   # relative to the config file (here in config/)
  *     with: { header: x-request-id }
  */
 import { z } from "zod";

@@ -246,6 +246,10 @@ export async function loadConfigText(
       }
       pipeline.push(resolved);
     }
+    placeProxy(pipeline, route.upstream !== undefined, options.plugins, {
+      yamlPath: formatPath(["routes", routeIndex, "pipeline"]),
+      line: locate(["routes", routeIndex]).line,
+    });
     pipelines.push(pipeline);
   }
   // A failed load still names files whose fix should reload it.
@@ -320,6 +324,38 @@ export async function loadConfigText(
     keys,
     keyHashes,
   };
+}
+
+/**
+ * `proxy` answers and calls no step after it, so it runs last: a step written
+ * after it (a response header set on the way out, say) runs just before it.
+ * A route with an upstream and no proxy step proxies, as a route does in
+ * other gateways, rather than answer every request 502.
+ */
+function placeProxy(
+  pipeline: ResolvedEntry[],
+  hasUpstream: boolean,
+  plugins: ReadonlyMap<string, PluginDefinition>,
+  route: { yamlPath: string; line: number | undefined },
+): void {
+  const proxies = pipeline.filter((entry) => entry.name === "proxy");
+  if (proxies.length === 1) {
+    const at = pipeline.indexOf(proxies[0]!);
+    pipeline.push(...pipeline.splice(at, 1));
+    return;
+  }
+  const definition = plugins.get("proxy");
+  if (proxies.length > 0 || !hasUpstream || !definition) return;
+  const options = definition.options.safeParse({});
+  if (!options.success) return;
+  pipeline.push({
+    name: "proxy",
+    definition,
+    options: options.data,
+    rawOptions: {},
+    yamlPath: route.yamlPath,
+    line: route.line,
+  });
 }
 
 /** What resolving the entries of a file shares. */

@@ -173,7 +173,13 @@ const routeSchema = z.strictObject({
   match: z.strictObject({
     path_prefix: z.string().startsWith("/", { error: "path_prefix must start with /" }).optional(),
     methods: z.array(z.enum(METHODS)).min(1).optional(),
-    host: z.string().min(1).optional(),
+    // Matched against the Host header without its port: a host written with one matches nothing.
+    host: z.string().min(1).refine((host) => !/^\[.*\]:|^[^[]*:/.test(host), {
+      error: (issue) =>
+        `host is matched without the port: write "${
+          String(issue.input).replace(/:\d*$/, "")
+        }", and every port of it matches`,
+    }).optional(),
   }).default({}),
   strip_prefix: z.boolean().default(false),
   preserve_host: z.boolean().default(false),

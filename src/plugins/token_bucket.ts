@@ -59,7 +59,8 @@ export default definePlugin({
     name: policyName().optional(),
   }).superRefine((value, ctx) => {
     // The quota in the rate-limit headers is a whole number (an sf-integer).
-    if (!Number.isInteger(value.rate.count)) {
+    // (A rate that did not parse has its own error already.)
+    if (typeof value.rate === "object" && !Number.isInteger(value.rate.count)) {
       ctx.addIssue({
         code: "custom",
         path: ["rate"],

@@ -126,3 +126,32 @@ Deno.test("a plugin that puts a control character in a response header gets its 
   assert.equal(health.status, 200);
   await health.body?.cancel();
 });
+
+Deno.test("a step written after proxy runs just before it; a route with an upstream and no proxy step proxies", async () => {
+  await using upstream = startUpstream(() => new Response("from upstream"));
+  await using gw = await startGateway(`routes:
+  - name: after
+    match: { path_prefix: /after }
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - proxy: {}
+      - plugin: ${repoPath("plugins/examples/request_id.ts")}
+        with: { header: x-echoed-id }
+  - name: bare
+    upstream: { url: ${upstream.url} }
+`);
+  const after = await fetch(`${gw.url}/after/x`, { headers: { "x-request-id": "req-after-1" } });
+  assert.equal(await after.text(), "from upstream");
+  assert.equal(after.headers.get("x-echoed-id"), "req-after-1");
+  const bare = await fetch(`${gw.url}/anything`);
+  assert.equal(bare.status, 200);
+  assert.equal(await bare.text(), "from upstream");
+  // /status shows the order the steps run in.
+  const status = await (await fetch(`${gw.adminUrl}/status`)).json();
+  const steps = Object.fromEntries(
+    status.routes.map((
+      route: { name: string; pipeline: string[] },
+    ) => [route.name, route.pipeline]),
+  );
+  assert.deepEqual(steps, { after: ["request-id", "proxy"], bare: ["proxy"] });
+});

@@ -401,3 +401,20 @@ for (const layout of LAYOUTS) {
     }
   });
 }
+
+Deno.test("a reload warns about listener settings it cannot apply, compared with what is bound", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const withPort = (port: number) => `listen: { port: ${port} }\n${config(upstream.url, "v")}`;
+  await using gw = await startGateway(withPort(8111));
+  const warnings = () =>
+    gw.logs.lines.filter((line) =>
+      line.msg === "config changes that need a restart were not applied"
+    );
+  await gw.config.write(withPort(8112));
+  assert.equal((await gw.gateway.reload("test")).ok, true);
+  assert.deepEqual(warnings().map((line) => line.keys), [["listen"]]);
+  // Put back: the file again says what is bound, so nothing waits for a restart.
+  await gw.config.write(withPort(8111));
+  assert.equal((await gw.gateway.reload("test")).ok, true);
+  assert.equal(warnings().length, 1);
+});
