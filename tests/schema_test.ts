@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { Ajv2020 } from "ajv/dist/2020.js";
+import { parse } from "yaml";
 import { schemaText } from "../scripts/gen_schema.ts";
 
 Deno.test("config/schema.json is generated from the current validator (run `deno task schema`)", async () => {
@@ -13,4 +15,29 @@ Deno.test("the JSON schema describes each built-in plugin's options", () => {
   assert.ok(names.includes("identify"));
   assert.ok(names.includes("proxy"));
   assert.ok(names.includes("plugin"));
+});
+
+Deno.test("every shipped config passes config/schema.json, as an editor checks it (a whole ${VAR} where a number goes, too)", async () => {
+  const schema = JSON.parse(
+    await Deno.readTextFile(new URL("../config/schema.json", import.meta.url)),
+  );
+  const ajv = new Ajv2020({
+    strict: false,
+    allErrors: true,
+    validateFormats: false,
+    logger: false,
+  });
+  const validate = ajv.compile(schema);
+  const dir = new URL("../config/", import.meta.url);
+  let checked = 0;
+  for await (const entry of Deno.readDir(dir)) {
+    if (!entry.name.endsWith(".yaml")) continue;
+    const data = parse(await Deno.readTextFile(new URL(entry.name, dir)));
+    assert.ok(validate(data), `${entry.name}: ${JSON.stringify(validate.errors, null, 1)}`);
+    checked++;
+  }
+  assert.ok(checked >= 2, `only ${checked} configs found`);
+  // Still a check: a port that is neither a number nor one placeholder is flagged.
+  assert.equal(validate({ listen: { port: "eighty" }, routes: [] }), false);
+  assert.equal(validate({ listen: { port: "${PORT:-8080}x" }, routes: [] }), false);
 });

@@ -1,7 +1,8 @@
 /** `${VAR}` and `${VAR:-default}` interpolation of config values. */
 
 const PLACEHOLDER_RE = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
-const WHOLE_PLACEHOLDER_RE = /^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$/;
+/** A value that is one `${VAR}` (or `${VAR:-default}`) and nothing else. */
+export const WHOLE_PLACEHOLDER_RE = /^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$/;
 
 /** Reads one environment variable; `undefined` when it is not set. */
 export type EnvLookup = (name: string) => string | undefined;

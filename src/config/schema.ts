@@ -5,6 +5,7 @@
  */
 import { z } from "zod";
 import { formatDuration, parseDuration, parseRate } from "./duration.ts";
+import { WHOLE_PLACEHOLDER_RE } from "./interpolate.ts";
 import { parseCidr } from "../net/cidr.ts";
 import { parseRedisUrl } from "../store/resp_client.ts";
 
@@ -302,6 +303,7 @@ export function configJsonSchema(
       pipeline.items = { anyOf: entries };
     }
   }
+  allowPlaceholders(schema);
   return {
     ...schema,
     title: "sluice gateway config",
@@ -312,6 +314,28 @@ export function configJsonSchema(
 
 // deno-lint-ignore no-explicit-any
 type Json = Record<string, any>;
+
+/**
+ * A number or boolean may be written as one `${VAR}`, unquoted, which the
+ * loader reads as the type it becomes (`port: ${PORT:-8080}`): the schema
+ * takes that text too, so an editor does not flag it.
+ */
+function allowPlaceholders(node: unknown): void {
+  if (Array.isArray(node)) {
+    node.forEach(allowPlaceholders);
+    return;
+  }
+  if (typeof node !== "object" || node === null) return;
+  const record = node as Json;
+  if (record.type === "integer" || record.type === "number" || record.type === "boolean") {
+    const value = { ...record };
+    for (const key of Object.keys(record)) delete record[key];
+    if (value.description !== undefined) record.description = value.description;
+    record.anyOf = [value, { type: "string", pattern: WHOLE_PLACEHOLDER_RE.source }];
+    return;
+  }
+  for (const value of Object.values(record)) allowPlaceholders(value);
+}
 
 /** Durations default to milliseconds inside the validator; a JSON Schema default must be the text. */
 function dropNumericDefaultsOfStrings(node: unknown): void {
