@@ -61,6 +61,14 @@ export function rawQuery(url: string): string {
   }
 }
 
+/** The query to forward: as the client wrote it, unless a plugin changed `ctx.url`'s. */
+function forwardedQuery(ctx: RequestContext): string {
+  const raw = rawQuery(ctx.request.url);
+  const parsed = ctx.url.search;
+  if (raw === parsed) return raw;
+  return new URL(`http://h/${raw}`).search === parsed ? raw : parsed;
+}
+
 /** The header pairs to forward: hop-by-hop headers and those named in `Connection` left out. */
 function forwardable(headers: Headers, skip?: ReadonlySet<string>): [string, string][] {
   return dropHopByHop(headers, headers.get("connection"), skip);
@@ -192,7 +200,7 @@ export default definePlugin({
       };
       try {
         const response = await gateway.fetch(
-          upstreamUrl(target, ctx.url.pathname, rawQuery(ctx.request.url), stripPrefix),
+          upstreamUrl(target, ctx.url.pathname, forwardedQuery(ctx), stripPrefix),
           init,
         );
         return { kind: "response", response, seconds: (performance.now() - started) / 1000 };

@@ -155,3 +155,41 @@ Deno.test("a step written after proxy runs just before it; a route with an upstr
   );
   assert.deepEqual(steps, { after: ["request-id", "proxy"], bare: ["proxy"] });
 });
+
+Deno.test("a plugin that rewrites ctx.url's query or path is forwarded so; untouched, the query goes as written", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(
+    `routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - plugin: ./rewrite.ts
+      - proxy: {}
+`,
+    {},
+    {
+      "rewrite.ts": `import { definePlugin } from "${modUrl}";
+import { z } from "zod";
+export default definePlugin({
+  name: "rewrite",
+  options: z.object({}),
+  create() {
+    return function rewrite(ctx, next) {
+      if (ctx.url.pathname === "/old") {
+        ctx.url.pathname = "/new";
+        ctx.url.searchParams.set("v", "2");
+      }
+      return next();
+    };
+  },
+});
+`,
+    },
+  );
+  const rewritten = await (await fetch(`${gw.url}/old?v=1&keep=yes`)).json();
+  assert.equal(rewritten.path, "/new");
+  assert.equal(rewritten.search, "?v=2&keep=yes");
+  const untouched = await (await fetch(`${gw.url}/other?v=1&keep=yes`)).json();
+  assert.equal(untouched.path, "/other");
+  assert.equal(untouched.search, "?v=1&keep=yes");
+});
