@@ -133,13 +133,14 @@ class Reader {
     return -1;
   }
 
-  /** One line without its CRLF; undefined at end of stream. */
+  /** One line without its CRLF (or bare LF, as in a head); undefined at end of stream. */
   async line(): Promise<string | undefined> {
     for (;;) {
-      for (let i = this.start; i + 1 < this.end; i++) {
-        if (this.buf[i] === 13 && this.buf[i + 1] === 10) {
-          const text = decoder.decode(this.buf.subarray(this.start, i));
-          this.start = i + 2;
+      for (let i = this.start; i < this.end; i++) {
+        if (this.buf[i] === 10) {
+          const cut = i > this.start && this.buf[i - 1] === 13 ? i - 1 : i;
+          const text = decoder.decode(this.buf.subarray(this.start, cut));
+          this.start = i + 1;
           return text;
         }
       }

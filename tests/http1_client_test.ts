@@ -170,3 +170,18 @@ Deno.test("Http1Client: a head whose lines end in a bare LF is read (RFC 9112, 2
     upstream.close();
   }
 });
+
+Deno.test("Http1Client: a chunked body whose lines end in a bare LF is read to its end", async () => {
+  const upstream = scriptedUpstream(async (conn) => {
+    await write(conn, "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5\nhello\n6\n world\n0\n\n");
+  });
+  const client = new Http1Client();
+  try {
+    const answer = await client.fetch(`${upstream.url}/lf`);
+    const text = await Promise.race([answer.text(), delay(5_000).then(() => "body never ended")]);
+    assert.equal(text, "hello world");
+  } finally {
+    await client.close();
+    upstream.close();
+  }
+});

@@ -323,7 +323,7 @@ routes:
   const expected: [string, number, RegExp][] = [
     ["tiers.free.window", 2, /Invalid window "0ms": a window must be at least 1ms/],
     ["shutdown.grace", 3, /Invalid duration "30d": a wait can be at most 24d/],
-    ["routes[0].upstream.timeout", 6, /a wait can be at most 24d/],
+    ["routes[0].upstream.timeout", 6, /too long to count in milliseconds/],
     [
       "routes[0].pipeline[0].token-bucket.rate",
       8,
@@ -468,6 +468,39 @@ Deno.test("a route's match.host written with a port is an error (the port is nev
     ["routes[1].match.host", 7],
   ]);
   assert.match(issues[0]!.message, /write "api.example.com", and every port of it matches/);
+});
+
+Deno.test("a whole ${VAR} a merge key brings in keeps its text where a string is wanted", async () => {
+  await using config = await tempConfig(`routes:
+  - &base
+    name: a
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - token-bucket: { rate: 5/s, name: \${NAME} }
+      - proxy: {}
+  - <<: *base
+    name: b
+`);
+  const loaded = await loadConfig(config.file, {
+    plugins: BUILTIN_PLUGINS,
+    env: (name) => name === "NAME" ? "2024" : undefined,
+  });
+  for (const route of loaded.routes) {
+    assert.equal((route.pipeline[0]!.options as { name: string }).name, "2024", route.name);
+  }
+});
+
+Deno.test("a second proxy step is an error at its line", async () => {
+  const issues = await issuesOf(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - proxy: {}
+      - token-bucket: { rate: 5/s }
+      - proxy: {}
+`);
+  assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [["routes[0].pipeline[2]", 7]]);
+  assert.match(issues[0]!.message, /one proxy step/);
 });
 
 Deno.test("keys files and plugins are found in folders whose names hold a space, # or ?", async () => {

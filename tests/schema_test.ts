@@ -37,7 +37,16 @@ Deno.test("every shipped config passes config/schema.json, as an editor checks i
     checked++;
   }
   assert.ok(checked >= 2, `only ${checked} configs found`);
-  // Still a check: a port that is neither a number nor one placeholder is flagged.
-  assert.equal(validate({ listen: { port: "eighty" }, routes: [] }), false);
-  assert.equal(validate({ listen: { port: "${PORT:-8080}x" }, routes: [] }), false);
+  // A whole placeholder passes wherever the loader takes one; anything else is still checked.
+  const route = (upstream: Record<string, unknown>, step?: Record<string, unknown>) => ({
+    routes: [{ name: "api", upstream, pipeline: [...(step ? [step] : []), { proxy: {} }] }],
+  });
+  const url = "http://127.0.0.1:9001";
+  assert.ok(validate(route({ url })), JSON.stringify(validate.errors));
+  assert.ok(validate({ ...route({ url, timeout: "${T:-5s}" }), store: { on_failure: "${F}" } }));
+  assert.ok(validate(route({ url }, { "token-bucket": { rate: "${RATE:-5/s}" } })));
+  assert.equal(validate({ ...route({ url }), listen: { port: "eighty" } }), false);
+  assert.equal(validate({ ...route({ url }), listen: { port: "${PORT:-8080}x" } }), false);
+  assert.equal(validate(route({ url, timeout: "soon" })), false);
+  assert.equal(validate({ ...route({ url }), store: { on_failure: "panic" } }), false);
 });

@@ -246,6 +246,14 @@ export async function loadConfigText(
       }
       pipeline.push(resolved);
     }
+    const second = pipeline.filter((entry) => entry.name === "proxy")[1];
+    if (second) {
+      issues.push({
+        path: second.yamlPath,
+        line: second.line,
+        message: "A route has one proxy step: the first to run answers, and no step after it runs",
+      });
+    }
     placeProxy(pipeline, route.upstream !== undefined, options.plugins, {
       yamlPath: formatPath(["routes", routeIndex, "pipeline"]),
       line: locate(["routes", routeIndex]).line,
@@ -726,16 +734,20 @@ function restoreStrings(
         continue;
       }
       if (issue.code !== "invalid_type" || issue.expected !== "string") continue;
-      const text = retyped.get(JSON.stringify([...at, ...path]));
-      if (text === undefined || path.length === 0) continue;
+      if (path.length === 0) continue;
       let parent = raw as Record<PropertyKey, unknown> | undefined;
       for (const segment of path.slice(0, -1)) {
         parent = parent?.[segment] as Record<PropertyKey, unknown> | undefined;
       }
-      if (parent && typeof parent === "object") {
-        parent[path.at(-1)!] = text;
-        changed = true;
-      }
+      if (!parent || typeof parent !== "object") continue;
+      const value = parent[path.at(-1)!];
+      // A value a merge key (<<: *base) brought in sits elsewhere than where it
+      // was written: then the placeholder text that became this same value.
+      const text = retyped.get(JSON.stringify([...at, ...path])) ??
+        [...retyped.values()].find((written) => Object.is(retype(written), value));
+      if (text === undefined) continue;
+      parent[path.at(-1)!] = text;
+      changed = true;
     }
   };
   visit(zodIssues, []);

@@ -84,7 +84,9 @@ export function rate() {
         ctx.issues.push({
           code: "custom",
           input: text,
-          message: `Invalid rate "${text}": the count must be above 0`,
+          message: `Invalid rate "${text}": the count must be ${
+            count > 0 ? "at most 2^53" : "above 0"
+          }`,
         });
         return { count: 1, periodMs: 1_000 };
       }
@@ -190,7 +192,7 @@ const routeSchema = z.strictObject({
     /** A pool of upstreams. */
     targets: z.array(httpUrl).min(1).optional(),
     balance: z.enum(["round_robin", "least_inflight"]).default("round_robin"),
-    timeout: duration({ timer: true }).default(30_000),
+    timeout: duration().default(30_000),
   }).superRefine((upstream, ctx) => {
     if ((upstream.url === undefined) === (upstream.targets === undefined)) {
       ctx.addIssue({
@@ -316,9 +318,10 @@ export function configJsonSchema(
 type Json = Record<string, any>;
 
 /**
- * A number or boolean may be written as one `${VAR}`, unquoted, which the
- * loader reads as the type it becomes (`port: ${PORT:-8080}`): the schema
- * takes that text too, so an editor does not flag it.
+ * Any value may be written as one `${VAR}` (a number or boolean unquoted,
+ * `port: ${PORT:-8080}`, read as the type it becomes): the schema takes that
+ * text too wherever it would refuse it (a number, a boolean, a duration or
+ * other patterned text, a choice), so an editor does not flag it.
  */
 function allowPlaceholders(node: unknown): void {
   if (Array.isArray(node)) {
@@ -327,7 +330,10 @@ function allowPlaceholders(node: unknown): void {
   }
   if (typeof node !== "object" || node === null) return;
   const record = node as Json;
-  if (record.type === "integer" || record.type === "number" || record.type === "boolean") {
+  const constrained = record.type === "integer" || record.type === "number" ||
+    record.type === "boolean" || record.enum !== undefined || record.const !== undefined ||
+    (record.type === "string" && (record.pattern !== undefined || record.format !== undefined));
+  if (constrained) {
     const value = { ...record };
     for (const key of Object.keys(record)) delete record[key];
     if (value.description !== undefined) record.description = value.description;

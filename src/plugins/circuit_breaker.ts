@@ -17,7 +17,7 @@ export default definePlugin({
     failure_ratio: z.number().gt(0).max(1).default(0.5),
     min_requests: z.number().int().min(1).default(20),
     window: duration({ window: true }).default(10_000),
-    open_for: duration({ timer: true }).default(30_000),
+    open_for: duration().default(30_000),
     probes: z.number().int().min(1).default(3),
     /** Upstream statuses that count as failures. */
     failure_statuses: z.array(z.number().int().min(100).max(599)).min(1).default(

@@ -26,7 +26,7 @@ export default definePlugin({
     /** An unknown key: `reject` (401), or the tier to give it. */
     unknown_key: z.string().min(1).default("reject"),
     /** How long a tier read from a Redis hash is cached locally. */
-    cache_ttl: duration({ timer: true }).default(30_000),
+    cache_ttl: duration().default(30_000),
   }),
   create(options, { gateway, pipeline, position, log, route }) {
     const tiers = gateway.tiers;

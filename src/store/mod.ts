@@ -5,6 +5,7 @@ import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { MemoryStore } from "./memory_store.ts";
 import { RedisStore } from "./redis_store.ts";
+import { parseRedisUrl } from "./resp_client.ts";
 import { ResilientStore } from "./resilient_store.ts";
 import type { StoreKind } from "./store.ts";
 
@@ -21,13 +22,33 @@ export function storeKind(
   return config.url || env("REDIS_URL") ? "redis" : "memory";
 }
 
+/** `REDIS_URL`, when the store will connect to it: a redis store (or a cluster without nodes) with no url. */
+export function envRedisUrl(
+  config: Pick<StoreConfig, "kind" | "url" | "nodes">,
+  env: EnvLookup,
+): string | undefined {
+  const kind = storeKind(config, env);
+  if (kind === "memory" || config.url || (kind === "redis-cluster" && config.nodes?.length)) {
+    return undefined;
+  }
+  return env("REDIS_URL") || undefined;
+}
+
 /** Connects the configured store, wrapped with its failure policy. A Redis that is down at start is not fatal. */
 export async function createStore(
   config: StoreConfig,
   options: { env: EnvLookup; metrics: Metrics; log: Logger },
 ): Promise<ResilientStore> {
   const kind = storeKind(config, options.env);
-  const url = config.url || options.env("REDIS_URL") || "redis://127.0.0.1:6379";
+  const fromEnv = envRedisUrl(config, options.env);
+  const url = config.url || fromEnv || "redis://127.0.0.1:6379";
+  if (fromEnv !== undefined) {
+    try {
+      parseRedisUrl(fromEnv);
+    } catch (error) {
+      throw new Error(`REDIS_URL: ${(error as Error).message}`);
+    }
+  }
   const primary = kind === "memory" ? new MemoryStore() : await RedisStore.connect(
     kind === "redis-cluster" ? { nodes: config.nodes?.length ? config.nodes : [url] } : { url },
   );

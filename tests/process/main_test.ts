@@ -208,6 +208,10 @@ Deno.test("--check and a start refuse a PORT, REDIS_URL or LOG_LEVEL that cannot
   assert.match(started.stdout, /cannot start: the environment has errors.*PORT=\\"80800\\"/);
   const fine = await runMain(["--check", config.file], { PORT: "8081", LOG_LEVEL: "WARN" });
   assert.equal(fine.code, 0, fine.stderr);
+  // REDIS_URL counts only where the store would connect to it.
+  await config.write(`store: { kind: memory }\n${await Deno.readTextFile(config.file)}`);
+  const memory = await runMain(["--check", config.file], { REDIS_URL: "redis-sentinel://s:26379" });
+  assert.equal(memory.code, 0, memory.stderr);
 });
 
 const SCRIPT = ["/usr/bin/script", "/bin/script"].find((path) => {
