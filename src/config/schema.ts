@@ -323,43 +323,43 @@ type Json = Record<string, any>;
  * text too wherever it would refuse it (a number, a boolean, a duration or
  * other patterned text, a choice), so an editor does not flag it.
  */
-function allowPlaceholders(node: unknown): void {
-  if (Array.isArray(node)) {
-    node.forEach(allowPlaceholders);
-    return;
-  }
-  if (typeof node !== "object" || node === null) return;
-  const record = node as Json;
-  const constrained = record.type === "integer" || record.type === "number" ||
-    record.type === "boolean" || record.enum !== undefined || record.const !== undefined ||
-    (record.type === "string" && (record.pattern !== undefined || record.format !== undefined));
-  if (constrained) {
+function allowPlaceholders(schema: unknown): void {
+  eachSchemaNode(schema, (record) => {
+    const constrained = record.type === "integer" || record.type === "number" ||
+      record.type === "boolean" || record.enum !== undefined || record.const !== undefined ||
+      (record.type === "string" && (record.pattern !== undefined || record.format !== undefined));
+    if (!constrained) return false;
     const value = { ...record };
     for (const key of Object.keys(record)) delete record[key];
     if (value.description !== undefined) record.description = value.description;
     record.anyOf = [value, { type: "string", pattern: WHOLE_PLACEHOLDER_RE.source }];
-    return;
-  }
-  for (const value of Object.values(record)) allowPlaceholders(value);
+    return true;
+  });
 }
 
-/** Durations default to milliseconds inside the validator; a JSON Schema default must be the text. */
-function dropNumericDefaultsOfStrings(node: unknown): void {
+/** Calls `visit` on every object of a JSON Schema, outermost first; true from it skips what is inside. */
+function eachSchemaNode(node: unknown, visit: (record: Json) => boolean | void): void {
   if (Array.isArray(node)) {
-    node.forEach(dropNumericDefaultsOfStrings);
+    for (const item of node) eachSchemaNode(item, visit);
     return;
   }
   if (typeof node !== "object" || node === null) return;
-  const record = node as Json;
-  if (record.type === "string" && typeof record.default === "number") {
-    record.default = formatDuration(record.default);
-  }
-  if (record.type === "object" && typeof record.default === "object" && record.properties) {
-    for (const [key, value] of Object.entries(record.default as Json)) {
-      if (record.properties[key]?.type === "string" && typeof value === "number") {
-        record.default[key] = formatDuration(value);
+  if (visit(node as Json) === true) return;
+  for (const value of Object.values(node as Json)) eachSchemaNode(value, visit);
+}
+
+/** Durations default to milliseconds inside the validator; a JSON Schema default must be the text. */
+function dropNumericDefaultsOfStrings(schema: unknown): void {
+  eachSchemaNode(schema, (record) => {
+    if (record.type === "string" && typeof record.default === "number") {
+      record.default = formatDuration(record.default);
+    }
+    if (record.type === "object" && typeof record.default === "object" && record.properties) {
+      for (const [key, value] of Object.entries(record.default as Json)) {
+        if (record.properties[key]?.type === "string" && typeof value === "number") {
+          record.default[key] = formatDuration(value);
+        }
       }
     }
-  }
-  for (const value of Object.values(record)) dropNumericDefaultsOfStrings(value);
+  });
 }

@@ -11,6 +11,34 @@ import {
 
 const modUrl = new URL("../../mod.ts", import.meta.url).href;
 
+/** A gateway whose one route runs a plugin file `<name>.ts` (its handler's body as given), then proxy. */
+function startWithPlugin(upstream: string, name: string, handlerBody: string) {
+  return startGateway(
+    `routes:
+  - name: api
+    upstream: { url: ${upstream} }
+    pipeline:
+      - plugin: ./${name}.ts
+      - proxy: {}
+`,
+    {},
+    {
+      [`${name}.ts`]: `import { definePlugin } from "${modUrl}";
+import { z } from "zod";
+export default definePlugin({
+  name: "${name}",
+  options: z.object({}),
+  create() {
+    return function ${name}(ctx, next) {
+      ${handlerBody}
+    };
+  },
+});
+`,
+    },
+  );
+}
+
 Deno.test("header-filter removes a header before the upstream sees it", async () => {
   await using upstream = startEchoUpstream();
   await using gw = await startGateway(`routes:
@@ -38,33 +66,14 @@ Deno.test("header-filter removes a header before the upstream sees it", async ()
 
 Deno.test("a plugin that throws on a request answers 500 problem+json and the gateway keeps serving", async () => {
   await using upstream = startEchoUpstream();
-  await using gw = await startGateway(
-    `routes:
-  - name: api
-    upstream: { url: ${upstream.url} }
-    pipeline:
-      - plugin: ./flaky.ts
-      - proxy: {}
-`,
-    {},
-    {
-      "flaky.ts": `import { definePlugin } from "${modUrl}";
-import { z } from "zod";
-export default definePlugin({
-  name: "flaky",
-  options: z.object({}),
-  create() {
-    return function flaky(ctx, next) {
-      if (ctx.url.pathname === "/boom") throw new Error("flaky plugin blew up");
+  await using gw = await startWithPlugin(
+    upstream.url,
+    "flaky",
+    `if (ctx.url.pathname === "/boom") throw new Error("flaky plugin blew up");
       if (ctx.url.pathname === "/twice") return next().then(() => next());
       // The common slip: no return.
       if (ctx.url.pathname === "/forgot") { next(); return undefined as unknown as Response; }
-      return next();
-    };
-  },
-});
-`,
-    },
+      return next();`,
   );
   const boom = await fetch(`${gw.url}/boom`);
   assert.equal(boom.status, 500);
@@ -158,33 +167,14 @@ Deno.test("a step written after proxy runs just before it; a route with an upstr
 
 Deno.test("a plugin that rewrites ctx.url's query or path is forwarded so; untouched, the query goes as written", async () => {
   await using upstream = startEchoUpstream();
-  await using gw = await startGateway(
-    `routes:
-  - name: api
-    upstream: { url: ${upstream.url} }
-    pipeline:
-      - plugin: ./rewrite.ts
-      - proxy: {}
-`,
-    {},
-    {
-      "rewrite.ts": `import { definePlugin } from "${modUrl}";
-import { z } from "zod";
-export default definePlugin({
-  name: "rewrite",
-  options: z.object({}),
-  create() {
-    return function rewrite(ctx, next) {
-      if (ctx.url.pathname === "/old") {
+  await using gw = await startWithPlugin(
+    upstream.url,
+    "rewrite",
+    `if (ctx.url.pathname === "/old") {
         ctx.url.pathname = "/new";
         ctx.url.searchParams.set("v", "2");
       }
-      return next();
-    };
-  },
-});
-`,
-    },
+      return next();`,
   );
   const rewritten = await (await fetch(`${gw.url}/old?v=1&keep=yes`)).json();
   assert.equal(rewritten.path, "/new");
