@@ -503,6 +503,20 @@ Deno.test("a second proxy step is an error at its line", async () => {
   assert.match(issues[0]!.message, /one proxy step/);
 });
 
+Deno.test("a key naming an unknown tier is reported in the same run as errors elsewhere in the file", async () => {
+  const issues = await issuesOf(`listen: { port: 70000 }
+tiers:
+  free: { limit: 10, window: 1m }
+keys:
+  - { key: abc, tier: gold }
+${A_ROUTE}`);
+  assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [
+    ["listen.port", 1],
+    ["keys[0].tier", 5],
+  ]);
+  assert.match(issues[1]!.message, /Unknown tier "gold": the tiers are free/);
+});
+
 Deno.test("keys files and plugins are found in folders whose names hold a space, # or ?", async () => {
   await using config = await tempConfig(`tiers:
   free: { limit: 10, window: 1m }

@@ -5,7 +5,7 @@
  */
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, Scalar, visit } from "yaml";
 import type { Document, Node } from "yaml";
-import type { z } from "zod";
+import { z } from "zod";
 import { configSchema, type GatewayConfig, type RouteConfig } from "./schema.ts";
 import {
   type EnvLookup,
@@ -262,11 +262,12 @@ export async function loadConfigText(
   }
   // A failed load still names files whose fix should reload it.
   const failed = () => Object.assign(new ConfigError(path, issues), { files: [...pluginFiles] });
-  if (issues.length > 0 || !parsed.success) throw failed();
-  const { routes = [], ...rest } = parsed.data;
+  // Keys are checked against the tiers even when the rest of the file failed,
+  // so every error shows at once (when the tiers and keys themselves parse).
+  const keyed = parsed.success ? parsed.data : KEYS_AND_TIERS.safeParse(withoutNulls(raw)).data;
   const keys = new Map<string, KeyEntry>();
   const keyHashes: string[] = [];
-  const tierNames = new Set(Object.keys(rest.tiers));
+  const tierNames = new Set(Object.keys(keyed?.tiers ?? {}));
   const addKey = (at: PathSegment[], entry: { key: string; tier: string; name?: string }) => {
     if (!tierNames.has(entry.tier)) {
       issues.push({
@@ -279,7 +280,7 @@ export async function loadConfigText(
     }
     return entry.key.startsWith("sha256:") ? entry.key.slice(7).toLowerCase() : undefined;
   };
-  for (const [index, entry] of rest.keys.entries()) {
+  for (const [index, entry] of (keyed?.keys ?? []).entries()) {
     const at: PathSegment[] = ["keys", index];
     if ("redis_hash" in entry) keyHashes.push(entry.redis_hash);
     else if ("file" in entry) {
@@ -317,7 +318,8 @@ export async function loadConfigText(
       keys.set(digest, { tier: entry.tier, name: entry.name });
     }
   }
-  if (issues.length > 0) throw failed();
+  if (issues.length > 0 || !parsed.success) throw failed();
+  const { routes = [], ...rest } = parsed.data;
   const resolvedRoutes: ResolvedRoute[] = routes.map((route, index) => ({
     ...route,
     pipeline: pipelines[index] ?? [],
@@ -365,6 +367,12 @@ function placeProxy(
     line: route.line,
   });
 }
+
+/** The tiers and keys of a file, read apart from the rest. */
+const KEYS_AND_TIERS = z.object({
+  tiers: configSchema.shape.tiers,
+  keys: configSchema.shape.keys,
+});
 
 /** What resolving the entries of a file shares. */
 interface EntryContext {
