@@ -12,7 +12,6 @@ import { checkPipelines, Gateway } from "./src/gateway.ts";
 import { isLogLevel, Logger, parseLogLevel } from "./src/log.ts";
 import { BUILTIN_PLUGINS } from "./src/plugins/mod.ts";
 import { envRedisUrl } from "./src/store/mod.ts";
-import { parseRedisUrl } from "./src/store/resp_client.ts";
 
 const DEFAULT_CONFIG = "config/gateway.yaml";
 
@@ -75,13 +74,13 @@ function parseArgs(argv: readonly string[]): Args {
  * What is wrong with the environment variables the gateway reads besides the
  * file's `${VAR}`s (`REDIS_URL` is checked with the store that would use it).
  */
-function environmentErrors(env: (name: string) => string | undefined = Deno.env.get): string[] {
+function environmentErrors(): string[] {
   const errors: string[] = [];
-  const port = env("PORT");
+  const port = Deno.env.get("PORT");
   if (port && !(/^\d{1,5}$/.test(port) && Number(port) <= 65535)) {
     errors.push(`PORT="${port}": a port is a whole number from 0 to 65535`);
   }
-  const level = env("LOG_LEVEL");
+  const level = Deno.env.get("LOG_LEVEL");
   if (level && !isLogLevel(level)) {
     errors.push(`LOG_LEVEL="${level}": write debug, info, warn or error`);
   }
@@ -93,14 +92,11 @@ async function check(file: string): Promise<number> {
   for (const error of environment) console.error(error);
   try {
     const loaded = await loadConfig(file, { plugins: BUILTIN_PLUGINS });
-    const redisUrl = envRedisUrl(loaded.config.store, (name) => Deno.env.get(name));
-    if (redisUrl !== undefined) {
-      try {
-        parseRedisUrl(redisUrl);
-      } catch (error) {
-        environment.push(`REDIS_URL: ${(error as Error).message}`);
-        console.error(environment.at(-1));
-      }
+    try {
+      envRedisUrl(loaded.config.store, (name) => Deno.env.get(name));
+    } catch (error) {
+      environment.push((error as Error).message);
+      console.error(environment.at(-1));
     }
     // Each plugin is created too, as a start would: some refuse only then.
     await checkPipelines(loaded);

@@ -25,7 +25,7 @@ export function isLogLevel(text: string): text is LogLevel {
 /** Parses a `LOG_LEVEL` value; unknown values give `info`. */
 export function parseLogLevel(text: string | undefined): LogLevel {
   const value = (text ?? "").toLowerCase();
-  return Object.hasOwn(LEVELS, value) ? value as LogLevel : "info";
+  return isLogLevel(value) ? value : "info";
 }
 
 /** A structured logger that writes one JSON object per line. */

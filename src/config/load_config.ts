@@ -246,15 +246,7 @@ export async function loadConfigText(
       }
       pipeline.push(resolved);
     }
-    const second = pipeline.filter((entry) => entry.name === "proxy")[1];
-    if (second) {
-      issues.push({
-        path: second.yamlPath,
-        line: second.line,
-        message: "A route has one proxy step: the first to run answers, and no step after it runs",
-      });
-    }
-    placeProxy(pipeline, route.upstream !== undefined, options.plugins, {
+    placeProxy(pipeline, route.upstream !== undefined, options.plugins, issues, {
       yamlPath: formatPath(["routes", routeIndex, "pipeline"]),
       line: locate(["routes", routeIndex]).line,
     });
@@ -340,22 +332,32 @@ export async function loadConfigText(
  * `proxy` answers and calls no step after it, so it runs last: a step written
  * after it (a response header set on the way out, say) runs just before it.
  * A route with an upstream and no proxy step proxies, as a route does in
- * other gateways, rather than answer every request 502.
+ * other gateways, rather than answer every request 502. A second proxy step
+ * is an error.
  */
 function placeProxy(
   pipeline: ResolvedEntry[],
   hasUpstream: boolean,
   plugins: ReadonlyMap<string, PluginDefinition>,
+  issues: ConfigIssue[],
   route: { yamlPath: string; line: number | undefined },
 ): void {
   const proxies = pipeline.filter((entry) => entry.name === "proxy");
+  if (proxies.length > 1) {
+    issues.push({
+      path: proxies[1]!.yamlPath,
+      line: proxies[1]!.line,
+      message: "A route has one proxy step: the first to run answers, and no step after it runs",
+    });
+    return;
+  }
   if (proxies.length === 1) {
     const at = pipeline.indexOf(proxies[0]!);
     pipeline.push(...pipeline.splice(at, 1));
     return;
   }
   const definition = plugins.get("proxy");
-  if (proxies.length > 0 || !hasUpstream || !definition) return;
+  if (!hasUpstream || !definition) return;
   const options = definition.options.safeParse({});
   if (!options.success) return;
   pipeline.push({

@@ -22,7 +22,10 @@ export function storeKind(
   return config.url || env("REDIS_URL") ? "redis" : "memory";
 }
 
-/** `REDIS_URL`, when the store will connect to it: a redis store (or a cluster without nodes) with no url. */
+/**
+ * `REDIS_URL`, when the store will connect to it: a redis store (or a cluster
+ * without nodes) with no url. Throws, naming the variable, when it cannot be read.
+ */
 export function envRedisUrl(
   config: Pick<StoreConfig, "kind" | "url" | "nodes">,
   env: EnvLookup,
@@ -31,7 +34,15 @@ export function envRedisUrl(
   if (kind === "memory" || config.url || (kind === "redis-cluster" && config.nodes?.length)) {
     return undefined;
   }
-  return env("REDIS_URL") || undefined;
+  const url = env("REDIS_URL") || undefined;
+  if (url !== undefined) {
+    try {
+      parseRedisUrl(url);
+    } catch (error) {
+      throw new Error(`REDIS_URL: ${(error as Error).message}`);
+    }
+  }
+  return url;
 }
 
 /** Connects the configured store, wrapped with its failure policy. A Redis that is down at start is not fatal. */
@@ -40,15 +51,7 @@ export async function createStore(
   options: { env: EnvLookup; metrics: Metrics; log: Logger },
 ): Promise<ResilientStore> {
   const kind = storeKind(config, options.env);
-  const fromEnv = envRedisUrl(config, options.env);
-  const url = config.url || fromEnv || "redis://127.0.0.1:6379";
-  if (fromEnv !== undefined) {
-    try {
-      parseRedisUrl(fromEnv);
-    } catch (error) {
-      throw new Error(`REDIS_URL: ${(error as Error).message}`);
-    }
-  }
+  const url = config.url || envRedisUrl(config, options.env) || "redis://127.0.0.1:6379";
   const primary = kind === "memory" ? new MemoryStore() : await RedisStore.connect(
     kind === "redis-cluster" ? { nodes: config.nodes?.length ? config.nodes : [url] } : { url },
   );
