@@ -3,7 +3,6 @@
 -- of them or to none.
 --
 -- KEYS[i], i = 1..n   sorted set: one member per admitted unit, scored by its time (ms)
--- KEYS[n + 1]         counter that makes members unique
 -- ARGV[1]             cost (units this request takes; 0 only reads)
 -- ARGV[2]             now in ms; 0 = take it from Redis TIME (only tests pass a time)
 -- ARGV[3]             n, the number of limits
@@ -14,21 +13,18 @@
 --           remaining_1, reset_ms_1, ..., remaining_n, reset_ms_n }
 local cost = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- Redis's time names the members this call adds, even when a test gives `now`.
+local t = redis.call('TIME')
+if now == 0 then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) end
 local n = tonumber(ARGV[3])
 local allowed = 1
 local retry = 0
 local violated = 0
 local counts = {}
-local max_window = 0
 
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local window = tonumber(ARGV[3 + 2 * i])
-  if window > max_window then max_window = window end
   local key = KEYS[i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
   local count = redis.call('ZCARD', key)
@@ -48,21 +44,41 @@ for i = 1, n do
 end
 
 if allowed == 1 and cost > 0 then
-  local seq = redis.call('INCRBY', KEYS[n + 1], cost)
-  redis.call('PEXPIRE', KEYS[n + 1], max_window)
+  -- A member is named after this call's time in microseconds (and its place in the
+  -- call), which no other call of this node shares while the clock moves forward.
+  -- Should the clock have gone back onto a name still in a log, ZADD counts fewer
+  -- new members than it was given, and the missing ones go in again under new names.
+  local stamp = t[1] .. '.' .. t[2]
+  local written = {}
   for i = 1, n do
-    -- Added 500 units at a time: unpack() takes at most a few thousand values.
-    local members = {}
-    for j = 1, cost do
-      members[#members + 1] = now
-      members[#members + 1] = now .. '-' .. (seq - cost + j)
-      if #members == 1000 then
-        redis.call('ZADD', KEYS[i], unpack(members))
-        members = {}
+    local key = KEYS[i]
+    -- Limits with the same window share one log: the request is logged in it once.
+    if not written[key] then
+      written[key] = true
+      local missing = cost
+      local round = 0
+      while missing > 0 do
+        local prefix = stamp
+        if round > 0 then prefix = stamp .. ':' .. round end
+        -- Added 500 units at a time: unpack() takes at most a few thousand values.
+        local members = {}
+        for j = 1, missing do
+          members[#members + 1] = now
+          if cost == 1 and round == 0 then
+            members[#members + 1] = prefix
+          else
+            members[#members + 1] = prefix .. '-' .. j
+          end
+          if #members == 1000 then
+            missing = missing - redis.call('ZADD', key, unpack(members))
+            members = {}
+          end
+        end
+        if #members > 0 then missing = missing - redis.call('ZADD', key, unpack(members)) end
+        round = round + 1
       end
+      redis.call('PEXPIRE', key, tonumber(ARGV[3 + 2 * i]))
     end
-    if #members > 0 then redis.call('ZADD', KEYS[i], unpack(members)) end
-    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[3 + 2 * i]))
   end
 end
 
@@ -75,8 +91,13 @@ for i = 1, n do
   local remaining = limit - used
   if remaining < 0 then remaining = 0 end
   local reset = 0
-  local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-  if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+  if counts[i] > 0 then
+    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    reset = tonumber(oldest[2]) + window - now
+  elseif allowed == 1 and cost > 0 then
+    -- The log was empty: its oldest unit is this request's.
+    reset = window
+  end
   out[#out + 1] = remaining
   out[#out + 1] = reset
 end

@@ -283,7 +283,6 @@ export class RedisStore implements Store {
 
   async window(query: WindowQuery): Promise<WindowDecision> {
     const keys = query.limits.map((limit) => limitKey(query.key, query.algorithm, limit.windowMs));
-    if (query.algorithm === "log") keys.push(`${query.key}:seq`);
     const args: (string | number)[] = [query.cost, query.now ?? 0, query.limits.length];
     for (const limit of query.limits) args.push(limit.limit, limit.windowMs);
     const reply = await this.#run(SCRIPT_OF[query.algorithm], keys, args) as number[];
