@@ -28,9 +28,10 @@ for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
   local window = tonumber(ARGV[3 + 2 * i])
   local bucket = math.floor(now / window)
-  local b = tonumber(redis.call('HGET', KEYS[i], 'b') or '-1')
+  local stored_bucket, stored_count = unpack(redis.call('HMGET', KEYS[i], 'b', 'n'))
+  local b = tonumber(stored_bucket or '-1')
   local count = 0
-  if b == bucket then count = tonumber(redis.call('HGET', KEYS[i], 'n') or '0') end
+  if b == bucket then count = tonumber(stored_count or '0') end
   counts[i], buckets[i], stored[i] = count, bucket, b
   if count + cost > limit then
     allowed = 0
@@ -55,11 +56,12 @@ for i = 1, n do
     if not written[KEYS[i]] then
       written[KEYS[i]] = true
       if stored[i] == buckets[i] then
+        -- The key already expires when this window ends.
         redis.call('HINCRBY', KEYS[i], 'n', cost)
       else
         redis.call('HSET', KEYS[i], 'b', buckets[i], 'n', cost)
+        redis.call('PEXPIRE', KEYS[i], reset)
       end
-      redis.call('PEXPIRE', KEYS[i], reset)
     end
   end
   local remaining = limit - count

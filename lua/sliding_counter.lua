@@ -44,8 +44,9 @@ for i = 1, n do
   local window = tonumber(ARGV[3 + 2 * i])
   local bucket = math.floor(now / window)
   local r = now - bucket * window
-  local curr = tonumber(redis.call('HGET', KEYS[i], bucket) or '0')
-  local prev = tonumber(redis.call('HGET', KEYS[i], bucket - 1) or '0')
+  local stored_curr, stored_prev = unpack(redis.call('HMGET', KEYS[i], bucket, bucket - 1))
+  local curr = tonumber(stored_curr or '0')
+  local prev = tonumber(stored_prev or '0')
   prevs[i], currs[i], buckets[i], elapsed[i] = prev, curr, bucket, r
   if prev * (window - r) + (curr + cost) * window > limit * window then
     allowed = 0
@@ -68,12 +69,16 @@ for i = 1, n do
     if not written[KEYS[i]] then
       written[KEYS[i]] = true
       redis.call('HINCRBY', KEYS[i], buckets[i], cost)
-      if redis.call('HLEN', KEYS[i]) > 2 then
-        for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
-          if tonumber(field) < buckets[i] - 1 then redis.call('HDEL', KEYS[i], field) end
+      -- The first write of a bucket drops the buckets before the previous one,
+      -- and keeps the key until this bucket stops counting (the end of the next).
+      if currs[i] == 0 then
+        if redis.call('HLEN', KEYS[i]) > 2 then
+          for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
+            if tonumber(field) < buckets[i] - 1 then redis.call('HDEL', KEYS[i], field) end
+          end
         end
+        redis.call('PEXPIRE', KEYS[i], (buckets[i] + 2) * window - now)
       end
-      redis.call('PEXPIRE', KEYS[i], 2 * window)
     end
   end
   local scaled = limit * window - prevs[i] * (window - elapsed[i]) - curr * window

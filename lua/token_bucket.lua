@@ -23,8 +23,9 @@ if now == 0 then
 end
 local max_delay = tonumber(ARGV[6])
 
-local tokens = tonumber(redis.call('HGET', KEYS[1], 't') or burst)
-local at = tonumber(redis.call('HGET', KEYS[1], 'at') or now)
+local stored_tokens, stored_at = unpack(redis.call('HMGET', KEYS[1], 't', 'at'))
+local tokens = tonumber(stored_tokens or burst)
+local at = tonumber(stored_at or now)
 if now > at then
   tokens = math.min(burst, tokens + (now - at) * rate / period)
   at = now

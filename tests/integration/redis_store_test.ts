@@ -70,6 +70,40 @@ redisTest("every key a decision writes expires", async () => {
   }
 });
 
+redisTest(
+  "counter and fixed keys hold only the buckets that still count, until they stop counting",
+  async () => {
+    await using server = await RedisServer.start();
+    const store = await RedisStore.connect({ url: server.url });
+    try {
+      const limits = [{ limit: 100, windowMs: 1_000 }];
+      const ttl = async (key: string) => Number((await server.cli(["PTTL", key])).trim());
+      const at = (algorithm: "counter" | "fixed", now: number) =>
+        store.window({ key: "{sluice:r:b}", algorithm, limits, cost: 1, now });
+      const counter = limitKey("{sluice:r:b}", "counter", 1_000);
+      const fixed = limitKey("{sluice:r:b}", "fixed", 1_000);
+      // Bucket 10000, then twice in bucket 10001: the counter's bucket 10001 counts
+      // until bucket 10002 ends, the fixed window's until bucket 10001 ends.
+      for (const now of [10_000_500, 10_001_200, 10_001_900]) {
+        await at("counter", now);
+        await at("fixed", now);
+      }
+      assert.ok(
+        (await ttl(counter)) <= 10_003_000 - 10_001_200,
+        `counter PTTL ${await ttl(counter)}`,
+      );
+      assert.ok((await ttl(fixed)) <= 10_002_000 - 10_001_200, `fixed PTTL ${await ttl(fixed)}`);
+      assert.equal((await server.cli(["HLEN", counter])).trim(), "2");
+      // Bucket 10003: buckets 10000 and 10001 no longer count.
+      const next = await at("counter", 10_003_100);
+      assert.equal(next.states[0]!.remaining, 99);
+      assert.deepEqual((await server.cli(["HKEYS", counter])).trim().split("\n"), ["10003"]);
+    } finally {
+      await store.close();
+    }
+  },
+);
+
 redisTest("decisions take the time from Redis, not from the gateway", async () => {
   await using server = await RedisServer.start();
   const store = await RedisStore.connect({ url: server.url });
