@@ -613,3 +613,75 @@ Deno.test("an upstream URL with a user or password is an error that does not rep
     assert.ok(!/Sup3rSecret|Other5ecret|Third5ecret/.test(issue.message), issue.message);
   }
 });
+
+Deno.test("a redis_hash with the memory store is an error at its line; with REDIS_URL it loads", async () => {
+  const yaml = `keys:
+  - { key: k1, tier: free }
+  - { redis_hash: sluice:keys }
+tiers:
+  free: { limit: 1, window: 1m }
+routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { identify: {} }, { tier: {} }, { proxy: {} } ]
+`;
+  const issues = await issuesOf(yaml);
+  assert.equal(issues.length, 1);
+  assert.equal(issues[0]!.path, "keys[1].redis_hash");
+  assert.equal(issues[0]!.line, 3);
+  assert.match(issues[0]!.message, /needs a Redis store/);
+  await using config = await tempConfig(yaml);
+  const env: Record<string, string> = { REDIS_URL: "redis://127.0.0.1:6379" };
+  await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: (name) => env[name] });
+});
+
+Deno.test("a key listed twice with two tiers is an error, in the config and in a keys file", async () => {
+  await using config = await tempConfig(
+    `keys:
+  - { key: k1, tier: free }
+  - { key: k1, tier: paid }
+  - { file: ./keys.yaml }
+tiers:
+  free: { limit: 1, window: 1m }
+  paid: { limit: 9, window: 1m }
+routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+`,
+  );
+  await Deno.writeTextFile(
+    `${config.dir}/keys.yaml`,
+    `- { key: k2, tier: free }\n- { key: k1, tier: free }\n`,
+  );
+  const error = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined })
+    .catch((error) => error);
+  assert.ok(error instanceof ConfigError, String(error));
+  assert.deepEqual(error.issues.map((issue) => [issue.path, issue.line]), [
+    ["keys[1].key", 3],
+    ["keys[2].file", 4],
+  ]);
+  assert.match(error.issues[0]!.message, /listed before with tier "free"/);
+  assert.match(error.issues[1]!.message, /keys\.yaml:2: .*listed before with tier "paid"/);
+});
+
+Deno.test("a bare number as a key in a keys file is an error that says to quote it", async () => {
+  await using config = await tempConfig(
+    `keys: [ { file: ./keys.yaml } ]
+tiers:
+  free: { limit: 1, window: 1m }
+routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+`,
+  );
+  await Deno.writeTextFile(
+    `${config.dir}/keys.yaml`,
+    `- { key: abc, tier: free }\n- { key: 0012345, tier: free }\n`,
+  );
+  const error = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined })
+    .catch((error) => error);
+  assert.ok(error instanceof ConfigError, String(error));
+  assert.match(error.issues[0]!.message, /keys\.yaml:2: a key is text: quote it/);
+});

@@ -18,6 +18,7 @@ import {
 } from "./interpolate.ts";
 import { isPluginDefinition, type KeyEntry, type PluginDefinition } from "../plugin.ts";
 import { sha256Hex } from "../digest.ts";
+import { storeKind } from "../store/store.ts";
 
 /** One problem found in a config file. */
 export interface ConfigIssue {
@@ -172,7 +173,8 @@ export async function loadConfigText(
     locateNode(doc, lineCounter, segments, atKey);
   // Where a whole `${VAR}` was read as a number or boolean: its text, should a string be wanted.
   const retyped = new Map<string, string>();
-  interpolateDocument(doc, guarded.restore, options.env ?? processEnv, locate, issues, retyped);
+  const env = options.env ?? processEnv;
+  interpolateDocument(doc, guarded.restore, env, locate, issues, retyped);
   if (issues.length > 0) throw new ConfigError(path, issues);
 
   let raw: unknown;
@@ -272,10 +274,27 @@ export async function loadConfigText(
     }
     return entry.key.startsWith("sha256:") ? entry.key.slice(7).toLowerCase() : undefined;
   };
+  // One key with two tiers: whichever came last would win, silently.
+  const twiceWith = (digest: string, tier: string) => {
+    const earlier = keys.get(digest)?.tier;
+    return earlier === undefined || earlier === tier
+      ? undefined
+      : `This key is listed before with tier "${earlier}": a key has one tier`;
+  };
   for (const [index, entry] of (keyed?.keys ?? []).entries()) {
     const at: PathSegment[] = ["keys", index];
-    if ("redis_hash" in entry) keyHashes.push(entry.redis_hash);
-    else if ("file" in entry) {
+    if ("redis_hash" in entry) {
+      keyHashes.push(entry.redis_hash);
+      // The memory store holds no hashes: every key would be unknown.
+      if (parsed.success && storeKind(parsed.data.store, env) === "memory") {
+        issues.push({
+          ...locate([...at, "redis_hash"]),
+          path: formatPath([...at, "redis_hash"]),
+          message:
+            "A redis_hash needs a Redis store: set store.url (or REDIS_URL), or list the keys here or in a file",
+        });
+      }
+    } else if ("file" in entry) {
       const file = relativeFile(entry.file, path);
       pluginFiles.add(file);
       const fileKeys = await loadKeysFile(file);
@@ -296,6 +315,14 @@ export async function loadConfigText(
             message: `${file}:${item.line}: unknown tier "${item.tier}"`,
           });
         }
+        const twice = twiceWith(item.digest, item.tier);
+        if (twice) {
+          issues.push({
+            ...locate([...at, "file"]),
+            path: formatPath([...at, "file"]),
+            message: `${file}:${item.line}: ${twice}`,
+          });
+        }
         keys.set(item.digest, { tier: item.tier, name: item.name });
       }
     } else {
@@ -305,6 +332,14 @@ export async function loadConfigText(
           ...locate([...at, "key"]),
           path: formatPath([...at, "key"]),
           message: "A sha256: key must be 64 hex digits",
+        });
+      }
+      const twice = twiceWith(digest, entry.tier);
+      if (twice) {
+        issues.push({
+          ...locate([...at, "key"]),
+          path: formatPath([...at, "key"]),
+          message: twice,
         });
       }
       keys.set(digest, { tier: entry.tier, name: entry.name });
@@ -856,6 +891,9 @@ async function loadKeysFile(
     const value = (item as { toJSON?: () => unknown })?.toJSON?.() as
       | Record<string, unknown>
       | undefined;
+    if (value && (typeof value.key === "number" || typeof value.key === "boolean")) {
+      return { error: `${file}:${line}: a key is text: quote it (key: "...")` };
+    }
     if (!value || typeof value.key !== "string" || typeof value.tier !== "string") {
       return { error: `${file}:${line}: each key needs key and tier` };
     }

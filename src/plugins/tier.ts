@@ -11,12 +11,16 @@ import { rememberBounded } from "../bounded_map.ts";
 import { keyDigest } from "../digest.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
-import { clientIdOf } from "./_limit.ts";
+import { clientIdOf, storeUnavailable } from "./_limit.ts";
 
 const CACHE_MAX = 50_000;
 /** Unknown keys are remembered apart, fewer and shorter: junk keys must not push out known ones. */
 const MISSES_MAX = 10_000;
 const MISS_TTL_MS = 5_000;
+/** At most one warning per this long about keys the store could not look up. */
+const WARN_EVERY_MS = 10_000;
+/** A key the store could not look up (it failed, and the key was never cached). */
+const UNREADABLE = Symbol("unreadable");
 
 export default definePlugin({
   name: "tier",
@@ -53,7 +57,10 @@ export default definePlugin({
     // Keys not found, for a short while.
     const misses = new Map<string, number>();
 
-    async function fromHashes(digest: string): Promise<string | undefined> {
+    let warnedAt = -Infinity;
+    let unwarned = 0;
+
+    async function fromHashes(digest: string): Promise<string | undefined | typeof UNREADABLE> {
       const now = Date.now();
       const cached = cache.get(digest);
       if (cached && cached.until > now) return cached.tier;
@@ -63,9 +70,15 @@ export default definePlugin({
         try {
           tier = await gateway.store.hashGet(hash, digest);
         } catch (error) {
-          // The store is failing: use what we knew, however old, else treat as unknown.
-          log.warn("cannot read API keys from the store", { hash, error });
-          return cached?.tier;
+          // The store is failing: use what we knew, however old. A key never
+          // seen is not unknown, only unread: `decide` says what it gets.
+          unwarned++;
+          if (now - warnedAt >= WARN_EVERY_MS) {
+            log.warn("cannot read API keys from the store", { hash, error, lookups: unwarned });
+            warnedAt = now;
+            unwarned = 0;
+          }
+          return cached?.tier ?? UNREADABLE;
         }
         if (tier !== undefined) break;
       }
@@ -103,12 +116,22 @@ export default definePlugin({
       return decide(ctx, client.key).then((answer) => answer ?? next());
     };
 
-    /** Sets the caller's tier, or answers 401 for an unknown key. */
+    /**
+     * Sets the caller's tier, or answers 401 for an unknown key (503 for a key
+     * the store could not look up, when the store fails closed).
+     */
     async function decide(ctx: RequestContext, key: string): Promise<Response | undefined> {
       const digest = await keyDigest(key);
-      let name = keys.get(digest)?.tier;
+      let name: string | undefined | typeof UNREADABLE = keys.get(digest)?.tier;
       if (name === undefined && hashes.length > 0) name = await fromHashes(digest);
-      if (name === undefined || !Object.hasOwn(tiers, name)) {
+      if (name === UNREADABLE) {
+        // A store that is down is `on_failure`'s business, never the key's:
+        // failing closed answers 503; else the caller gets the default tier,
+        // counted as its address (a made-up key must bring no fresh quota).
+        if (gateway.store.health().on_failure === "deny") return storeUnavailable(1_000);
+        name = options.default;
+        countAsAddress(ctx);
+      } else if (name === undefined || !Object.hasOwn(tiers, name)) {
         if (options.unknown_key === "reject") {
           return problem(401, {
             type: `${PROBLEM_TYPE_BASE}unknown-api-key`,
@@ -117,11 +140,7 @@ export default definePlugin({
           });
         }
         name = options.unknown_key;
-        // A key nobody knows names nobody: it is counted as its address, as if
-        // it had sent no key. Counted as itself, every made-up key would bring
-        // a fresh quota.
-        const client = ctx.client!;
-        ctx.client = { id: `ip:${client.ip}`, kind: "ip", key: client.key, ip: client.ip };
+        countAsAddress(ctx);
       }
       ctx.tier = name;
       gateway.clients.seen(clientIdOf(ctx), name, route.name);
@@ -129,3 +148,12 @@ export default definePlugin({
     }
   },
 });
+
+/**
+ * A key nobody knows names nobody: it is counted as its address, as if it had
+ * sent no key. Counted as itself, every made-up key would bring a fresh quota.
+ */
+function countAsAddress(ctx: RequestContext): void {
+  const client = ctx.client!;
+  ctx.client = { id: `ip:${client.ip}`, kind: "ip", key: client.key, ip: client.ip };
+}

@@ -7,20 +7,10 @@ import { MemoryStore } from "./memory_store.ts";
 import { RedisStore } from "./redis_store.ts";
 import { parseRedisUrl } from "./resp_client.ts";
 import { ResilientStore } from "./resilient_store.ts";
-import type { StoreKind } from "./store.ts";
+import { storeKind } from "./store.ts";
 
 /** The store section as the config gives it. */
 export type StoreConfig = GatewayConfig["store"];
-
-/** The store kind in force: `kind`, else redis when a url (or `REDIS_URL`) is given, else memory. */
-export function storeKind(
-  config: Pick<StoreConfig, "kind" | "url" | "nodes">,
-  env: EnvLookup,
-): StoreKind {
-  if (config.kind) return config.kind;
-  if (config.nodes && config.nodes.length > 0) return "redis-cluster";
-  return config.url || env("REDIS_URL") ? "redis" : "memory";
-}
 
 /**
  * `REDIS_URL`, when the store will connect to it: a redis store (or a cluster

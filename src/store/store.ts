@@ -2,6 +2,7 @@
  * The narrow store interface: what the limit plugins need of a store, no more.
  * Every algorithm is one call, atomic on the store, with the store's clock.
  */
+import type { EnvLookup } from "../config/interpolate.ts";
 
 /** The sliding-window algorithms. */
 export type WindowAlgorithm = "log" | "counter" | "fixed";
@@ -85,6 +86,16 @@ export interface Store {
   /** Resolves when the store answers. */
   ping(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** The store kind in force: `kind`, else redis when a url (or `REDIS_URL`) is given, else memory. */
+export function storeKind(
+  config: { kind?: StoreKind; url?: string; nodes?: readonly string[] },
+  env: EnvLookup,
+): StoreKind {
+  if (config.kind) return config.kind;
+  if (config.nodes && config.nodes.length > 0) return "redis-cluster";
+  return config.url || env("REDIS_URL") ? "redis" : "memory";
 }
 
 /** The key of one limit of a window decision: the window, never the limit, so a tier change keeps counters. */

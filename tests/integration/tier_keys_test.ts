@@ -87,6 +87,7 @@ redisTest(
     await using upstream = startUpstream(() => new Response("ok"));
     await using redis = await RedisServer.start();
     await redis.cli(["HSET", "sluice:keys", await sha256Hex("gold-key"), "gold"]);
+    await redis.cli(["HSET", "sluice:keys", await sha256Hex("unread-key"), "gold"]);
     await using gw = await startGateway(
       yaml(
         upstream.url,
@@ -108,6 +109,13 @@ redisTest(
     );
     await new Promise((resolve) => setTimeout(resolve, 300)); // past cache_ttl
     assert.equal(await policy(gw.url, "gold-key"), `"gold";q=3;w=3600`, "during the outage");
+    // A key never read cannot be told known or unknown: it is not refused as
+    // unknown, it gets the default tier, counted as its address (whose one
+    // request an hour the keyless requests above spent).
+    const unread = await fetch(gw.url, { headers: { "x-api-key": "unread-key" } });
+    await unread.body?.cancel();
+    assert.equal(unread.status, 429);
+    assert.equal(unread.headers.get("ratelimit-policy"), `"free";q=1;w=3600`);
     // Redis comes back empty; the key is written again, with another tier.
     await redis.restart();
     await redis.cli(["HSET", "sluice:keys", await sha256Hex("gold-key"), "free"]);
@@ -115,6 +123,29 @@ redisTest(
       await waitFor(async () => (await policy(gw.url, "gold-key")) === `"free";q=1;w=3600`, 10_000),
       "after the outage the key is read from Redis again",
     );
+  },
+);
+
+redisTest(
+  "with on_failure: deny, a key the store cannot look up is answered 503, not 401",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await using gw = await startGateway(
+      yaml(
+        upstream.url,
+        "  - { redis_hash: sluice:keys }",
+        `store: { kind: redis, url: ${redis.url}, on_failure: deny, timeout: 50ms }\n`,
+      ),
+    );
+    await redis.kill();
+    const response = await fetch(gw.url, { headers: { "x-api-key": "some-key" } });
+    assert.equal(response.status, 503);
+    assert.equal(
+      (await response.json()).type,
+      "urn:sluice:problem:limit-store-unavailable",
+    );
+    assert.ok(Number(response.headers.get("retry-after")) >= 1);
   },
 );
 
