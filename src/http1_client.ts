@@ -47,6 +47,12 @@ export interface Http1Init {
    * its end: a wait for the answer may count from the last byte sent.
    */
   onBodyProgress?: () => void;
+  /**
+   * Called once when a response body that is streamed (one that did not come
+   * whole with the head) ends: read to its end, failed on the upstream's side
+   * (closed early, a bad chunk), or cancelled by its reader.
+   */
+  onBodyEnd?: (end: "complete" | "failed" | "cancelled") => void;
 }
 
 /** The request body's source failed (the client hung up mid-upload): not the upstream's fault. */
@@ -422,12 +428,13 @@ export class Http1Client {
       ? fixedStream(reader, length)
       : untilCloseStream(reader);
     let done = false;
-    const finish = (reusable: boolean) => {
+    const finish = (reusable: boolean, end: "complete" | "failed" | "cancelled") => {
       if (done) return;
       done = true;
       detach();
       if (reusable) this.#release(connection, close);
       else this.#discard(connection);
+      init.onBodyEnd?.(end);
     };
     const source = stream[Symbol.asyncIterator]();
     const readable = new ReadableStream<Uint8Array>({
@@ -435,18 +442,18 @@ export class Http1Client {
         try {
           const next = await source.next();
           if (next.done) {
-            finish(!untilClose && (length !== undefined || chunked));
+            finish(!untilClose && (length !== undefined || chunked), "complete");
             controller.close();
           } else {
             controller.enqueue(next.value);
           }
         } catch (error) {
-          finish(false);
+          finish(false, "failed");
           controller.error(error);
         }
       },
       cancel() {
-        finish(false);
+        finish(false, "cancelled");
       },
     }, { highWaterMark: 0 });
     return answer(readable, responseInit, false);

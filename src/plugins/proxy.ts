@@ -3,7 +3,7 @@
  * back, with the header rules of DESIGN.md section 3.
  */
 import { z } from "zod";
-import { BREAKERS, circuitOpen } from "../breaker.ts";
+import { type Breaker, BREAKERS, circuitOpen } from "../breaker.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { TargetPool } from "../upstream_pool.ts";
@@ -129,11 +129,49 @@ function isRefused(error: unknown): boolean {
   return errorText(error).toLowerCase().includes("connection refused");
 }
 
+/** How a streamed answer's body ended. */
+type BodyEnd = "complete" | "failed" | "cancelled";
+
 type Attempt =
-  | { kind: "response"; response: Response; seconds: number }
+  | {
+    kind: "response";
+    response: Response;
+    seconds: number;
+    /** Calls `then` once the body streamed from the upstream ends (for the gateway's own client). */
+    whenBodyEnds: (then: (end: BodyEnd) => void) => void;
+  }
   | { kind: "timeout"; seconds: number }
   | { kind: "client_closed"; seconds: number }
   | { kind: "unreachable"; error: unknown; seconds: number };
+
+/**
+ * Tells a breaker how an answer went. An answer is a success once its body
+ * arrived whole: an upstream that drops the connection mid-body is failing,
+ * and a half-open probe proves nothing before its body is through.
+ */
+function recordAnswer(
+  ctx: RequestContext,
+  breaker: Breaker,
+  result: Extract<Attempt, { kind: "response" }>,
+  startedAt: number,
+): void {
+  const ok = !breaker.isFailureStatus(result.response.status);
+  if (!ok || !isClientResponse(result.response) || isBodyComplete(result.response)) {
+    breaker.record(ok, Date.now(), startedAt);
+    return;
+  }
+  let settled = false;
+  const settle = (end: BodyEnd) => {
+    if (settled) return;
+    settled = true;
+    if (end === "cancelled") breaker.cancel(startedAt);
+    else breaker.record(end === "complete", Date.now(), startedAt);
+  };
+  result.whenBodyEnds(settle);
+  // A body nobody read nor cancelled (a later step answered instead) ends with the request.
+  const unread = () => settle("cancelled");
+  ctx.completed.then(unread, unread);
+}
 
 function isConnectionError(error: unknown): boolean {
   const text = errorText(error).toLowerCase();
@@ -186,6 +224,8 @@ export default definePlugin({
     ): Promise<Attempt> {
       const deadline = DEADLINES.start(timeoutMs, () => ctx.signal);
       const started = performance.now();
+      let ended: BodyEnd | undefined;
+      let onEnd: ((end: BodyEnd) => void) | undefined;
       const init: RequestInit & Http1Init = {
         method: ctx.request.method,
         headers,
@@ -197,13 +237,25 @@ export default definePlugin({
         // The wait for the answer counts from the upload's last byte: a slow
         // upload is not the upstream's delay (a stalled one still times out).
         onBodyProgress: body ? () => deadline.extend() : undefined,
+        onBodyEnd: (end) => {
+          if (onEnd) onEnd(end);
+          else ended = end;
+        },
       };
       try {
         const response = await gateway.fetch(
           upstreamUrl(target, ctx.url.pathname, forwardedQuery(ctx), stripPrefix),
           init,
         );
-        return { kind: "response", response, seconds: (performance.now() - started) / 1000 };
+        return {
+          kind: "response",
+          response,
+          seconds: (performance.now() - started) / 1000,
+          whenBodyEnds: (then) => {
+            if (ended) then(ended);
+            else onEnd = then;
+          },
+        };
       } catch (error) {
         const seconds = (performance.now() - started) / 1000;
         // A client that hung up, mid-upload too, says nothing about the upstream.
@@ -262,7 +314,7 @@ export default definePlugin({
         }
         const breaker = breakers?.of(target);
         if (result.kind === "response") {
-          breaker?.record(!breaker.isFailureStatus(result.response.status), Date.now(), startedAt);
+          if (breaker) recordAnswer(ctx, breaker, result, startedAt);
         } else if (result.kind === "client_closed") {
           breaker?.cancel(startedAt);
         } else {

@@ -122,6 +122,42 @@ Deno.test("timeouts and refused connections count as failures", async () => {
   assert.equal((await get(`${gw2.url}/x`)).status, 503);
 });
 
+Deno.test("an upstream that drops the connection mid-body counts as failing", async () => {
+  // Announces 1000 bytes, sends 5, hangs up.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let calls = 0;
+  const serving = (async () => {
+    for await (const conn of listener) {
+      calls++;
+      (async () => {
+        await conn.read(new Uint8Array(4096));
+        await conn.write(
+          new TextEncoder().encode("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nhello"),
+        );
+        await delay(20);
+        conn.close();
+      })().catch(() => {});
+    }
+  })().catch(() => {});
+  try {
+    await using gw = await startGateway(
+      yaml(`{ url: http://127.0.0.1:${listener.addr.port} }`, BREAKER.replace("500ms", "30s")),
+    );
+    for (let i = 0; i < 4; i++) {
+      const response = await fetch(`${gw.url}/x`);
+      assert.equal(response.status, 200);
+      await assert.rejects(response.text(), `answer ${i} was cut short`);
+    }
+    await waitFor(async () => (await breakerGauge(gw.adminUrl)) === 2, 2_000);
+    const open = await get(`${gw.url}/x`);
+    assert.equal(open.status, 503);
+    assert.equal(calls, 4);
+  } finally {
+    listener.close();
+    await serving;
+  }
+});
+
 Deno.test("breaker state survives an unrelated config edit", async () => {
   await using upstream = startUpstream(() => new Response("broken", { status: 503 }));
   await using gw = await startGateway(
