@@ -239,6 +239,10 @@ export class RedisStore implements Store {
           enableOfflineQueue: false,
           lazyConnect: true,
           enableAutoPipelining: true,
+          // ioredis groups a turn's commands by the slot of their first
+          // argument: for a script that is its SHA, not a key, and one pipeline
+          // of keys on several masters fails whole. Scripts go on their own.
+          autoPipeliningIgnoredCommands: ["evalsha", "eval"],
           clusterRetryStrategy: (times: number) => Math.min(100 * times, 1_000),
           // The slot table is read again every second: a master that returns
           // (or a replica promoted in its place) is found while the store is

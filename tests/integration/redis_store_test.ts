@@ -148,6 +148,34 @@ redisTest("the log counts every unit when Redis's clock repeats a microsecond", 
   assert.deepEqual((await decide(3)).slice(0, 4), [0, 60_000, 1, 2]);
 });
 
+redisTest(
+  "on a 3-master cluster, decisions made together for clients on different masters all pass",
+  async () => {
+    await using cluster = await RedisCluster.start();
+    const store = await RedisStore.connect({ nodes: cluster.nodes });
+    try {
+      const limits = [{ limit: 5, windowMs: 60_000 }];
+      for (const algorithm of ["log", "counter", "fixed"] as const) {
+        // Twelve clients in one turn of the event loop: their keys hash to every master.
+        const decisions = await Promise.all(
+          Array.from(
+            { length: 12 },
+            (_, i) =>
+              store.window({ key: `{sluice:r:ip:10.0.0.${i}}`, algorithm, limits, cost: 1 }),
+          ),
+        );
+        assert.deepEqual(
+          decisions.map((d) => d.states[0]!.remaining),
+          Array(12).fill(4),
+          algorithm,
+        );
+      }
+    } finally {
+      await store.close();
+    }
+  },
+);
+
 redisTest("on a 3-master cluster every key of a decision lands in one slot", async () => {
   await using cluster = await RedisCluster.start();
   const store = await RedisStore.connect({ nodes: cluster.nodes });
