@@ -48,6 +48,8 @@ interface Commands {
     args: readonly (string | number)[],
   ): Promise<unknown>;
   hget(key: string, field: string): Promise<string | null>;
+  /** Hears of a failed script call (a node that became a replica answers READONLY). */
+  failed?(error: unknown): void;
   ping(): Promise<void>;
   /** Connects, or starts connecting again after giving up; rejects when it cannot. */
   connect(): Promise<void>;
@@ -68,9 +70,14 @@ class PingTimeout extends Error {
   }
 }
 
+/** A node that cannot take writes: a replica (after a failover), or a primary that lost its replicas. */
+const NOT_WRITABLE = /^(READONLY|MASTERDOWN)\b/;
+
 /** One node through {@linkcode RespClient}. */
 class NodeCommands implements Commands {
   #client: RespClient;
+  /** The node refused a write: the probe must see a write pass before the store is up. */
+  #notWritable = false;
 
   constructor(client: RespClient) {
     this.#client = client;
@@ -96,12 +103,28 @@ class NodeCommands implements Commands {
     return await this.#client.send(["HGET", key, field]) as string | null;
   }
 
+  failed(error: unknown): void {
+    if (this.#notWritable || !NOT_WRITABLE.test((error as Error)?.message ?? "")) return;
+    // A failover made this node a replica. A new connection finds the primary
+    // where the URL's host name now points (DNS, a proxy, Sentinel's address).
+    this.#notWritable = true;
+    this.#client.reset(`it answered ${(error as Error).message.split(" ")[0]}`);
+  }
+
   async ping(): Promise<void> {
     await this.connect();
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       await Promise.race([
-        this.#client.send(["PING"]),
+        // A replica answers PING: after a refused write, only a write proves the node is back.
+        this.#notWritable
+          ? this.#client.send(["SET", "sluice:probe", "1", "PX", "1000"]).catch((error) => {
+            if (NOT_WRITABLE.test((error as Error)?.message ?? "")) {
+              this.#client.reset("it still refuses writes");
+            }
+            throw error;
+          }).then(() => this.#notWritable = false)
+          : this.#client.send(["PING"]),
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new PingTimeout()), PING_TIMEOUT_MS);
         }),
@@ -280,7 +303,10 @@ export class RedisStore implements Store {
     try {
       return await this.#commands.evalsha(script.sha, keys, args);
     } catch (error) {
-      if (!isNoScript(error)) throw error;
+      if (!isNoScript(error)) {
+        this.#commands.failed?.(error);
+        throw error;
+      }
       return await this.#commands.eval(script.source, keys, args);
     }
   }

@@ -171,6 +171,54 @@ redisTest(
 );
 
 redisTest(
+  "a Redis turned replica by a failover keeps the store down (no flapping) until it takes writes again",
+  async () => {
+    await using primary = await RedisServer.start();
+    await using other = await RedisServer.start();
+    const store = new ResilientStore(await RedisStore.connect({ url: primary.url }), {
+      timeoutMs: 100,
+      onFailure: "local",
+    });
+    try {
+      const decide = () =>
+        store.window({
+          key: "{sluice:api:ip:10.0.0.1}",
+          algorithm: "log",
+          limits: [{ limit: 1_000, windowMs: 60_000 }],
+          cost: 1,
+        });
+      assert.equal((await decide()).source, "store");
+      await primary.cli(["REPLICAOF", "127.0.0.1", String(other.port)]);
+      assert.ok(
+        await waitFor(async () => {
+          await decide();
+          return store.health().state === "down";
+        }, 5_000),
+        "the store was marked down",
+      );
+      // A replica answers PING: the probe must not bring the store up.
+      const states = new Set<string>();
+      const sources = new Set<string>();
+      const until = Date.now() + 2_000;
+      while (Date.now() < until) {
+        sources.add((await decide()).source);
+        states.add(store.health().state);
+        await delay(50);
+      }
+      assert.deepEqual([...states], ["down"]);
+      assert.deepEqual([...sources], ["local"]);
+      await primary.cli(["REPLICAOF", "NO", "ONE"]);
+      assert.ok(
+        await waitFor(async () => (await decide()).source === "store", 5_000),
+        "decided by Redis again once it takes writes",
+      );
+    } finally {
+      await store.close();
+    }
+  },
+);
+
+redisTest(
   "cluster: with one master dead the store stays down (no flapping) until it returns",
   async () => {
     await using cluster = await RedisCluster.start();
