@@ -89,6 +89,16 @@ export function lastSpentQuota(ctx: RequestContext): PolicyReport | undefined {
   return last;
 }
 
+/**
+ * The wait a refusal gives, in ms: its own, or longer when a limit step before
+ * it counted this request against a quota now spent (a retry passes only once
+ * that quota has room again).
+ */
+export function waitPastSpentQuota(ctx: RequestContext, ms: number): number {
+  const spent = lastSpentQuota(ctx);
+  return spent ? Math.max(ms, spent.resetSeconds * 1000) : ms;
+}
+
 /** Marks `response` as built with {@linkcode addGatewayHeaders}; returns it. */
 export function seal(ctx: RequestContext, response: Response): Response {
   (response as Marked)[SEALED] = ctx;

@@ -8,6 +8,7 @@ import { z } from "zod";
 import { BREAKERS, BreakerSet, circuitOpen } from "../breaker.ts";
 import { duration } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
+import { waitPastSpentQuota } from "../response_headers.ts";
 
 const DEFAULT_FAILURE_STATUSES = [500, 502, 503, 504];
 
@@ -51,7 +52,7 @@ export default definePlugin({
       const now = Date.now();
       if (!targets.some((target) => breakers.of(target).available(now))) {
         const left = Math.min(...targets.map((target) => breakers.of(target).openLeft(now)));
-        return circuitOpen(route.name, left);
+        return circuitOpen(route.name, waitPastSpentQuota(ctx, left));
       }
       ctx.set(BREAKERS, breakers);
       return next();

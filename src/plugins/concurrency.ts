@@ -7,6 +7,7 @@
 import { z } from "zod";
 import { duration } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
+import { waitPastSpentQuota } from "../response_headers.ts";
 import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { isBodyComplete } from "../http1_client.ts";
 
@@ -104,7 +105,6 @@ export default definePlugin({
     onStatus(() => ({
       concurrency: { max: opts.max, inflight: semaphore.active, queued: semaphore.waiting },
     }));
-    const retryAfterSeconds = Math.max(1, Math.ceil(opts.queue_timeout / 1000));
 
     return async function concurrency(ctx, next) {
       const result = semaphore.tryAcquire()
@@ -118,7 +118,10 @@ export default definePlugin({
           detail: result === "full"
             ? `Route "${route.name}" has ${opts.max} requests in flight and ${opts.queue} waiting`
             : `No slot freed within ${opts.queue_timeout} ms`,
-          retryAfterSeconds,
+          retryAfterSeconds: Math.max(
+            1,
+            Math.ceil(waitPastSpentQuota(ctx, opts.queue_timeout) / 1000),
+          ),
         });
       }
       let response: Response;

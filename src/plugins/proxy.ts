@@ -14,7 +14,7 @@ import {
   isBodyComplete,
   isClientResponse,
 } from "../http1_client.ts";
-import { addGatewayHeaders, seal } from "../response_headers.ts";
+import { addGatewayHeaders, seal, waitPastSpentQuota } from "../response_headers.ts";
 import { dropHopByHop } from "../hop_by_hop.ts";
 import { Deadlines } from "../deadlines.ts";
 
@@ -329,7 +329,12 @@ export default definePlugin({
         });
       }
       if (!result || target === undefined) {
-        return circuitOpen(route.name, 1_000);
+        // Every target's breaker refused (it opened while this request waited, say).
+        const now = Date.now();
+        const left = breakers
+          ? Math.min(...upstream.targets.map((one) => breakers.of(one).openLeft(now)))
+          : 1_000;
+        return circuitOpen(route.name, waitPastSpentQuota(ctx, left));
       }
       switch (result.kind) {
         case "client_closed":

@@ -295,3 +295,42 @@ routes:
     assert.ok(calls <= 200 + 10, `${calls} store calls for 200 requests`);
   },
 );
+
+Deno.test("a 503 waits as long as the quota an earlier step spent, or as the breaker stays open", async () => {
+  await using upstream = startUpstream(async (request) => {
+    await delay(Number(new URL(request.url).searchParams.get("ms") ?? 0));
+    return new Response("ok");
+  });
+  const send = async (url: string) => {
+    const response = await fetch(url);
+    await response.body?.cancel();
+    return { status: response.status, retryAfter: Number(response.headers.get("retry-after")) };
+  };
+
+  // The second request spends the last of 2 a minute, then finds the one slot taken.
+  await using busy = await startGateway(yaml(
+    upstream.url,
+    "      - sliding-window: { limit: 2, window: 1m }\n      - concurrency: { max: 1 }",
+  ));
+  const slow = send(`${busy.url}/x?ms=500`);
+  await delay(100);
+  const refused = await send(`${busy.url}/x`);
+  assert.equal(refused.status, 503);
+  assert.ok(refused.retryAfter >= 59, `Retry-After ${refused.retryAfter}`);
+  assert.equal((await slow).status, 200);
+
+  // The breaker opens (for 30 s) while the third request waits for the slot.
+  await using breaking = await startGateway(
+    yaml(
+      upstream.url,
+      "      - circuit-breaker: { failure_ratio: 0.5, min_requests: 2, window: 10s, open_for: 30s }\n" +
+        "      - concurrency: { max: 1, queue: 5, queue_timeout: 5s }",
+    ).replace(`url: ${upstream.url} }`, `url: ${upstream.url}, timeout: 200ms }`),
+  );
+  const answers = await Promise.all([0, 1, 2].map(async (n) => {
+    await delay(n * 20);
+    return send(`${breaking.url}/x?ms=1000`);
+  }));
+  assert.deepEqual(answers.map((answer) => answer.status), [504, 504, 503]);
+  assert.ok(answers[2]!.retryAfter >= 29, `Retry-After ${answers[2]!.retryAfter}`);
+});
