@@ -513,6 +513,24 @@ Deno.test("sweep drops expired entries of every kind, and only those", async () 
   await store.close();
 });
 
+Deno.test("expired entries stay bounded however fast new clients come (the sweep keeps pace)", async () => {
+  let now = T0;
+  const store = newStore(() => now);
+  const limits = [{ limit: 5, windowMs: 1_000 }];
+  // 40,000 new clients a second, twice the background sweep's 20,000 a second,
+  // for 20 s: about 40,000 are live at any time.
+  let client = 0;
+  for (let second = 0; second < 20; second++) {
+    for (let i = 0; i < 40_000; i++) {
+      now = T0 + second * 1_000 + Math.floor(i / 40);
+      store.decideWindow({ key: `{sluice:r:${client++}}`, algorithm: "fixed", limits, cost: 1 });
+    }
+    store.sweep(); // what the timer does once a second
+  }
+  assert.ok(store.size <= 3 * 40_000, `${store.size} entries for about 40,000 live clients`);
+  await store.close();
+});
+
 for (const algorithm of ALGORITHMS) {
   Deno.test(`${algorithm}: with none left, the reset is when the next request passes`, async () => {
     // A counter's old bucket still weighs after its own bucket ends: there the
