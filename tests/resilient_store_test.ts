@@ -290,3 +290,39 @@ Deno.test("a bucket call that answers after its timeout gives its tokens back: t
     await store.close();
   }
 });
+
+Deno.test("a remembered refusal counts every limit's reset down from when the store decided", async () => {
+  let now = 1_700_000_000_000;
+  const memory = new MemoryStore({ sweep: false, clock: () => now });
+  const remote = {
+    kind: "redis" as const,
+    window: (query: WindowQuery) => memory.window(query),
+    bucket: () => Promise.reject(new Error("not used")),
+    hashGet: () => Promise.resolve(undefined),
+    ping: () => Promise.resolve(),
+    close: () => memory.close(),
+  };
+  const store = new ResilientStore(remote, {
+    timeoutMs: 100,
+    onFailure: "allow",
+    clock: () => now,
+  });
+  const limits = [{ limit: 2, windowMs: 10_000 }, { limit: 100, windowMs: 3_600_000 }];
+  const ask = () => store.window({ key: "{sluice:r:c}", algorithm: "log", limits, cost: 1 });
+  try {
+    await ask();
+    await ask();
+    assert.equal((await ask()).source, "store");
+    now += 9_000;
+    const cached = await ask();
+    assert.equal(cached.source, "cache");
+    const fresh = memory.decideWindow({ key: "{sluice:r:c}", algorithm: "log", limits, cost: 0 });
+    assert.deepEqual(
+      cached.states.map((state) => state.resetMs),
+      fresh.states.map((state) => state.resetMs),
+    );
+    assert.deepEqual(cached.states.map((state) => state.resetMs), [1_000, 3_591_000]);
+  } finally {
+    await store.close();
+  }
+});

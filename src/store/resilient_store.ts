@@ -44,6 +44,8 @@ export interface ResilientStoreOptions {
 const DENY_CACHE_MAX = 100_000;
 
 interface CachedDenial {
+  /** When the store decided. */
+  at: number;
   until: number;
   cost: number;
   decision: WindowDecision;
@@ -302,24 +304,27 @@ export class ResilientStore implements LimitStore {
     // Only the same cost waits the same: a larger one may wait longer (log, counter).
     if (cost !== cached.cost) return undefined;
     const left = cached.until - now;
+    const elapsed = now - cached.at;
     return {
       ...cached.decision,
       retryAfterMs: left,
-      states: cached.decision.states.map((state, i) =>
-        i === cached.decision.violated
-          ? { ...state, remaining: 0, resetMs: Math.min(state.resetMs, left) }
-          : state
-      ),
+      // Every reset counts down from when the store decided.
+      states: cached.decision.states.map((state, i) => {
+        const resetMs = Math.max(0, state.resetMs - elapsed);
+        return i === cached.decision.violated
+          ? { ...state, remaining: 0, resetMs: Math.min(resetMs, left) }
+          : { ...state, resetMs };
+      }),
       source: "cache",
     };
   }
 
   #rememberDenial(key: string, cost: number, decision: WindowDecision): void {
+    const now = this.#options.clock();
     if (this.#denials.size >= DENY_CACHE_MAX) {
       // Full (many clients over their limits at once): expired entries go at
       // most once a second, then the oldest tenth, so a denial never pays for
       // a scan of the whole cache.
-      const now = this.#options.clock();
       if (now - this.#denialsSweptAt >= 1_000) {
         this.#denialsSweptAt = now;
         for (const [k, v] of this.#denials) if (v.until <= now) this.#denials.delete(k);
@@ -333,7 +338,8 @@ export class ResilientStore implements LimitStore {
       }
     }
     this.#denials.set(key, {
-      until: this.#options.clock() + decision.retryAfterMs,
+      at: now,
+      until: now + decision.retryAfterMs,
       cost,
       decision,
     });
