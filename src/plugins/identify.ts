@@ -271,9 +271,13 @@ export default definePlugin({
             type: `${PROBLEM_TYPE_BASE}missing-credentials`,
             title: "Missing credentials",
             detail: `This route needs an API key: send it as ${names}`,
-            headers: keySources.some((source) => source.kind !== "header")
-              ? { "www-authenticate": 'Bearer realm="sluice"' }
-              : undefined,
+            // A 401 names how to authenticate (RFC 9110, 11.6.1): a bearer
+            // token, or an API key in a header (no registered scheme: Kong's way).
+            headers: {
+              "www-authenticate": keySources.some((source) => source.kind !== "header")
+                ? 'Bearer realm="sluice"'
+                : 'ApiKey realm="sluice"',
+            },
           });
         }
         ctx.client = { id: `ip:${ip}`, kind: "ip", ip };

@@ -137,6 +137,11 @@ export default definePlugin({
             type: `${PROBLEM_TYPE_BASE}unknown-api-key`,
             title: "Unknown API key",
             detail: "The API key sent is not known to this gateway",
+            headers: {
+              "www-authenticate": /^bearer /i.test(ctx.request.headers.get("authorization") ?? "")
+                ? 'Bearer realm="sluice", error="invalid_token"'
+                : 'ApiKey realm="sluice"',
+            },
           });
         }
         name = options.unknown_key;

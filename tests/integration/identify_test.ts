@@ -117,6 +117,16 @@ Deno.test("identify: required: true answers 401 problem+json without a key, and 
   assert.equal(calls, 1);
 });
 
+Deno.test("identify: required: true with only header keys answers 401 with an ApiKey challenge", async () => {
+  await using gw = await startGateway(
+    config(`http://127.0.0.1:${freePort()}`, "{ from: [header:x-api-key], required: true }"),
+  );
+  const response = await fetch(`${gw.url}/x`);
+  await response.body?.cancel();
+  assert.equal(response.status, 401);
+  assert.equal(response.headers.get("www-authenticate"), 'ApiKey realm="sluice"');
+});
+
 Deno.test("identify: required: true without a key source is a config error", async () => {
   await assert.rejects(
     startGateway(config(`http://127.0.0.1:${freePort()}`, "{ from: [ip], required: true }")),

@@ -112,6 +112,7 @@ Deno.test("tiers: each key gets its tier's limit, unknown keys are rejected, ano
   const unknown = await send(`${gw.url}/api/x`, "who-am-i");
   assert.equal(unknown.status, 401);
   assert.equal(JSON.parse(unknown.body).title, "Unknown API key");
+  assert.equal(unknown.headers.get("www-authenticate"), 'ApiKey realm="sluice"');
   const paid = await send(`${gw.url}/api/x`, "paid-key");
   assert.equal(paid.headers.get("ratelimit-policy"), `"paid";q=5;w=60`);
 });
