@@ -198,11 +198,18 @@ export class Metrics {
  */
 function processMetrics(registers: client.Registry[]): void {
   const startSeconds = Math.round(Date.now() / 1000 - performance.now() / 1000);
-  const gauges: [name: string, help: string, read: () => number][] = [
-    ["sluice_process_cpu_seconds_total", "User and system CPU time spent, in seconds.", () => {
+  // A total only grows: a counter (as prom-client's own process_cpu_seconds_total), set when scraped.
+  new client.Counter({
+    name: "sluice_process_cpu_seconds_total",
+    help: "User and system CPU time spent, in seconds.",
+    registers,
+    collect() {
       const { user, system } = process.cpuUsage();
-      return (user + system) / 1e6;
-    }],
+      this.reset();
+      this.inc((user + system) / 1e6);
+    },
+  });
+  const gauges: [name: string, help: string, read: () => number][] = [
     [
       "sluice_process_resident_memory_bytes",
       "Resident memory size in bytes.",

@@ -176,6 +176,8 @@ Deno.test("process metrics are on /metrics", async () => {
   // Read from Deno: real values, not the zeros of collectors that need /proc.
   const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1]);
   assert.ok(value("sluice_process_cpu_seconds_total") > 0);
+  // A total is a counter: Prometheus's rate() and promtool expect that type of a _total.
+  assert.match(text, /^# TYPE sluice_process_cpu_seconds_total counter$/m);
   assert.ok(value("sluice_process_resident_memory_bytes") > 10 * 1024 * 1024);
   assert.ok(value("sluice_process_heap_bytes") > 1024 * 1024);
   const started = value("sluice_process_start_time_seconds");
