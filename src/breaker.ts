@@ -51,6 +51,19 @@ export class Breaker {
     this.#onChange = onChange;
   }
 
+  /**
+   * Takes new settings (a reload), keeping the state: an open breaker stays
+   * open (for the new `open_for` from when it opened). Outcomes counted so far
+   * go only when the window changes, whose buckets they were counted in.
+   */
+  configure(options: BreakerOptions): void {
+    if (options.windowMs !== this.#options.windowMs) {
+      this.#bucketMs = Math.max(1, Math.ceil(options.windowMs / BUCKETS));
+      this.#reset();
+    }
+    this.#options = options;
+  }
+
   /** The state now (an open breaker whose time is up reads half-open). */
   state(now = Date.now()): BreakerState {
     if (this.#state === "open" && now - this.#openedAt >= this.#options.openForMs) {
@@ -161,20 +174,32 @@ export class Breaker {
 
 /** The breakers of one route's targets. */
 export class BreakerSet {
-  readonly options: BreakerOptions;
+  #options: BreakerOptions;
   #breakers = new Map<string, Breaker>();
   /** Called on every transition; the pipeline that owns the set may replace it. */
   onChange: (target: string, from: BreakerState, to: BreakerState) => void = () => {};
 
   constructor(options: BreakerOptions) {
-    this.options = options;
+    this.#options = options;
+  }
+
+  /** The settings in force. */
+  get options(): BreakerOptions {
+    return this.#options;
+  }
+
+  /** Takes new settings for every breaker, keeping their states (see {@linkcode Breaker.configure}). */
+  configure(options: BreakerOptions): void {
+    if (options === this.#options) return;
+    this.#options = options;
+    for (const breaker of this.#breakers.values()) breaker.configure(options);
   }
 
   /** The breaker of one target, made on first use. */
   of(target: string): Breaker {
     let breaker = this.#breakers.get(target);
     if (!breaker) {
-      breaker = new Breaker(this.options, (from, to) => this.onChange(target, from, to));
+      breaker = new Breaker(this.#options, (from, to) => this.onChange(target, from, to));
       this.#breakers.set(target, breaker);
     }
     return breaker;

@@ -135,6 +135,7 @@ export async function buildPipeline(
     });
     const handlers: Handler[] = [];
     const occurrences = new Map<string, number>();
+    const occurrencesByPlugin = new Map<string, number>();
     const steps = route.pipeline.map((entry) => entry.name);
     const clientQueries: CompiledRoute["clientQueries"][number][] = [];
     const statusReports: CompiledRoute["statusReports"][number][] = [];
@@ -142,6 +143,9 @@ export async function buildPipeline(
       const identity = entryIdentity(route.name, entry);
       const occurrence = occurrences.get(identity) ?? 0;
       occurrences.set(identity, occurrence + 1);
+      const plugin = pluginIdentity(route.name, entry);
+      const pluginOccurrence = occurrencesByPlugin.get(plugin) ?? 0;
+      occurrencesByPlugin.set(plugin, pluginOccurrence + 1);
       let keeps = 0;
       const context: PluginContext = {
         route: info,
@@ -152,7 +156,9 @@ export async function buildPipeline(
         gateway: options.services,
         log: options.log.child({ route: route.name, plugin: entry.name }),
         keep(init, keepOptions) {
-          const key = `${identity}\u0000${occurrence}\u0000${keeps++}`;
+          const key = keepOptions?.acrossOptions
+            ? `${plugin}\u0000any options\u0000${pluginOccurrence}\u0000${keeps++}`
+            : `${identity}\u0000${occurrence}\u0000${keeps++}`;
           return options.state.keep(key, init, keepOptions?.dispose);
         },
       };
@@ -204,12 +210,12 @@ export async function buildPipeline(
  * plugin, its options as written and, for a custom plugin, its source.
  */
 function entryIdentity(routeName: string, entry: ResolvedEntry): string {
-  return [
-    routeName,
-    entry.name,
-    entry.module?.digest ?? "builtin",
-    stableStringify(entry.rawOptions),
-  ].join("\u0000");
+  return [pluginIdentity(routeName, entry), stableStringify(entry.rawOptions)].join("\u0000");
+}
+
+/** The same without the options: for state kept across option changes. */
+function pluginIdentity(routeName: string, entry: ResolvedEntry): string {
+  return [routeName, entry.name, entry.module?.digest ?? "builtin"].join("\u0000");
 }
 
 /** A per-request context. */

@@ -155,6 +155,13 @@ export interface GatewayServices {
 export interface KeepOptions<T> {
   /** Called once the state is no longer used by any new pipeline. */
   dispose?: (value: T) => void;
+  /**
+   * Keep the state when the entry's options change too (while its route and
+   * plugin, and its place among the route's entries of that plugin, stay):
+   * for state the plugin can carry over to new options itself, such as the
+   * requests in flight that a new `max` must still count. @default false
+   */
+  acrossOptions?: boolean;
 }
 
 /** What `/clients/{id}` shows of one client for one plugin. */

@@ -5,7 +5,7 @@
  * = the time left; the proxy skips open targets of a pool.
  */
 import { z } from "zod";
-import { BREAKERS, BreakerSet, circuitOpen } from "../breaker.ts";
+import { type BreakerOptions, BREAKERS, BreakerSet, circuitOpen } from "../breaker.ts";
 import { duration } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 import { waitPastSpentQuota } from "../response_headers.ts";
@@ -32,23 +32,24 @@ export default definePlugin({
       throw new Error("circuit-breaker needs a proxy step after it in the pipeline");
     }
     const targets = upstream.targets;
-    // Kept across hot swaps while the options stay the same: an open breaker stays open.
-    const breakers = keep(() =>
-      new BreakerSet({
-        failureRatio: opts.failure_ratio,
-        minRequests: opts.min_requests,
-        windowMs: opts.window,
-        openForMs: opts.open_for,
-        probes: opts.probes,
-        failureStatuses: new Set(opts.failure_statuses),
-      })
-    );
+    const settings: BreakerOptions = {
+      failureRatio: opts.failure_ratio,
+      minRequests: opts.min_requests,
+      windowMs: opts.window,
+      openForMs: opts.open_for,
+      probes: opts.probes,
+      failureStatuses: new Set(opts.failure_statuses),
+    };
+    // Kept across hot swaps, new options too: an open breaker stays open.
+    const breakers = keep(() => new BreakerSet(settings), { acrossOptions: true });
     breakers.onChange = (target, from, to) => {
       log.warn("circuit breaker changed state", { target, from, to });
     };
     onStatus(() => ({ breaker: breakers.states(targets) }));
 
     return function circuitBreaker(ctx, next) {
+      // This pipeline's settings apply from its first request (a build that fails changes none).
+      breakers.configure(settings);
       const now = Date.now();
       if (!targets.some((target) => breakers.of(target).available(now))) {
         const left = Math.min(...targets.map((target) => breakers.of(target).openLeft(now)));

@@ -18,8 +18,8 @@ interface Waiter {
 
 /** A counting semaphore with a bounded FIFO queue. */
 export class Semaphore {
-  readonly max: number;
-  readonly queueMax: number;
+  max: number;
+  queueMax: number;
   #active = 0;
   #queue: Waiter[] = [];
 
@@ -80,9 +80,23 @@ export class Semaphore {
     });
   }
 
+  /**
+   * Takes new limits (a reload), keeping the requests in flight and in line:
+   * a larger `max` lets waiters in at once; a smaller one admits no one until
+   * the requests in flight are under it. A shorter line turns no one away.
+   */
+  resize(max: number, queueMax: number): void {
+    this.max = max;
+    this.queueMax = queueMax;
+    while (this.#active < this.max && this.#queue.length > 0) {
+      this.#active++;
+      this.#queue.shift()!.grant();
+    }
+  }
+
   /** Gives a slot back: the first in line gets it. */
   release(): void {
-    const next = this.#queue.shift();
+    const next = this.#active > this.max ? undefined : this.#queue.shift();
     if (next) {
       // The slot passes straight to the next waiter: active stays the same.
       next.grant();
@@ -100,13 +114,18 @@ export default definePlugin({
     queue_timeout: duration({ timer: true }).default(1_000),
   }),
   create(opts, { route, keep, onStatus }) {
-    // Kept across hot swaps while the options stay the same: slots held stay held.
-    const semaphore = keep(() => new Semaphore(opts.max, opts.queue));
+    // Kept across hot swaps, new options too: the requests in flight and in
+    // line before a reload still count against the new max.
+    const semaphore = keep(() => new Semaphore(opts.max, opts.queue), { acrossOptions: true });
     onStatus(() => ({
       concurrency: { max: opts.max, inflight: semaphore.active, queued: semaphore.waiting },
     }));
 
     return async function concurrency(ctx, next) {
+      // This pipeline's limits apply from its first request (a build that fails changes none).
+      if (semaphore.max !== opts.max || semaphore.queueMax !== opts.queue) {
+        semaphore.resize(opts.max, opts.queue);
+      }
       const result = semaphore.tryAcquire()
         ? "ok"
         : await semaphore.acquire(ctx.signal, opts.queue_timeout);

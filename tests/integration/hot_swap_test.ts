@@ -418,3 +418,48 @@ Deno.test("a reload warns about listener settings it cannot apply, compared with
   assert.equal((await gw.gateway.reload("test")).ok, true);
   assert.equal(warnings().length, 1);
 });
+
+Deno.test("a reload that changes concurrency or breaker options keeps the requests in flight and an open breaker", async () => {
+  let inflight = 0;
+  let peak = 0;
+  await using upstream = startUpstream(async (request) => {
+    const path = new URL(request.url).pathname;
+    if (path === "/fail") return new Response("broken", { status: 500 });
+    inflight++;
+    peak = Math.max(peak, inflight);
+    await delay(path === "/slow" ? 800 : 50);
+    inflight--;
+    return new Response("ok");
+  });
+  const yaml = (queueTimeout: string, openFor: string) =>
+    `routes:
+  - name: breaking
+    match: { path_prefix: /fail }
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - circuit-breaker: { failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: ${openFor} }
+      - proxy: {}
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - concurrency: { max: 1, queue: 2, queue_timeout: ${queueTimeout} }
+      - proxy: {}
+`;
+  await using gw = await startGateway(yaml("3s", "30s"));
+  for (let i = 0; i < 4; i++) await get(`${gw.url}/fail`);
+  assert.equal((await get(`${gw.url}/fail`)).status, 503);
+
+  const slow = get(`${gw.url}/slow`);
+  await delay(100);
+  await gw.config.write(yaml("2s", "60s"));
+  assert.ok(await waitFor(async () => (await version(gw.adminUrl)) === 2));
+  // The slow request still holds the one slot: this one waits for it.
+  const next = await get(`${gw.url}/x`);
+  assert.equal(next.status, 200);
+  assert.equal((await slow).status, 200);
+  assert.equal(peak, 1, "the upstream saw more than max at once");
+
+  const open = await get(`${gw.url}/fail`);
+  assert.equal(open.status, 503, "the breaker stayed open");
+  assert.ok(Number(open.headers.get("retry-after")) > 50, "open_for is the new 60 s");
+});
