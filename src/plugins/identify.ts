@@ -192,9 +192,19 @@ type Finding = Found | Response | undefined;
 export default definePlugin({
   name: "identify",
   options,
-  async create(opts, { gateway }) {
+  async create(opts, { gateway, pipeline, position, log }) {
     const sources = opts.from.map(parseSource);
     const keySources = sources.filter((source) => source.kind !== "ip");
+    const later = pipeline.slice(position + 1);
+    if (
+      sources.some((source) => source.kind === "header" || source.kind === "bearer") &&
+      later.includes("sliding-window") && !later.includes("tier")
+    ) {
+      // Any text is a key here: counted as itself, each made-up key is a fresh quota.
+      log.warn(
+        "API keys are counted per key, but no tier step checks them: a caller gets a fresh quota with each made-up key; add a tier step (unknown_key: reject, or a tier) to count unknown keys by address",
+      );
+    }
     const names = opts.from.filter((source) => source !== "ip").join(", ");
     const bearerIsKey = sources.some((source) => source.kind === "bearer");
     const tokens = opts.jwt

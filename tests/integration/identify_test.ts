@@ -267,3 +267,24 @@ routes:
   assert.ok(log.includes(keyId(known)), "the request lines name the client by its id");
   assert.ok(log.includes(keyId(bearer)), "the request lines name the client by its id");
 });
+
+Deno.test("identify: header keys counted by a sliding window with no tier step to check them draw a warning", async () => {
+  const upstream = `http://127.0.0.1:${freePort()}`;
+  const route = (steps: string) =>
+    `routes:
+  - name: api
+    upstream: { url: ${upstream} }
+    pipeline:
+      - identify: { from: [header:x-api-key, ip] }
+${steps}      - sliding-window: { limit: 5, window: 1m }
+      - proxy: {}
+`;
+  const warned = (lines: { msg?: unknown }[]) =>
+    lines.some((line) => String(line.msg).includes("no tier step checks them"));
+  await using unchecked = await startGateway(route(""));
+  assert.ok(warned(unchecked.logs.lines));
+  await using checked = await startGateway(
+    `tiers: { free: { limit: 5, window: 1m } }\n` + route("      - tier: { unknown_key: free }\n"),
+  );
+  assert.ok(!warned(checked.logs.lines));
+});
