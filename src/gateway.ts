@@ -279,6 +279,8 @@ export class Gateway {
 
   /** Each route's plugins' view of one client, for `/clients/{id}`. */
   async clientReport(clientId: string): Promise<Record<string, unknown>> {
+    // An address is found however it is written (::ffff:10.0.0.1, an IPv6 in full).
+    if (clientId.startsWith("ip:")) clientId = `ip:${normalizeIp(clientId.slice(3))}`;
     const routes: Record<string, unknown>[] = [];
     for (const route of this.#pipeline.routes) {
       const reports = [];

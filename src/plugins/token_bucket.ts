@@ -68,7 +68,7 @@ export default definePlugin({
       });
     }
   }),
-  create(opts, { route, gateway, pipeline, position }) {
+  create(opts, { route, gateway, pipeline, position, onClientQuery }) {
     const burst = opts.burst ?? Math.max(1, Math.floor(opts.rate.count));
     if (opts.cost > burst) {
       throw new Error(
@@ -175,6 +175,28 @@ export default definePlugin({
         }];
       }
       return lastReport;
+    }
+
+    if (opts.scope === "client") {
+      // /clients/{id}: the client's bucket as the store holds it (cost 0 takes nothing).
+      onClientQuery(async (clientId) => {
+        const decision = await store.bucket(
+          query(`${clientKey(route.name, clientId)}:bucket${suffix}`, 0),
+        );
+        const [report] = reportOf(decision);
+        return {
+          plugin: "token-bucket",
+          source: decision.source,
+          limits: [{
+            policy: report!.name,
+            limit: report!.quota,
+            window_seconds: report!.windowSeconds,
+            burst,
+            remaining: report!.remaining,
+            reset_seconds: report!.resetSeconds,
+          }],
+        };
+      });
     }
 
     async function lease(key: string): Promise<SourcedBucketDecision | undefined> {

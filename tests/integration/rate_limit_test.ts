@@ -429,6 +429,25 @@ Deno.test("/clients/{id} shows limit, remaining, reset and tier per route", asyn
   assert.doesNotMatch(text, /paid-key/);
 });
 
+Deno.test("/clients/{id} shows a client's token bucket, and finds an address however it is written", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(yaml(
+    upstream.url,
+    `      - identify: { from: [ip] }
+      - token-bucket: { rate: 10/m, burst: 10, scope: client }
+`,
+  ));
+  for (let i = 0; i < 3; i++) await send(`${gw.url}/api/x`);
+  for (const id of ["ip:127.0.0.1", "ip:::ffff:127.0.0.1", "ip:0:0:0:0:0:ffff:7f00:1"]) {
+    const report = await (await fetch(`${gw.adminUrl}/clients/${id}`)).json();
+    assert.equal(report.id, "ip:127.0.0.1", id);
+    const api = report.routes.find((r: { route: string }) => r.route === "api");
+    assert.equal(api?.limits[0].plugin, "token-bucket", id);
+    assert.equal(api.limits[0].limits[0].limit, 10);
+    assert.equal(api.limits[0].limits[0].remaining, 7);
+  }
+});
+
 Deno.test("/clients/{id} shows each route's own tier for a client, whatever route it called last", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   const route = (name: string, steps: string) =>
