@@ -326,3 +326,37 @@ Deno.test("a remembered refusal counts every limit's reset down from when the st
     await store.close();
   }
 });
+
+Deno.test("failures among successes mark the store down when they are a fifth of the calls, not when they are few", async () => {
+  // A remote where some keys always fail, as those on a dead master of a cluster do.
+  const memory = new MemoryStore({ sweep: false });
+  const remote = {
+    kind: "redis-cluster" as const,
+    window: (query: WindowQuery) =>
+      query.key.includes("dead")
+        ? Promise.reject(new Error("Connection is closed."))
+        : memory.window(query),
+    bucket: () => Promise.reject(new Error("not used")),
+    hashGet: () => Promise.resolve(undefined),
+    ping: () => Promise.reject(new Error("Connection is closed.")),
+    close: () => memory.close(),
+  };
+  const ask = (store: ResilientStore, key: string) =>
+    store.window({ ...query(1_000), key: `{sluice:r:${key}}` });
+  const third = new ResilientStore(remote, { timeoutMs: 100, onFailure: "local" });
+  try {
+    for (let i = 0; i < 30; i++) await ask(third, i % 3 === 0 ? `dead-${i}` : `live-${i}`);
+    assert.equal(third.health().state, "down");
+    assert.equal((await ask(third, "dead-0")).source, "local");
+  } finally {
+    await third.close();
+  }
+  const few = new ResilientStore(remote, { timeoutMs: 100, onFailure: "local" });
+  try {
+    for (let i = 0; i < 200; i++) await ask(few, i % 50 === 0 ? `dead-${i}` : `live-${i}`);
+    assert.equal(few.health().state, "up", "4 failures in 200 calls");
+    assert.equal((await ask(few, "live-1")).source, "store");
+  } finally {
+    await few.close();
+  }
+});

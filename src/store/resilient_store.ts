@@ -31,7 +31,10 @@ export interface ResilientStoreOptions {
   onFailure: FailurePolicy;
   metrics?: Metrics;
   log?: Logger;
-  /** Consecutive failures that mark the store down. @default 3 */
+  /**
+   * Failures within about a second that mark the store down, when they are
+   * also a fifth of the calls (one master of a cluster is a third). @default 3
+   */
   failureThreshold?: number;
   /** How often the probe tries a down store, in ms. @default 500 */
   probeIntervalMs?: number;
@@ -59,7 +62,13 @@ export class ResilientStore implements LimitStore {
     & Required<Omit<ResilientStoreOptions, "metrics" | "log" | "startDown">>
     & ResilientStoreOptions;
   #down = false;
+  /** Failures since the last success (for /status). */
   #failures = 0;
+  /** Calls and failures in the last two 1 s buckets: [the one before, this one]. */
+  #recentCalls = [0, 0];
+  #recentFailures = [0, 0];
+  #bucketStart = -Infinity;
+  /** The first failure counted in those buckets. */
   #firstFailureAt: number | undefined;
   #timeouts = new CallTimeouts();
   #since = new Date();
@@ -216,7 +225,7 @@ export class ResilientStore implements LimitStore {
           }
           this.#observe(timed.started);
           this.#failures = 0;
-          this.#firstFailureAt = undefined;
+          this.#count(performance.now(), false);
           resolve(result);
         },
         (error) => {
@@ -238,19 +247,39 @@ export class ResilientStore implements LimitStore {
     if (this.#closed) return;
     const now = performance.now();
     this.#failures++;
+    this.#count(now, true);
     this.#firstFailureAt ??= now;
     this.#lastError = String((error as Error)?.message ?? error);
     this.#options.metrics?.storeErrors.inc({
       reason: error instanceof StoreTimeoutError ? "timeout" : "error",
     });
-    // Errors in a row mean down. Timeouts in a row must also span at least one
-    // timeout: a burst of calls that all time out at once is one slow moment
-    // of a busy gateway, not an outage.
+    // Down: failures that are many, and not few among many calls. Successes
+    // in between do not clear them: a cluster with one master dead fails a
+    // third of the calls, each after the whole timeout. Timeouts must also
+    // span at least one timeout: a burst of calls that all time out at once
+    // is one slow moment of a busy gateway, not an outage.
+    const failures = this.#recentFailures[0]! + this.#recentFailures[1]!;
+    const calls = this.#recentCalls[0]! + this.#recentCalls[1]!;
     const spans = !(error instanceof StoreTimeoutError) ||
       now - this.#firstFailureAt >= this.#options.timeoutMs;
-    if (!this.#down && this.#failures >= this.#options.failureThreshold && spans) {
+    if (
+      !this.#down && failures >= this.#options.failureThreshold && failures * 5 >= calls && spans
+    ) {
       this.#markDown();
     }
+  }
+
+  /** Counts one call's outcome in the current 1 s bucket. */
+  #count(now: number, failed: boolean): void {
+    if (now - this.#bucketStart >= 1_000) {
+      const recent = now - this.#bucketStart < 2_000;
+      this.#recentCalls = [recent ? this.#recentCalls[1]! : 0, 0];
+      this.#recentFailures = [recent ? this.#recentFailures[1]! : 0, 0];
+      if (this.#recentFailures[0] === 0) this.#firstFailureAt = undefined;
+      this.#bucketStart = now;
+    }
+    this.#recentCalls[1]!++;
+    if (failed) this.#recentFailures[1]!++;
   }
 
   #markDown(): void {
@@ -282,6 +311,8 @@ export class ResilientStore implements LimitStore {
       this.#probe = undefined;
       this.#down = false;
       this.#failures = 0;
+      this.#recentCalls = [0, 0];
+      this.#recentFailures = [0, 0];
       this.#firstFailureAt = undefined;
       this.#since = new Date();
       this.#options.log?.info("store is up again", { store: this.primary.kind });
