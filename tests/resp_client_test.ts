@@ -65,6 +65,30 @@ Deno.test("the parser reads a stream that arrives one byte at a time, into a reu
   assert.deepEqual(comparable(replies), comparable(EXPECTED));
 });
 
+Deno.test("the parser reads a 16 MiB bulk string that comes in 64 KiB reads, and the reply after it", () => {
+  const size = 16 * 1024 * 1024;
+  const all = new Uint8Array(size + 64);
+  const head = bytes(`$${size}\r\n`);
+  all.set(head);
+  all.fill(120, head.length, head.length + size); // "x"
+  const tail = bytes("\r\n:7\r\n*2\r\n$1\r\na\r\n$");
+  all.set(tail, head.length + size);
+  const end = head.length + size + tail.length;
+  const parser = new ReplyParser();
+  const replies: RespReply[] = [];
+  const read = new Uint8Array(64 * 1024); // reused, as the client reuses its read buffer
+  for (let at = 0; at < end; at += read.length) {
+    const piece = all.subarray(at, Math.min(end, at + read.length));
+    read.set(piece);
+    replies.push(...parser.feed(read.subarray(0, piece.length)));
+  }
+  replies.push(...parser.feed(bytes("1\r\nb\r\n")));
+  assert.equal(replies.length, 3);
+  assert.equal((replies[0] as string).length, size);
+  assert.ok(/^x+$/.test(replies[0] as string));
+  assert.deepEqual(replies.slice(1), [7, ["a", "b"]]);
+});
+
 Deno.test("the parser rejects bytes that are not RESP", () => {
   assert.throws(() => new ReplyParser().feed(bytes("HTTP/1.1 200 OK\r\n")), /unexpected type/);
 });

@@ -360,29 +360,61 @@ export function encodeCommand(args: readonly (string | number)[]): string {
 
 /** Turns RESP2 bytes into replies, keeping an incomplete reply for the next chunk. */
 export class ReplyParser {
-  #rest: Uint8Array | undefined;
+  /** Bytes of replies not complete yet: `#buf[0, #len)`, grown by doubling. */
+  #buf = new Uint8Array(0);
+  #len = 0;
+  /** How many bytes must be held before the first reply can be complete (0: unknown). */
+  #need = 0;
 
   /** The replies completed by `chunk` (which may be reused by the caller afterwards). */
   feed(chunk: Uint8Array): RespReply[] {
-    let bytes = chunk;
-    if (this.#rest) {
-      bytes = new Uint8Array(this.#rest.length + chunk.length);
-      bytes.set(this.#rest);
-      bytes.set(chunk, this.#rest.length);
-      this.#rest = undefined;
+    let bytes: Uint8Array;
+    if (this.#len === 0) {
+      bytes = chunk;
+    } else {
+      // A large reply comes in many reads: it is gathered, and read once
+      // it can be whole, not parsed again (and copied again) at every read.
+      if (this.#len + chunk.length > this.#buf.length) {
+        const grown = new Uint8Array(Math.max(this.#len + chunk.length, this.#buf.length * 2));
+        grown.set(this.#buf.subarray(0, this.#len));
+        this.#buf = grown;
+      }
+      this.#buf.set(chunk, this.#len);
+      this.#len += chunk.length;
+      if (this.#len < this.#need) return [];
+      bytes = this.#buf.subarray(0, this.#len);
     }
     const replies: RespReply[] = [];
     let at = 0;
+    needed = 0;
     while (at < bytes.length) {
       const parsed = parseReply(bytes, at);
       if (parsed === undefined) break;
       replies.push(parsed.reply);
       at = parsed.end;
+      needed = 0;
     }
-    if (at < bytes.length) this.#rest = bytes.slice(at);
+    const rest = bytes.length - at;
+    this.#need = needed > 0 ? needed - at : 0;
+    if (rest === 0) {
+      this.#len = 0;
+    } else if (bytes === chunk) {
+      // The caller reuses its chunk: the unfinished reply is kept in our buffer.
+      if (this.#buf.length < Math.max(rest, this.#need)) {
+        this.#buf = new Uint8Array(Math.max(rest, this.#need));
+      }
+      this.#buf.set(chunk.subarray(at));
+      this.#len = rest;
+    } else if (at > 0) {
+      this.#buf.copyWithin(0, at, this.#len);
+      this.#len = rest;
+    }
     return replies;
   }
 }
+
+/** Set by {@linkcode parseReply} when a bulk string is cut short: the index just past its end. */
+let needed = 0;
 
 interface Parsed {
   reply: RespReply;
@@ -426,7 +458,10 @@ function parseReply(bytes: Uint8Array, at: number): Parsed | undefined {
       const length = parseInteger(bytes, at + 1, end);
       if (length < 0) return { reply: null, end: end + 2 };
       const start = end + 2;
-      if (start + length + 2 > bytes.length) return undefined;
+      if (start + length + 2 > bytes.length) {
+        needed = start + length + 2;
+        return undefined;
+      }
       return {
         reply: decoder.decode(bytes.subarray(start, start + length)),
         end: start + length + 2,
