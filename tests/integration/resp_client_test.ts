@@ -103,3 +103,16 @@ redisTest("a closed client rejects commands and does not reconnect", async () =>
   const clients = await server.cli(["CLIENT", "LIST"]);
   assert.equal(clients.trim().split("\n").length, 1, `only redis-cli is connected: ${clients}`);
 });
+
+redisTest("a password given for a Redis that has none connects (as ioredis does)", async () => {
+  await using server = await RedisServer.start();
+  const url = server.url.replace("redis://", "redis://:not-needed@");
+  const client = new RespClient({ ...parseRedisUrl(url), db: 2 });
+  try {
+    await client.connect();
+    assert.equal(await client.send(["SET", "k", "v"]), "OK");
+    assert.equal((await server.cli(["-n", "2", "GET", "k"])).trim(), "v", "SELECT still ran");
+  } finally {
+    await client.close();
+  }
+});
