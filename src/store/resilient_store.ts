@@ -223,9 +223,10 @@ export class ResilientStore implements LimitStore {
             late?.(result); // Answered after its timeout.
             return;
           }
-          this.#observe(timed.started);
+          const now = performance.now();
+          this.#options.metrics?.storeDuration.observe((now - timed.started) / 1000);
           this.#failures = 0;
-          this.#count(performance.now(), false);
+          this.#count(now, false);
           resolve(result);
         },
         (error) => {
