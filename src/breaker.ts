@@ -123,6 +123,26 @@ export class Breaker {
       return;
     }
     if (state === "open") return;
+    this.#count(now, true, !ok);
+  }
+
+  /**
+   * Turns an outcome recorded as a success into a failure: the answer's body
+   * was cut short by the upstream after its head came. The request is not
+   * counted again; a probe's late failure opens the breaker again.
+   */
+  recordLateFailure(now = Date.now(), startedAt = now): void {
+    const state = this.state(now);
+    if (state === "half-open") {
+      if (startedAt >= this.#halfOpenedAt) this.#open(now);
+      return;
+    }
+    if (state === "open") return;
+    this.#count(now, false, true);
+  }
+
+  /** Counts an outcome in the current bucket and opens the breaker when the window says so. */
+  #count(now: number, request: boolean, failure: boolean): void {
     const index = Math.floor(now / this.#bucketMs) % BUCKETS;
     const start = Math.floor(now / this.#bucketMs) * this.#bucketMs;
     if (this.#starts[index] !== start) {
@@ -130,8 +150,9 @@ export class Breaker {
       this.#requests[index] = 0;
       this.#failures[index] = 0;
     }
-    this.#requests[index]!++;
-    if (!ok) this.#failures[index]!++;
+    // A late failure in a fresh bucket brings its request along (failures never outnumber requests).
+    if (request || this.#requests[index]! <= this.#failures[index]!) this.#requests[index]!++;
+    if (failure) this.#failures[index]!++;
     let requests = 0;
     let failures = 0;
     for (let i = 0; i < BUCKETS; i++) {

@@ -145,32 +145,23 @@ type Attempt =
   | { kind: "unreachable"; error: unknown; seconds: number };
 
 /**
- * Tells a breaker how an answer went. An answer is a success once its body
- * arrived whole: an upstream that drops the connection mid-body is failing,
- * and a half-open probe proves nothing before its body is through.
+ * Tells a breaker how an answer went: by its status, when its head came; an
+ * answer whose body the upstream then cuts short becomes a failure. (Counted
+ * only at the body's end, a long stream would hold a half-open breaker's
+ * probe, and every other caller out, for as long as it lasts.)
  */
 function recordAnswer(
-  ctx: RequestContext,
   breaker: Breaker,
   result: Extract<Attempt, { kind: "response" }>,
   startedAt: number,
 ): void {
   const ok = !breaker.isFailureStatus(result.response.status);
-  if (!ok || !isClientResponse(result.response) || isBodyComplete(result.response)) {
-    breaker.record(ok, Date.now(), startedAt);
-    return;
+  breaker.record(ok, Date.now(), startedAt);
+  if (ok && isClientResponse(result.response) && !isBodyComplete(result.response)) {
+    result.whenBodyEnds((end) => {
+      if (end === "failed") breaker.recordLateFailure(Date.now(), startedAt);
+    });
   }
-  let settled = false;
-  const settle = (end: BodyEnd) => {
-    if (settled) return;
-    settled = true;
-    if (end === "cancelled") breaker.cancel(startedAt);
-    else breaker.record(end === "complete", Date.now(), startedAt);
-  };
-  result.whenBodyEnds(settle);
-  // A body nobody read nor cancelled (a later step answered instead) ends with the request.
-  const unread = () => settle("cancelled");
-  ctx.completed.then(unread, unread);
 }
 
 function isConnectionError(error: unknown): boolean {
@@ -314,7 +305,7 @@ export default definePlugin({
         }
         const breaker = breakers?.of(target);
         if (result.kind === "response") {
-          if (breaker) recordAnswer(ctx, breaker, result, startedAt);
+          if (breaker) recordAnswer(breaker, result, startedAt);
         } else if (result.kind === "client_closed") {
           breaker?.cancel(startedAt);
         } else {

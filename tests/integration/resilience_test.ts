@@ -158,6 +158,62 @@ Deno.test("an upstream that drops the connection mid-body counts as failing", as
   }
 });
 
+/** An upstream: `/fail` answers 500, `/stream` streams a byte every 50 ms for `ms`, else "ok". */
+function streamingUpstream() {
+  return startUpstream((request) => {
+    const url = new URL(request.url);
+    if (url.pathname === "/fail") return new Response("broken", { status: 500 });
+    if (url.pathname !== "/stream") return new Response("ok");
+    const until = Date.now() + Number(url.searchParams.get("ms") ?? 1_000);
+    let timer: ReturnType<typeof setInterval>;
+    return new Response(
+      new ReadableStream({
+        start(controller) {
+          timer = setInterval(() => {
+            if (Date.now() >= until) {
+              clearInterval(timer);
+              controller.close();
+            } else controller.enqueue(new TextEncoder().encode("x"));
+          }, 50);
+        },
+        cancel() {
+          clearInterval(timer);
+        },
+      }),
+    );
+  });
+}
+
+Deno.test("a half-open probe that streams a long body closes the breaker when its head comes", async () => {
+  await using upstream = streamingUpstream();
+  await using gw = await startGateway(
+    yaml(`{ url: ${upstream.url} }`, BREAKER.replace("probes: 2", "probes: 1")),
+  );
+  for (let i = 0; i < 4; i++) await get(`${gw.url}/fail`);
+  assert.equal((await get(`${gw.url}/x`)).status, 503);
+  await delay(550);
+  const probe = await fetch(`${gw.url}/stream?ms=1500`);
+  assert.equal(probe.status, 200);
+  // While the probe's body streams, others get through.
+  assert.equal((await get(`${gw.url}/x`)).status, 200);
+  assert.equal((await probe.text()).length > 10, true);
+});
+
+Deno.test("streams the client leaves count as successes: a few failures among them do not open the breaker", async () => {
+  await using upstream = streamingUpstream();
+  await using gw = await startGateway(yaml(`{ url: ${upstream.url} }`));
+  for (let i = 0; i < 10; i++) {
+    const response = await fetch(`${gw.url}/stream?ms=2000`);
+    assert.equal(response.status, 200);
+    const reader = response.body!.getReader();
+    await reader.read();
+    await reader.cancel();
+  }
+  // 4 failures in 14 requests: under failure_ratio 0.5.
+  for (let i = 0; i < 4; i++) assert.equal((await get(`${gw.url}/fail`)).status, 500);
+  assert.equal((await get(`${gw.url}/fail`)).status, 500, "the breaker stayed closed");
+});
+
 Deno.test("breaker state survives an unrelated config edit", async () => {
   await using upstream = startUpstream(() => new Response("broken", { status: 503 }));
   await using gw = await startGateway(
