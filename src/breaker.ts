@@ -196,6 +196,7 @@ export class Breaker {
 /** The breakers of one route's targets. */
 export class BreakerSet {
   #options: BreakerOptions;
+  #generation = 0;
   #breakers = new Map<string, Breaker>();
   /** Called on every transition; the pipeline that owns the set may replace it. */
   onChange: (target: string, from: BreakerState, to: BreakerState) => void = () => {};
@@ -209,8 +210,15 @@ export class BreakerSet {
     return this.#options;
   }
 
-  /** Takes new settings for every breaker, keeping their states (see {@linkcode Breaker.configure}). */
-  configure(options: BreakerOptions): void {
+  /**
+   * Takes new settings for every breaker, keeping their states (see
+   * {@linkcode Breaker.configure}), unless settings of a later `generation`
+   * (a newer pipeline's) were taken already: a request still running on the
+   * pipeline a reload replaced does not bring its settings back.
+   */
+  configure(options: BreakerOptions, generation: number): void {
+    if (generation <= this.#generation) return;
+    this.#generation = generation;
     if (options === this.#options) return;
     this.#options = options;
     for (const breaker of this.#breakers.values()) breaker.configure(options);

@@ -12,6 +12,9 @@ import { waitPastSpentQuota } from "../response_headers.ts";
 
 const DEFAULT_FAILURE_STATUSES = [500, 502, 503, 504];
 
+/** Pipelines built so far: a later build's settings win over an earlier one's. */
+let builds = 0;
+
 export default definePlugin({
   name: "circuit-breaker",
   options: z.strictObject({
@@ -40,6 +43,7 @@ export default definePlugin({
       probes: opts.probes,
       failureStatuses: new Set(opts.failure_statuses),
     };
+    const generation = ++builds;
     // Kept across hot swaps, new options too: an open breaker stays open.
     const breakers = keep(() => new BreakerSet(settings), { acrossOptions: true });
     breakers.onChange = (target, from, to) => {
@@ -49,7 +53,7 @@ export default definePlugin({
 
     return function circuitBreaker(ctx, next) {
       // This pipeline's settings apply from its first request (a build that fails changes none).
-      breakers.configure(settings);
+      breakers.configure(settings, generation);
       const now = Date.now();
       if (!targets.some((target) => breakers.of(target).available(now))) {
         const left = Math.min(...targets.map((target) => breakers.of(target).openLeft(now)));

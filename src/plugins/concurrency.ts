@@ -22,6 +22,7 @@ export class Semaphore {
   queueMax: number;
   #active = 0;
   #queue: Waiter[] = [];
+  #generation = 0;
 
   constructor(max: number, queueMax: number) {
     this.max = max;
@@ -85,7 +86,10 @@ export class Semaphore {
    * a larger `max` lets waiters in at once; a smaller one admits no one until
    * the requests in flight are under it. A shorter line turns no one away.
    */
-  resize(max: number, queueMax: number): void {
+  resize(max: number, queueMax: number, generation: number): void {
+    // A request still running on a pipeline a reload replaced brings back no old limits.
+    if (generation <= this.#generation) return;
+    this.#generation = generation;
     this.max = max;
     this.queueMax = queueMax;
     while (this.#active < this.max && this.#queue.length > 0) {
@@ -106,6 +110,9 @@ export class Semaphore {
   }
 }
 
+/** Pipelines built so far: a later build's limits win over an earlier one's. */
+let builds = 0;
+
 export default definePlugin({
   name: "concurrency",
   options: z.strictObject({
@@ -114,6 +121,7 @@ export default definePlugin({
     queue_timeout: duration({ timer: true }).default(1_000),
   }),
   create(opts, { route, keep, onStatus }) {
+    const generation = ++builds;
     // Kept across hot swaps, new options too: the requests in flight and in
     // line before a reload still count against the new max.
     const semaphore = keep(() => new Semaphore(opts.max, opts.queue), { acrossOptions: true });
@@ -123,9 +131,7 @@ export default definePlugin({
 
     return async function concurrency(ctx, next) {
       // This pipeline's limits apply from its first request (a build that fails changes none).
-      if (semaphore.max !== opts.max || semaphore.queueMax !== opts.queue) {
-        semaphore.resize(opts.max, opts.queue);
-      }
+      semaphore.resize(opts.max, opts.queue, generation);
       const result = semaphore.tryAcquire()
         ? "ok"
         : await semaphore.acquire(ctx.signal, opts.queue_timeout);

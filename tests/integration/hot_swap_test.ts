@@ -463,3 +463,34 @@ Deno.test("a reload that changes concurrency or breaker options keeps the reques
   assert.equal(open.status, 503, "the breaker stayed open");
   assert.ok(Number(open.headers.get("retry-after")) > 50, "open_for is the new 60 s");
 });
+
+Deno.test("a request still on the pipeline a reload replaced brings back no old concurrency limit", async () => {
+  let inflight = 0;
+  let peak = 0;
+  await using upstream = startUpstream(async () => {
+    inflight++;
+    peak = Math.max(peak, inflight);
+    await delay(400);
+    inflight--;
+    return new Response("ok");
+  });
+  const yaml = (max: number) =>
+    `routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - plugin: ${repoPath("tests/fixtures/delay_plugin.ts")}
+      - concurrency: { max: ${max}, queue: 10, queue_timeout: 5s }
+      - proxy: {}
+`;
+  await using gw = await startGateway(yaml(5));
+  // This request reaches the concurrency step 600 ms from now, on the old pipeline.
+  const late = get(`${gw.url}/x`, { headers: { "x-delay": "600" } });
+  await delay(50);
+  await gw.config.write(yaml(1));
+  assert.ok(await waitFor(async () => (await version(gw.adminUrl)) === 2));
+  const answers = await Promise.all(Array.from({ length: 4 }, () => get(`${gw.url}/x`)));
+  assert.deepEqual(answers.map((answer) => answer.status), [200, 200, 200, 200]);
+  assert.equal((await late).status, 200);
+  assert.equal(peak, 1, "the upstream saw more than the new max at once");
+});
