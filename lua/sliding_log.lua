@@ -46,8 +46,9 @@ end
 if allowed == 1 and cost > 0 then
   -- A member is named after this call's time in microseconds (and its place in the
   -- call), which no other call of this node shares while the clock moves forward.
-  -- Should the clock have gone back onto a name still in a log, ZADD counts fewer
-  -- new members than it was given, and the missing ones go in again under new names.
+  -- Should the clock have gone back onto a name still in a log, ZADD NX leaves that
+  -- member as it was and counts fewer new members than it was given, and the
+  -- missing ones go in again under new names.
   local stamp = t[1] .. '.' .. t[2]
   local written = {}
   for i = 1, n do
@@ -70,11 +71,11 @@ if allowed == 1 and cost > 0 then
             members[#members + 1] = prefix .. '-' .. j
           end
           if #members == 1000 then
-            missing = missing - redis.call('ZADD', key, unpack(members))
+            missing = missing - redis.call('ZADD', key, 'NX', unpack(members))
             members = {}
           end
         end
-        if #members > 0 then missing = missing - redis.call('ZADD', key, unpack(members)) end
+        if #members > 0 then missing = missing - redis.call('ZADD', key, 'NX', unpack(members)) end
         round = round + 1
       end
       redis.call('PEXPIRE', key, tonumber(ARGV[3 + 2 * i]))

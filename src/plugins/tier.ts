@@ -11,7 +11,7 @@ import { rememberBounded } from "../bounded_map.ts";
 import { keyDigest } from "../digest.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
-import { clientIdOf, storeUnavailable } from "./_limit.ts";
+import { clientIdOf } from "./_limit.ts";
 
 const CACHE_MAX = 50_000;
 /** Unknown keys are remembered apart, fewer and shorter: junk keys must not push out known ones. */
@@ -116,19 +116,16 @@ export default definePlugin({
       return decide(ctx, client.key).then((answer) => answer ?? next());
     };
 
-    /**
-     * Sets the caller's tier, or answers 401 for an unknown key (503 for a key
-     * the store could not look up, when the store fails closed).
-     */
+    /** Sets the caller's tier, or answers 401 for an unknown key. */
     async function decide(ctx: RequestContext, key: string): Promise<Response | undefined> {
       const digest = await keyDigest(key);
       let name: string | undefined | typeof UNREADABLE = keys.get(digest)?.tier;
       if (name === undefined && hashes.length > 0) name = await fromHashes(digest);
       if (name === UNREADABLE) {
         // A store that is down is `on_failure`'s business, never the key's:
-        // failing closed answers 503; else the caller gets the default tier,
-        // counted as its address (a made-up key must bring no fresh quota).
-        if (gateway.store.health().on_failure === "deny") return storeUnavailable(1_000);
+        // the caller gets the default tier, counted as its address (a made-up
+        // key must bring no fresh quota), and the limit steps after this one
+        // apply the policy (a 503 under deny, unless they are shadows).
         name = options.default;
         countAsAddress(ctx);
       } else if (name === undefined || !Object.hasOwn(tiers, name)) {
@@ -138,7 +135,7 @@ export default definePlugin({
             title: "Unknown API key",
             detail: "The API key sent is not known to this gateway",
             headers: {
-              "www-authenticate": /^bearer /i.test(ctx.request.headers.get("authorization") ?? "")
+              "www-authenticate": sentAsBearer(ctx, key)
                 ? 'Bearer realm="sluice", error="invalid_token"'
                 : 'ApiKey realm="sluice"',
             },
@@ -161,4 +158,10 @@ export default definePlugin({
 function countAsAddress(ctx: RequestContext): void {
   const client = ctx.client!;
   ctx.client = { id: `ip:${client.ip}`, kind: "ip", key: client.key, ip: client.ip };
+}
+
+/** True when the key came as `Authorization: Bearer <key>` (not from an API key header). */
+function sentAsBearer(ctx: RequestContext, key: string): boolean {
+  const match = /^bearer\s+(.+)$/i.exec(ctx.request.headers.get("authorization") ?? "");
+  return match?.[1]?.trim() === key;
 }

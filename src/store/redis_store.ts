@@ -70,7 +70,7 @@ class PingTimeout extends Error {
   }
 }
 
-/** A node that cannot take writes: a replica (after a failover), or a primary that lost its replicas. */
+/** A node that cannot take writes: a replica (after a failover), one cut off from its primary too. */
 const NOT_WRITABLE = /^(READONLY|MASTERDOWN)\b/;
 
 /** One node through {@linkcode RespClient}. */
@@ -118,7 +118,8 @@ class NodeCommands implements Commands {
       await Promise.race([
         // A replica answers PING: after a refused write, only a write proves the node is back.
         this.#notWritable
-          ? this.#client.send(["SET", "sluice:probe", "1", "PX", "1000"]).catch((error) => {
+          // In the keys' namespace, which an ACL for sluice allows (~{sluice:*).
+          ? this.#client.send(["SET", "{sluice:probe}", "1", "PX", "1000"]).catch((error) => {
             if (NOT_WRITABLE.test((error as Error)?.message ?? "")) {
               this.#client.reset("it still refuses writes");
             }

@@ -113,6 +113,9 @@ Deno.test("tiers: each key gets its tier's limit, unknown keys are rejected, ano
   assert.equal(unknown.status, 401);
   assert.equal(JSON.parse(unknown.body).title, "Unknown API key");
   assert.equal(unknown.headers.get("www-authenticate"), 'ApiKey realm="sluice"');
+  // A bearer token beside the key (for the upstream) does not make the key a bearer's.
+  const beside = await send(`${gw.url}/api/x`, "who-am-i", { authorization: "Bearer other" });
+  assert.equal(beside.headers.get("www-authenticate"), 'ApiKey realm="sluice"');
   const paid = await send(`${gw.url}/api/x`, "paid-key");
   assert.equal(paid.headers.get("ratelimit-policy"), `"paid";q=5;w=60`);
 });

@@ -146,6 +146,16 @@ redisTest("the log counts every unit when Redis's clock repeats a microsecond", 
   assert.deepEqual(await decide(3), [1, 0, 0, 2, 60_000]);
   assert.equal((await server.cli(["ZCARD", key])).trim(), "8");
   assert.deepEqual((await decide(3)).slice(0, 4), [0, 60_000, 1, 2]);
+
+  // A name repeated from an earlier time (the clock went back 50 s) leaves the
+  // earlier unit where it was: at 115 s it is still in its window.
+  const other = "{sluice:r:clock2}:log:60000";
+  const at = async (now: number, cost: number) =>
+    (await server.cli(["EVAL", pinned, "1", other, String(cost), String(now), "1", "10", "60000"]))
+      .trim().split("\n").map(Number);
+  await at(100_000, 1);
+  await at(50_000, 1);
+  assert.equal((await at(115_000, 0))[3], 9);
 });
 
 redisTest(

@@ -141,11 +141,31 @@ redisTest(
     await redis.kill();
     const response = await fetch(gw.url, { headers: { "x-api-key": "some-key" } });
     assert.equal(response.status, 503);
+    assert.equal(response.headers.get("www-authenticate"), null);
     assert.equal(
       (await response.json()).type,
       "urn:sluice:problem:limit-store-unavailable",
     );
     assert.ok(Number(response.headers.get("retry-after")) >= 1);
+  },
+);
+
+redisTest(
+  "with on_failure: deny, a shadow limit still lets a key the store cannot look up through",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await using gw = await startGateway(
+      yaml(
+        upstream.url,
+        "  - { redis_hash: sluice:keys }",
+        `store: { kind: redis, url: ${redis.url}, on_failure: deny, timeout: 50ms }\n`,
+      ).replace("{ limit: tier }", "{ limit: tier, shadow: true }"),
+    );
+    await redis.kill();
+    const response = await fetch(gw.url, { headers: { "x-api-key": "some-key" } });
+    await response.body?.cancel();
+    assert.equal(response.status, 200);
   },
 );
 
