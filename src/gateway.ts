@@ -53,6 +53,8 @@ export interface GatewayOptions {
   debounceMs?: number;
   /** Add process metrics to `/metrics`. @default true */
   processMetrics?: boolean;
+  /** The longest a plugin's `create()` may take before its build fails, in ms. @default 10000 */
+  pluginCreateTimeoutMs?: number;
 }
 
 /** What a reload did. */
@@ -92,6 +94,7 @@ export class Gateway {
   #bound!: [string, unknown][];
   #admin!: Deno.HttpServer<Deno.NetAddr>;
   #fetch: (input: string, init: RequestInit) => Promise<Response>;
+  #createTimeoutMs: number | undefined;
   #httpClient: Http1Client | undefined;
   #watcher: FileWatcher | undefined;
   #reloadChain: Promise<unknown> = Promise.resolve();
@@ -113,6 +116,7 @@ export class Gateway {
       clients: RecentClients;
       fetch: (input: string, init: RequestInit) => Promise<Response>;
       httpClient?: Http1Client;
+      createTimeoutMs?: number;
     },
   ) {
     this.#store = init.store;
@@ -126,6 +130,7 @@ export class Gateway {
     this.#state = init.state;
     this.#fetch = init.fetch;
     this.#httpClient = init.httpClient;
+    this.#createTimeoutMs = init.createTimeoutMs;
   }
 
   /** Loads the config, builds the first pipeline and starts both listeners; throws {@linkcode ConfigError} for a bad config. */
@@ -154,6 +159,7 @@ export class Gateway {
         trusted,
         state: build,
         log,
+        createTimeoutMs: options.pluginCreateTimeoutMs,
       });
     } catch (error) {
       build.abort();
@@ -174,6 +180,7 @@ export class Gateway {
       clients,
       fetch: upstreamFetch,
       httpClient,
+      createTimeoutMs: options.pluginCreateTimeoutMs,
     });
     metrics.configReloads.inc({ result: "ok" });
     metrics.readRouteGauges(() => routeGauges(gateway.#pipeline));
@@ -531,6 +538,7 @@ export class Gateway {
         trusted,
         state: build,
         log: this.log,
+        createTimeoutMs: this.#createTimeoutMs,
       });
     } catch (error) {
       build.abort();

@@ -105,7 +105,12 @@ export interface BuildOptions {
   readonly trusted: CidrSet;
   readonly state: StateBuild;
   readonly log: Logger;
+  /** The longest a plugin's `create()` may take, in ms. @default 10000 */
+  readonly createTimeoutMs?: number;
 }
+
+/** A `create()` that never finishes must not hold every later reload (and shutdown) behind it. */
+const CREATE_TIMEOUT_MS = 10_000;
 
 /**
  * Creates every plugin of every route; throws {@linkcode PipelineBuildError}
@@ -163,7 +168,12 @@ export async function buildPipeline(
         },
       };
       try {
-        handlers.push(await entry.definition.create(entry.options, context));
+        handlers.push(
+          await within(
+            () => entry.definition.create(entry.options, context),
+            options.createTimeoutMs ?? CREATE_TIMEOUT_MS,
+          ),
+        );
       } catch (error) {
         causes.push(error);
         failures.push({
@@ -248,5 +258,23 @@ export class Context implements RequestContext {
 
   set<T>(key: ContextKey<T>, value: T): void {
     (this.#values ??= new Map()).set(key, value);
+  }
+}
+
+/** What `create` gives, or an error once `ms` pass without it. */
+async function within<T>(create: () => T | Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      Promise.resolve().then(create),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`its create() did not finish within ${ms / 1000} s`)),
+          ms,
+        );
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }

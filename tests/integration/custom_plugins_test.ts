@@ -183,3 +183,47 @@ Deno.test("a plugin that rewrites ctx.url's query or path is forwarded so; untou
   assert.equal(untouched.path, "/other");
   assert.equal(untouched.search, "?v=1&keep=yes");
 });
+
+Deno.test("a plugin whose create() never finishes fails its build in time, and later reloads still work", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const plugin = (hang: boolean) =>
+    `import { definePlugin } from "${modUrl}";
+import { z } from "zod";
+export default definePlugin({
+  name: "slow-create",
+  options: z.object({}),
+  async create() {
+    if (${hang}) await new Promise(() => {});
+    return (_ctx, next) => next();
+  },
+});
+`;
+  const yaml = (withPlugin: boolean) =>
+    `routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+${withPlugin ? "      - plugin: ./slow.ts\n" : ""}      - proxy: {}
+`;
+  await using gw = await startGateway(yaml(false), { pluginCreateTimeoutMs: 300 }, {
+    "slow.ts": plugin(true),
+  });
+  const started = Date.now();
+  const failed = await fetch(`${gw.adminUrl}/reload`, { method: "POST" }).then((r) => r.json());
+  assert.equal(failed.ok, true, "a reload without the plugin works");
+  await Deno.writeTextFile(`${gw.config.dir}/gateway.yaml`, yaml(true));
+  const refused = await fetch(`${gw.adminUrl}/reload`, { method: "POST" });
+  const body = await refused.json();
+  assert.equal(refused.status, 422);
+  assert.match(body.errors[0].message, /create\(\) did not finish within 0.3 s/);
+  assert.equal(body.errors[0].line, 5);
+  assert.ok(Date.now() - started < 5_000);
+  assert.equal(
+    await fetch(`${gw.url}/x`).then(async (r) => (await r.body?.cancel(), r.status)),
+    200,
+  );
+  // Fixed, it reloads: nothing waits behind the hung create().
+  await Deno.writeTextFile(`${gw.config.dir}/slow.ts`, plugin(false));
+  const fixed = await fetch(`${gw.adminUrl}/reload`, { method: "POST" }).then((r) => r.json());
+  assert.equal(fixed.ok, true);
+});
