@@ -47,6 +47,8 @@ export function statusDocument(gateway: Gateway): Record<string, unknown> {
     inflight: gateway.inflight,
     store: gateway.store.health(),
     routes: pipeline.routes.map((route) => ({
+      // The plugins' reports first: a custom plugin's cannot hide the route's own fields.
+      ...Object.assign({}, ...route.statusReports.map((report) => report())),
       name: route.info.name,
       match: pipeline.loaded.routes.find((r) => r.name === route.info.name)?.match ?? {},
       upstream: route.info.upstream?.url ?? null,
@@ -54,7 +56,6 @@ export function statusDocument(gateway: Gateway): Record<string, unknown> {
         ? { targets: route.info.upstream.targets }
         : {}),
       pipeline: route.steps,
-      ...Object.assign({}, ...route.statusReports.map((report) => report())),
     })),
     last_reload_error: gateway.lastFailure ?? null,
   };

@@ -739,13 +739,16 @@ function routeGauges(pipeline: Pipeline): RouteGauges[] {
     for (const statusReport of route.statusReports) {
       const report = statusReport();
       const concurrency = report.concurrency as { inflight: number; queued: number } | undefined;
-      if (concurrency) {
+      if (typeof concurrency?.inflight === "number" && typeof concurrency.queued === "number") {
         gauges.inflight = (gauges.inflight ?? 0) + concurrency.inflight;
         gauges.queued = (gauges.queued ?? 0) + concurrency.queued;
       }
       const breakers = report.breaker as Record<string, BreakerState> | undefined;
       for (const state of Object.values(breakers ?? {})) {
-        gauges.breaker = Math.max(gauges.breaker ?? 0, STATE_VALUE[state]);
+        // Only the states a breaker has (a custom plugin may report a "breaker" of its own).
+        if (Object.hasOwn(STATE_VALUE, state)) {
+          gauges.breaker = Math.max(gauges.breaker ?? 0, STATE_VALUE[state]);
+        }
       }
     }
     return gauges;

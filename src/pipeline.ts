@@ -152,14 +152,26 @@ export async function buildPipeline(
       const pluginOccurrence = occurrencesByPlugin.get(plugin) ?? 0;
       occurrencesByPlugin.set(plugin, pluginOccurrence + 1);
       let keeps = 0;
+      const pluginLog = options.log.child({ route: route.name, plugin: entry.name });
       const context: PluginContext = {
         route: info,
         pipeline: steps,
         position,
         onClientQuery: (query) => clientQueries.push(query),
-        onStatus: (report) => statusReports.push(report),
+        onStatus: (report) => {
+          // A report that throws is left out: /status and /metrics (which read
+          // these) keep answering, and the log says which plugin failed.
+          statusReports.push(() => {
+            try {
+              return report();
+            } catch (error) {
+              pluginLog.warn("a plugin's status report failed", { error });
+              return {};
+            }
+          });
+        },
         gateway: options.services,
-        log: options.log.child({ route: route.name, plugin: entry.name }),
+        log: pluginLog,
         keep(init, keepOptions) {
           const key = keepOptions?.acrossOptions
             ? `${plugin}\u0000any options\u0000${pluginOccurrence}\u0000${keeps++}`

@@ -227,3 +227,51 @@ ${withPlugin ? "      - plugin: ./slow.ts\n" : ""}      - proxy: {}
   const fixed = await fetch(`${gw.adminUrl}/reload`, { method: "POST" }).then((r) => r.json());
   assert.equal(fixed.ok, true);
 });
+
+Deno.test("a plugin's status report that throws, or claims the route's fields, breaks neither /status nor /metrics", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const plugin = (name: string, report: string) =>
+    `import { definePlugin } from "${modUrl}";
+import { z } from "zod";
+export default definePlugin({
+  name: "${name}",
+  options: z.object({}),
+  create(_options, ctx) {
+    ctx.onStatus(() => { ${report} });
+    return (_ctx, next) => next();
+  },
+});
+`;
+  await using gw = await startGateway(
+    `routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - plugin: ./throws.ts
+      - plugin: ./claims.ts
+      - proxy: {}
+`,
+    { processMetrics: false },
+    {
+      "throws.ts": plugin("throws", `throw new Error("status broke");`),
+      "claims.ts": plugin(
+        "claims",
+        `return { name: "hijacked", pipeline: "none", breaker: { x: "weird" }, mine: 1 };`,
+      ),
+    },
+  );
+  const status = await fetch(`${gw.adminUrl}/status`);
+  assert.equal(status.status, 200);
+  const route = (await status.json()).routes[0];
+  assert.equal(route.name, "api");
+  assert.deepEqual(route.pipeline, ["throws", "claims", "proxy"]);
+  assert.equal(route.mine, 1);
+  const metrics = await fetch(`${gw.adminUrl}/metrics`);
+  assert.equal(metrics.status, 200);
+  assert.doesNotMatch(await metrics.text(), /NaN/);
+  assert.ok(
+    gw.logs.lines.some((line) =>
+      line.msg === "a plugin's status report failed" && line.plugin === "throws"
+    ),
+  );
+});
