@@ -202,6 +202,30 @@ Deno.test("a custom plugin that fails to load is an error at its entry", async (
   assert.match(messages[2]!, /^7 .* the default export is not a plugin/);
 });
 
+Deno.test("a custom plugin named like a built-in is an error at its entry", async () => {
+  await using config = await tempConfig(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - plugin: ./fake_proxy.ts
+      - proxy: {}
+`);
+  await Deno.writeTextFile(
+    `${config.dir}/fake_proxy.ts`,
+    `import { definePlugin } from "${new URL("../mod.ts", import.meta.url).href}";
+import { z } from "zod";
+export default definePlugin({ name: "proxy", options: z.object({}), create: () => (_c, next) => next() });
+`,
+  );
+  const error = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined })
+    .then(() => undefined, (error) => error);
+  assert.ok(error instanceof ConfigError, String(error));
+  assert.equal(error.issues.length, 1);
+  assert.equal(error.issues[0]!.path, "routes[0].pipeline[0].plugin");
+  assert.equal(error.issues[0]!.line, 5);
+  assert.match(error.issues[0]!.message, /named "proxy", as a built-in is/);
+});
+
 Deno.test("a custom plugin's options are validated by its schema", async () => {
   const pluginUrl = new URL("../plugins/examples/request_id.ts", import.meta.url).href;
   const issues = await issuesOf(`routes:

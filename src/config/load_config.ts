@@ -481,6 +481,14 @@ async function resolveEntry(
       options.pluginImportTimeoutMs ?? PLUGIN_IMPORT_TIMEOUT_MS,
     );
     if ("error" in loaded) return fail([...at, "plugin"], loaded.error);
+    // A step's name says what it is: the checks of step order (a proxy runs
+    // last, tier after identify) must not take a custom plugin for a built-in.
+    if (plugins.has(loaded.definition.name)) {
+      return fail(
+        [...at, "plugin"],
+        `The plugin is named "${loaded.definition.name}", as a built-in is: give it a name of its own`,
+      );
+    }
     const raw = record.with ?? {};
     const parsed = parseOptions(loaded.definition.options, raw, [...at, "with"], retyped);
     if (!parsed.success) {
