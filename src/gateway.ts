@@ -391,7 +391,13 @@ export class Gateway {
           throw new TypeError("A response header value holds a control character");
         }
       } catch (error) {
-        this.log.error("plugin failed", { route: routeName, request_id: requestId, error });
+        this.log.error("plugin failed", {
+          route: routeName,
+          request_id: requestId,
+          error,
+          // Where it was thrown: a custom plugin's file and line.
+          at: thrownAt(error),
+        });
         response = problem(500, {
           type: `${PROBLEM_TYPE_BASE}plugin-failed`,
           title: "Plugin failed",
@@ -753,6 +759,14 @@ function routeGauges(pipeline: Pipeline): RouteGauges[] {
     }
     return gauges;
   });
+}
+
+/** The first frame of an error's stack (`file:line:column`, with the function when known). */
+function thrownAt(error: unknown): string | undefined {
+  const stack = (error as Error)?.stack;
+  if (typeof stack !== "string") return undefined;
+  // Without the version a custom plugin is imported under (`?v=<digest>`).
+  return /^\s+at (.+)$/m.exec(stack)?.[1]?.replace(/\?v=[0-9a-f]+(?=:\d+:\d+)/, "");
 }
 
 function outcomeOf(response: Response | undefined): string {

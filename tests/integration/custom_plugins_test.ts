@@ -92,6 +92,8 @@ Deno.test("a plugin that throws on a request answers 500 problem+json and the ga
   const logged = gw.logs.lines.filter((line) => line.msg === "plugin failed");
   assert.equal(logged.length, 3);
   assert.match(JSON.stringify(logged[0]), /flaky plugin blew up/);
+  // Where it was thrown: the plugin's own file.
+  assert.match(String(logged[0]!.at), /flaky\.ts:\d+:\d+/);
   assert.match(JSON.stringify(logged[1]), /next\(\) was called more than once/);
   assert.match(JSON.stringify(logged[2]), /not a Response/);
   assert.equal(logged[2]!.request_id, "forgot-1");
