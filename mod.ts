@@ -21,21 +21,43 @@
  * @module
  */
 export {
+  type ClientDirectory,
   type ClientIdentity,
+  type ClientReport,
   ContextKey,
   definePlugin,
   type GatewayServices,
   type Handler,
   type KeepOptions,
+  type KeyEntry,
   type Next,
   type PluginContext,
   type PluginDefinition,
   type RequestContext,
   type RouteInfo,
+  type TierSpec,
   type UpstreamInfo,
 } from "./src/plugin.ts";
+export type {
+  BucketDecision,
+  BucketQuery,
+  DecisionSource,
+  FailurePolicy,
+  LimitState,
+  LimitStore,
+  SourcedBucketDecision,
+  SourcedWindowDecision,
+  StoreHealth,
+  StoreKind,
+  WindowAlgorithm,
+  WindowDecision,
+  WindowLimit,
+  WindowQuery,
+} from "./src/store/store.ts";
+export type { EnvLookup } from "./src/config/interpolate.ts";
+export type { ConfigIssue } from "./src/config/load_config.ts";
 export { isGatewayAnswer, problem, PROBLEM_TYPE_BASE, type ProblemOptions } from "./src/problem.ts";
-export { duration, rate } from "./src/config/schema.ts";
+export { duration, type DurationUse, rate } from "./src/config/schema.ts";
 export type { Rate } from "./src/config/duration.ts";
 export {
   Gateway,
