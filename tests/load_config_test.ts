@@ -659,12 +659,11 @@ routes:
   await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: (name) => env[name] });
 });
 
-Deno.test("a key listed twice with two tiers is an error, in the config and in a keys file", async () => {
+/** The issues of a config whose `keys` are `keys` (tiers free and paid), with `keys.yaml` beside it. */
+async function keysIssues(keys: string, keysFile: string): Promise<ConfigIssue[]> {
   await using config = await tempConfig(
     `keys:
-  - { key: k1, tier: free }
-  - { key: k1, tier: paid }
-  - { file: ./keys.yaml }
+${keys}
 tiers:
   free: { limit: 1, window: 1m }
   paid: { limit: 9, window: 1m }
@@ -674,38 +673,30 @@ routes:
     pipeline: [ { proxy: {} } ]
 `,
   );
-  await Deno.writeTextFile(
-    `${config.dir}/keys.yaml`,
-    `- { key: k2, tier: free }\n- { key: k1, tier: free }\n`,
-  );
+  await Deno.writeTextFile(`${config.dir}/keys.yaml`, keysFile);
   const error = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined })
     .catch((error) => error);
   assert.ok(error instanceof ConfigError, String(error));
-  assert.deepEqual(error.issues.map((issue) => [issue.path, issue.line]), [
+  return error.issues;
+}
+
+Deno.test("a key listed twice with two tiers is an error, in the config and in a keys file", async () => {
+  const issues = await keysIssues(
+    "  - { key: k1, tier: free }\n  - { key: k1, tier: paid }\n  - { file: ./keys.yaml }",
+    `- { key: k2, tier: free }\n- { key: k1, tier: free }\n`,
+  );
+  assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [
     ["keys[1].key", 3],
     ["keys[2].file", 4],
   ]);
-  assert.match(error.issues[0]!.message, /listed before with tier "free"/);
-  assert.match(error.issues[1]!.message, /keys\.yaml:2: .*listed before with tier "paid"/);
+  assert.match(issues[0]!.message, /listed before with tier "free"/);
+  assert.match(issues[1]!.message, /keys\.yaml:2: .*listed before with tier "paid"/);
 });
 
 Deno.test("a bare number as a key in a keys file is an error that says to quote it", async () => {
-  await using config = await tempConfig(
-    `keys: [ { file: ./keys.yaml } ]
-tiers:
-  free: { limit: 1, window: 1m }
-routes:
-  - name: api
-    upstream: { url: http://127.0.0.1:9001 }
-    pipeline: [ { proxy: {} } ]
-`,
-  );
-  await Deno.writeTextFile(
-    `${config.dir}/keys.yaml`,
+  const issues = await keysIssues(
+    "  - { file: ./keys.yaml }",
     `- { key: abc, tier: free }\n- { key: 0012345, tier: free }\n`,
   );
-  const error = await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined })
-    .catch((error) => error);
-  assert.ok(error instanceof ConfigError, String(error));
-  assert.match(error.issues[0]!.message, /keys\.yaml:2: a key is text: quote it/);
+  assert.match(issues[0]!.message, /keys\.yaml:2: a key is text: quote it/);
 });
