@@ -24,6 +24,11 @@ export interface BreakerOptions {
 
 const BUCKETS = 10;
 
+/** Where {@linkcode Breaker.record} counted an outcome: a bucket of the window, or a probe. */
+export type Counted =
+  | { readonly epoch: number; readonly bucket: number; readonly index: number }
+  | { readonly probeOf: number };
+
 /** The numeric value of a state in `sluice_breaker_state`. */
 export const STATE_VALUE: Record<BreakerState, number> = { closed: 0, "half-open": 1, open: 2 };
 
@@ -40,6 +45,10 @@ export class Breaker {
   #probesPassed = 0;
   /** When the breaker last half-opened: what started before is no probe. */
   #halfOpenedAt = 0;
+  /** The half-open spell whose probes closed the breaker (their late failures open it again). */
+  #closedBy = -1;
+  /** Counts since the last reset: a late failure counts only among its own. */
+  #epoch = 0;
   #onChange: (from: BreakerState, to: BreakerState) => void;
 
   constructor(
@@ -109,40 +118,57 @@ export class Breaker {
    * Records the outcome of a request that {@linkcode Breaker.acquire} let
    * through at `startedAt`. While half-open, only the probes' outcomes count:
    * a request from before (slower than `open_for`) neither closes nor reopens it.
+   * Returns where the outcome was counted, for {@linkcode Breaker.recordLateFailure}.
    */
-  record(ok: boolean, now = Date.now(), startedAt = now): void {
+  record(ok: boolean, now = Date.now(), startedAt = now): Counted | undefined {
     const state = this.state(now);
     if (state === "half-open") {
-      if (startedAt < this.#halfOpenedAt) return;
+      if (startedAt < this.#halfOpenedAt) return undefined;
       if (!ok) {
         this.#open(now);
-      } else if (++this.#probesPassed >= this.#options.probes) {
+        return undefined;
+      }
+      const probe: Counted = { probeOf: this.#halfOpenedAt };
+      if (++this.#probesPassed >= this.#options.probes) {
         this.#reset();
         this.#move("closed");
+        this.#closedBy = this.#halfOpenedAt;
       }
-      return;
+      return probe;
     }
-    if (state === "open") return;
-    this.#count(now, true, !ok);
+    if (state === "open") return undefined;
+    const index = this.#count(now, !ok);
+    return { epoch: this.#epoch, bucket: this.#starts[index]!, index };
   }
 
   /**
    * Turns an outcome recorded as a success into a failure: the answer's body
-   * was cut short by the upstream after its head came. The request is not
-   * counted again; a probe's late failure opens the breaker again.
+   * was cut short by the upstream after its head came. It counts where its
+   * success was counted (the request is not counted again), while that bucket
+   * is still in the window; a probe's late failure opens the breaker again,
+   * also when the probes had closed it.
    */
-  recordLateFailure(now = Date.now(), startedAt = now): void {
+  recordLateFailure(counted: Counted | undefined, now = Date.now()): void {
+    if (!counted) return;
     const state = this.state(now);
-    if (state === "half-open") {
-      if (startedAt >= this.#halfOpenedAt) this.#open(now);
+    if ("probeOf" in counted) {
+      const sameEpisode = state === "half-open"
+        ? this.#halfOpenedAt === counted.probeOf
+        : state === "closed" && this.#closedBy === counted.probeOf;
+      if (sameEpisode) this.#open(now);
       return;
     }
-    if (state === "open") return;
-    this.#count(now, false, true);
+    if (
+      state !== "closed" || counted.epoch !== this.#epoch ||
+      this.#starts[counted.index] !== counted.bucket ||
+      counted.bucket <= now - this.#options.windowMs
+    ) return;
+    this.#failures[counted.index]!++;
+    this.#openIfFailing(now);
   }
 
-  /** Counts an outcome in the current bucket and opens the breaker when the window says so. */
-  #count(now: number, request: boolean, failure: boolean): void {
+  /** Counts one request in the current bucket; returns the bucket's index. */
+  #count(now: number, failure: boolean): number {
     const index = Math.floor(now / this.#bucketMs) % BUCKETS;
     const start = Math.floor(now / this.#bucketMs) * this.#bucketMs;
     if (this.#starts[index] !== start) {
@@ -150,9 +176,14 @@ export class Breaker {
       this.#requests[index] = 0;
       this.#failures[index] = 0;
     }
-    // A late failure in a fresh bucket brings its request along (failures never outnumber requests).
-    if (request || this.#requests[index]! <= this.#failures[index]!) this.#requests[index]!++;
+    this.#requests[index]!++;
     if (failure) this.#failures[index]!++;
+    this.#openIfFailing(now);
+    return index;
+  }
+
+  /** Opens the breaker when the window's failures say so. */
+  #openIfFailing(now: number): void {
     let requests = 0;
     let failures = 0;
     for (let i = 0; i < BUCKETS; i++) {
@@ -180,6 +211,7 @@ export class Breaker {
   }
 
   #reset(): void {
+    this.#epoch++;
     this.#starts.fill(-1);
     this.#requests.fill(0);
     this.#failures.fill(0);

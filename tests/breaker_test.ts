@@ -47,3 +47,39 @@ Deno.test("a probe whose client hung up frees its turn for another probe", () =>
   breaker.cancel(200);
   assert.equal(breaker.acquire(210), true);
 });
+
+Deno.test("a late failure (a body cut short) counts where its head was counted, never as a second request", () => {
+  const opts = { ...options, failureRatio: 0.6, minRequests: 8, windowMs: 2_000 };
+  // 8 heads at t=0, their bodies cut at t=300 (a later bucket): 8 failures in 8 requests.
+  const cut = new Breaker(opts);
+  const heads = Array.from({ length: 8 }, () => cut.record(true, 0, 0));
+  for (const head of heads) cut.recordLateFailure(head, 300);
+  assert.equal(cut.state(301), "open");
+
+  // 4 successes and 4 cut bodies: 0.5, under a ratio of 0.75.
+  const half = new Breaker({ ...opts, failureRatio: 0.75 });
+  const counted = Array.from({ length: 8 }, () => half.record(true, 0, 0));
+  for (const head of counted.slice(0, 4)) half.recordLateFailure(head, 300);
+  assert.equal(half.state(301), "closed");
+
+  // A head whose bucket left the window counts nothing more.
+  const old = new Breaker({ ...opts, minRequests: 1, failureRatio: 0.1 });
+  const gone = old.record(true, 0, 0);
+  old.recordLateFailure(gone, 5_000);
+  assert.equal(old.state(5_001), "closed");
+});
+
+Deno.test("a probe whose body is cut after the probes closed the breaker opens it again", () => {
+  const breaker = new Breaker({ ...options, probes: 2 });
+  breaker.record(false, 0, 0);
+  breaker.record(false, 1, 1);
+  assert.equal(breaker.state(200), "half-open");
+  const first = breaker.record(true, 200, 200);
+  const second = breaker.record(true, 201, 200);
+  assert.equal(breaker.state(202), "closed");
+  breaker.recordLateFailure(second, 500);
+  assert.equal(breaker.state(501), "open");
+  // A probe of that spell failing later again changes nothing more.
+  breaker.recordLateFailure(first, 520);
+  assert.equal(breaker.state(521), "open");
+});

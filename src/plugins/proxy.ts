@@ -156,10 +156,10 @@ function recordAnswer(
   startedAt: number,
 ): void {
   const ok = !breaker.isFailureStatus(result.response.status);
-  breaker.record(ok, Date.now(), startedAt);
-  if (ok && isClientResponse(result.response) && !isBodyComplete(result.response)) {
+  const counted = breaker.record(ok, Date.now(), startedAt);
+  if (counted && ok && isClientResponse(result.response) && !isBodyComplete(result.response)) {
     result.whenBodyEnds((end) => {
-      if (end === "failed") breaker.recordLateFailure(Date.now(), startedAt);
+      if (end === "failed") breaker.recordLateFailure(counted);
     });
   }
 }
