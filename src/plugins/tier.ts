@@ -11,7 +11,7 @@ import { rememberBounded } from "../bounded_map.ts";
 import { keyDigest } from "../digest.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
 import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
-import { clientIdOf } from "./_limit.ts";
+import { clientIdOf, storeUnavailable } from "./_limit.ts";
 
 const CACHE_MAX = 50_000;
 /** Unknown keys are remembered apart, fewer and shorter: junk keys must not push out known ones. */
@@ -52,6 +52,9 @@ export default definePlugin({
     }
     const keys = gateway.keys;
     const hashes = gateway.keyHashes;
+    const limitFollows = pipeline.slice(position + 1).some((step) =>
+      step === "sliding-window" || step === "token-bucket"
+    );
     // Keys found, by digest, oldest first: kept past cache_ttl for a store that fails.
     const cache = new Map<string, { tier: string; until: number }>();
     // Keys not found, for a short while.
@@ -125,7 +128,11 @@ export default definePlugin({
         // A store that is down is `on_failure`'s business, never the key's:
         // the caller gets the default tier, counted as its address (a made-up
         // key must bring no fresh quota), and the limit steps after this one
-        // apply the policy (a 503 under deny, unless they are shadows).
+        // apply the policy (a 503 under deny, unless they are shadows). With
+        // none after it, failing closed is this step's to do.
+        if (!limitFollows && gateway.store.health().on_failure === "deny") {
+          return storeUnavailable(1_000);
+        }
         name = options.default;
         countAsAddress(ctx);
       } else if (name === undefined || !Object.hasOwn(tiers, name)) {
@@ -160,8 +167,12 @@ function countAsAddress(ctx: RequestContext): void {
   ctx.client = { id: `ip:${client.ip}`, kind: "ip", key: client.key, ip: client.ip };
 }
 
-/** True when the key came as `Authorization: Bearer <key>` (not from an API key header). */
+/**
+ * True when the key came as a bearer token: `Authorization: Bearer <key>`
+ * (the `bearer` source), or that whole header (`header:authorization`).
+ */
 function sentAsBearer(ctx: RequestContext, key: string): boolean {
-  const match = /^bearer\s+(.+)$/i.exec(ctx.request.headers.get("authorization") ?? "");
-  return match?.[1]?.trim() === key;
+  const header = ctx.request.headers.get("authorization") ?? "";
+  const match = /^bearer\s+(.+)$/i.exec(header);
+  return match !== null && (match[1]!.trim() === key || header.trim() === key);
 }

@@ -116,6 +116,17 @@ Deno.test("tiers: each key gets its tier's limit, unknown keys are rejected, ano
   // A bearer token beside the key (for the upstream) does not make the key a bearer's.
   const beside = await send(`${gw.url}/api/x`, "who-am-i", { authorization: "Bearer other" });
   assert.equal(beside.headers.get("www-authenticate"), 'ApiKey realm="sluice"');
+  // A key read from the whole Authorization header, sent as a bearer token, is one.
+  await using byHeader = await startGateway(yaml(
+    upstream.url,
+    TIERED.replace("header:x-api-key, ip", "header:authorization"),
+  ));
+  const bearer = await send(`${byHeader.url}/api/x`, undefined, { authorization: "Bearer nope" });
+  assert.equal(bearer.status, 401);
+  assert.equal(
+    bearer.headers.get("www-authenticate"),
+    'Bearer realm="sluice", error="invalid_token"',
+  );
   const paid = await send(`${gw.url}/api/x`, "paid-key");
   assert.equal(paid.headers.get("ratelimit-policy"), `"paid";q=5;w=60`);
 });

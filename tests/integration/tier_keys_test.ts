@@ -127,7 +127,7 @@ redisTest(
 );
 
 redisTest(
-  "with on_failure: deny, a key the store cannot look up is no 401: the limit step answers 503, or a shadow lets it through",
+  "with on_failure: deny, a key the store cannot look up is no 401: the limit step answers 503 (the tier step with none after it), or a shadow lets it through",
   async () => {
     await using upstream = startUpstream(() => new Response("ok"));
     await using redis = await RedisServer.start();
@@ -139,6 +139,10 @@ redisTest(
       ).replace("{ limit: tier }", limit);
     await using enforcing = await startGateway(config("{ limit: tier }"));
     await using shadow = await startGateway(config("{ limit: tier, shadow: true }"));
+    // No limit step after the tier: failing closed is the tier step's to do.
+    await using unlimited = await startGateway(
+      config("{ limit: tier }").replace("      - sliding-window: { limit: tier }\n", ""),
+    );
     await redis.kill();
     const send = (url: string) => fetch(url, { headers: { "x-api-key": "some-key" } });
 
@@ -151,6 +155,10 @@ redisTest(
     const passed = await send(shadow.url);
     await passed.body?.cancel();
     assert.equal(passed.status, 200);
+
+    const closed = await send(unlimited.url);
+    assert.equal(closed.status, 503);
+    assert.equal((await closed.json()).type, "urn:sluice:problem:limit-store-unavailable");
   },
 );
 
