@@ -47,8 +47,13 @@ export function statusDocument(gateway: Gateway): Record<string, unknown> {
     inflight: gateway.inflight,
     store: gateway.store.health(),
     routes: pipeline.routes.map((route) => ({
-      // The plugins' reports first: a custom plugin's cannot hide the route's own fields.
-      ...Object.assign({}, ...route.statusReports.map((report) => report())),
+      // The plugins' reports first, the built-ins' after the custom ones': a
+      // custom plugin's report hides neither theirs nor the route's own fields.
+      ...Object.assign(
+        {},
+        ...route.statusReports.filter((report) => !report.builtin).map((report) => report.read()),
+        ...route.statusReports.filter((report) => report.builtin).map((report) => report.read()),
+      ),
       name: route.info.name,
       match: pipeline.loaded.routes.find((r) => r.name === route.info.name)?.match ?? {},
       upstream: route.info.upstream?.url ?? null,

@@ -743,7 +743,9 @@ function routeGauges(pipeline: Pipeline): RouteGauges[] {
   return pipeline.routes.map((route) => {
     const gauges: RouteGauges = { route: route.info.name };
     for (const statusReport of route.statusReports) {
-      const report = statusReport();
+      // Only the built-in steps' figures: a custom plugin's report is no gauge.
+      if (!statusReport.builtin) continue;
+      const report = statusReport.read();
       const concurrency = report.concurrency as { inflight: number; queued: number } | undefined;
       if (typeof concurrency?.inflight === "number" && typeof concurrency.queued === "number") {
         gauges.inflight = (gauges.inflight ?? 0) + concurrency.inflight;
@@ -761,12 +763,24 @@ function routeGauges(pipeline: Pipeline): RouteGauges[] {
   });
 }
 
-/** The first frame of an error's stack (`file:line:column`, with the function when known). */
+/** The gateway's own modules: a frame there is not where a plugin went wrong. */
+const OWN_SOURCE = new URL("./", import.meta.url).href;
+
+/**
+ * Where a plugin threw: the first frame of the error's stack outside the
+ * gateway's own modules (`file:line:column`, with the function when known),
+ * none for a mistake the gateway found itself (an answer that is no Response).
+ */
 function thrownAt(error: unknown): string | undefined {
   const stack = (error as Error)?.stack;
   if (typeof stack !== "string") return undefined;
-  // Without the version a custom plugin is imported under (`?v=<digest>`).
-  return /^\s+at (.+)$/m.exec(stack)?.[1]?.replace(/\?v=[0-9a-f]+(?=:\d+:\d+)/, "");
+  for (const [, frame] of stack.matchAll(/^\s+at (.+)$/gm)) {
+    if (frame!.includes(OWN_SOURCE)) return undefined;
+    if (frame!.includes("ext:")) continue;
+    // Without the version a custom plugin is imported under (`?v=<digest>`).
+    return frame!.replace(/\?v=[0-9a-f]+(?=:\d+:\d+)/, "");
+  }
+  return undefined;
 }
 
 function outcomeOf(response: Response | undefined): string {

@@ -31,8 +31,19 @@ export interface CompiledRoute {
   /** The plugins' views of one client, for `/clients/{id}`. */
   readonly clientQueries: readonly ((clientId: string) => Promise<ClientReport | undefined>)[];
   /** The plugins' state for `/status`. */
-  readonly statusReports: readonly (() => Record<string, unknown>)[];
+  readonly statusReports: readonly StatusReport[];
 }
+
+/** One plugin's state for `/status`. */
+export interface StatusReport {
+  /** A built-in plugin's (the gauges read only those). */
+  readonly builtin: boolean;
+  /** The report now; an object, `{}` when the plugin's report failed. */
+  readonly read: () => Record<string, unknown>;
+}
+
+/** At most one warning this often about one plugin's failing status report. */
+const REPORT_WARN_EVERY_MS = 60_000;
 
 /** Every route of one config. */
 export interface Pipeline {
@@ -159,15 +170,26 @@ export async function buildPipeline(
         position,
         onClientQuery: (query) => clientQueries.push(query),
         onStatus: (report) => {
-          // A report that throws is left out: /status and /metrics (which read
-          // these) keep answering, and the log says which plugin failed.
-          statusReports.push(() => {
-            try {
-              return report();
-            } catch (error) {
-              pluginLog.warn("a plugin's status report failed", { error });
-              return {};
-            }
+          // A report that throws (or gives no object) is left out: /status and
+          // /metrics, which read these, keep answering, and the log says which
+          // plugin failed (once a minute: /status and /metrics are polled).
+          let warnedAt = -Infinity;
+          statusReports.push({
+            builtin: entry.module === undefined,
+            read: () => {
+              try {
+                const value = report();
+                if (value !== null && typeof value === "object") return value;
+                throw new TypeError(`the report gave ${value === null ? "null" : typeof value}`);
+              } catch (error) {
+                const now = performance.now();
+                if (now - warnedAt >= REPORT_WARN_EVERY_MS) {
+                  warnedAt = now;
+                  pluginLog.warn("a plugin's status report failed", { error });
+                }
+                return {};
+              }
+            },
           });
         },
         gateway: options.services,

@@ -97,6 +97,8 @@ Deno.test("a plugin that throws on a request answers 500 problem+json and the ga
   assert.match(JSON.stringify(logged[1]), /next\(\) was called more than once/);
   assert.match(JSON.stringify(logged[2]), /not a Response/);
   assert.equal(logged[2]!.request_id, "forgot-1");
+  // A mistake the gateway found itself names no place in the gateway.
+  assert.equal(logged[2]!.at, undefined);
 });
 
 Deno.test("a plugin that puts a control character in a response header gets its route's 500, and the gateway lives on", async () => {
@@ -251,6 +253,7 @@ export default definePlugin({
     pipeline:
       - plugin: ./throws.ts
       - plugin: ./claims.ts
+      - plugin: ./nothing.ts
       - proxy: {}
 `,
     { processMetrics: false },
@@ -258,19 +261,24 @@ export default definePlugin({
       "throws.ts": plugin("throws", `throw new Error("status broke");`),
       "claims.ts": plugin(
         "claims",
-        `return { name: "hijacked", pipeline: "none", breaker: { x: "weird" }, mine: 1 };`,
+        `return { name: "hijacked", pipeline: "none", breaker: { x: "open" }, mine: 1, concurrency: { inflight: 42, queued: 7 } };`,
       ),
+      // A block body by mistake: the report gives undefined.
+      "nothing.ts": plugin("nothing", `({ hits: 1 });`),
     },
   );
   const status = await fetch(`${gw.adminUrl}/status`);
   assert.equal(status.status, 200);
   const route = (await status.json()).routes[0];
   assert.equal(route.name, "api");
-  assert.deepEqual(route.pipeline, ["throws", "claims", "proxy"]);
+  assert.deepEqual(route.pipeline, ["throws", "claims", "nothing", "proxy"]);
   assert.equal(route.mine, 1);
   const metrics = await fetch(`${gw.adminUrl}/metrics`);
   assert.equal(metrics.status, 200);
-  assert.doesNotMatch(await metrics.text(), /NaN/);
+  const text = await metrics.text();
+  assert.doesNotMatch(text, /NaN/);
+  // A custom plugin's report is no gauge.
+  assert.doesNotMatch(text, /^sluice_(inflight|queue_depth|breaker_state)\{route="api"\} [1-9]/m);
   assert.ok(
     gw.logs.lines.some((line) =>
       line.msg === "a plugin's status report failed" && line.plugin === "throws"
