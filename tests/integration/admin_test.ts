@@ -1,6 +1,6 @@
 /** The admin listener: health, readiness, metrics, status, auth. */
 import assert from "node:assert/strict";
-import { startGateway, startUpstream, waitFor } from "../_helpers.ts";
+import { delay, startGateway, startUpstream, waitFor } from "../_helpers.ts";
 
 function yaml(upstream: string, token = ""): string {
   return `admin: { token: "${token}" }
@@ -270,6 +270,47 @@ Deno.test("the dashboard draws a row for every route, whatever its name (constru
   for (const name of ["constructor", "at", "api"]) {
     assert.ok(rows.includes(`<tr><td>${name}</td>`), `no row for ${name}: ${rows}`);
   }
+});
+
+Deno.test("the dashboard's latency is that of the requests since its last tick, not since the start", async () => {
+  await using upstream = startUpstream(async (request) => {
+    if (new URL(request.url).searchParams.has("slow")) await delay(150);
+    return new Response("ok");
+  });
+  await using gw = await startGateway(yaml(upstream.url));
+  const send = async (path: string) => (await fetch(`${gw.url}${path}`)).body?.cancel();
+  await Promise.all(Array.from({ length: 12 }, () => send("/api/x?slow")));
+  const html = await (await fetch(`${gw.adminUrl}/`)).text();
+  const script = /<script>([\s\S]*)<\/script>/.exec(html)![1]!;
+  const elements = new Map<string, { textContent: string; innerHTML: string }>();
+  const document = {
+    getElementById: (id: string) => {
+      if (!elements.has(id)) elements.set(id, { textContent: "", innerHTML: "" });
+      return elements.get(id)!;
+    },
+    querySelectorAll: () => [],
+  };
+  const ticks: (() => Promise<void>)[] = [];
+  new Function("document", "sessionStorage", "fetch", "prompt", "setInterval", script)(
+    document,
+    { getItem: () => "", setItem() {} },
+    (path: string, init: RequestInit) => fetch(`${gw.adminUrl}${path}`, init),
+    () => null,
+    (tick: () => Promise<void>) => ticks.push(tick),
+  );
+  const p50 = () => {
+    const cells = [
+      ...(elements.get("routes")?.innerHTML ?? "").matchAll(/<td class="num">([^<]*)<\/td>/g),
+    ];
+    return cells[2]?.[1];
+  };
+  await waitFor(() => p50() !== undefined, 3_000);
+  assert.ok(Number(p50()) >= 100, `the slow requests: p50 ${p50()} ms`);
+  await Promise.all(Array.from({ length: 4 }, () => send("/api/x")));
+  await ticks[0]!();
+  assert.ok(Number(p50()) < 100, `only the 4 fast requests since: p50 ${p50()} ms`);
+  await ticks[0]!();
+  assert.equal(p50(), "-", "no request since the last tick");
 });
 
 Deno.test("an admin listener beyond loopback without a token is warned about at start", async () => {
