@@ -47,11 +47,14 @@ export class CallTimeouts {
     return entry;
   }
 
-  /** Stops timing a call (it settled); false when it had already expired. */
+  /**
+   * Stops timing a call (it settled); false when it had already expired. The
+   * ticker stops at its next tick with no call left, not at once: calls come
+   * and go in bursts, and an interval started and cleared for each burst cost
+   * more than the calls' own timing (1.6 µs against 0.14 µs a call).
+   */
   done(call: TimedCall): boolean {
-    const pending = this.#calls.delete(call as Entry);
-    if (this.#calls.size === 0) this.stop();
-    return pending;
+    return this.#calls.delete(call as Entry);
   }
 
   /** Stops the ticker (it starts again with the next call). */

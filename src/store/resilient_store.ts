@@ -138,18 +138,21 @@ export class ResilientStore implements LimitStore {
   }
 
   async #remoteWindow(query: WindowQuery): Promise<SourcedWindowDecision> {
-    const cacheKey = query.cost > 0 ? denialKey(query) : undefined;
-    if (cacheKey) {
-      const cached = this.#cachedDenial(cacheKey, query.cost);
+    // No refusal remembered (a limiter whose clients are within their limits):
+    // no key to build for a cache that has nothing.
+    if (query.cost > 0 && this.#denials.size > 0) {
+      const cached = this.#cachedDenial(denialKey(query), query.cost);
       if (cached) return cached;
     }
     if (this.#down) return this.#windowFallback(query);
     try {
       const decision = await this.#call(() => this.primary.window(query));
-      if (!decision.allowed && cacheKey && decision.retryAfterMs > 0) {
-        this.#rememberDenial(cacheKey, query.cost, decision);
+      if (!decision.allowed && query.cost > 0 && decision.retryAfterMs > 0) {
+        this.#rememberDenial(denialKey(query), query.cost, decision);
       }
-      return { ...decision, source: "store" };
+      // The store's decision is a fresh object: it is marked, not copied.
+      (decision as { source?: DecisionSource }).source = "store";
+      return decision as SourcedWindowDecision;
     } catch {
       return this.#windowFallback(query);
     }
