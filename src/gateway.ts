@@ -432,7 +432,8 @@ export class Gateway {
         this.log.debug("request", {
           route: routeName || undefined,
           method: request.method,
-          path: path ?? request.url,
+          // Never the query (a token may ride in it), nor a URL Deno could not read.
+          path: path ?? pathOf(request.url),
           status: response?.status,
           duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
           client,
@@ -761,6 +762,12 @@ function routeGauges(pipeline: Pipeline): RouteGauges[] {
     }
     return gauges;
   });
+}
+
+/** The path of a request's URL, without its query; "-" when the URL has no path to show. */
+function pathOf(url: string): string {
+  const match = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*(\/[^?#]*)?/i.exec(url);
+  return match?.[1] ?? "-";
 }
 
 /** The gateway's own modules: a frame there is not where a plugin went wrong. */

@@ -73,14 +73,30 @@ export class Logger {
 
   #write(level: LogLevel, msg: string, fields?: LogFields): void {
     if (LEVELS[level] < this.#min) return;
-    const line: LogFields = {
-      time: new Date().toISOString(),
-      level,
-      msg,
-      ...this.#bound,
-      ...fields,
-    };
-    this.#sink(JSON.stringify(line, errorReplacer));
+    const time = new Date().toISOString();
+    // A field cannot pass for the line's own time, level or message.
+    const line: LogFields = { time, level, msg, ...this.#bound, ...fields };
+    line.time = time;
+    line.level = level;
+    line.msg = msg;
+    let text: string;
+    try {
+      text = JSON.stringify(line, errorReplacer);
+    } catch {
+      // A field JSON cannot hold (a BigInt, a cycle) is named so, the others
+      // kept: a logging call never throws.
+      const safe: LogFields = {};
+      for (const [name, value] of Object.entries(line)) {
+        try {
+          JSON.stringify(value, errorReplacer);
+          safe[name] = value;
+        } catch {
+          safe[name] = "[unserializable]";
+        }
+      }
+      text = JSON.stringify(safe, errorReplacer);
+    }
+    this.#sink(text);
   }
 }
 

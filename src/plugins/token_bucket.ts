@@ -273,8 +273,10 @@ export default definePlugin({
         lastSlot.set(key, slot);
         const delay = slot - now;
         counters.delayed.inc();
-        delays.observe(delay / 1000);
+        const waiting = performance.now();
         const waited = await abortableDelay(delay, ctx.signal);
+        // The wait served: a client that hung up waited less than its slot.
+        delays.observe((performance.now() - waiting) / 1000);
         const last = lastSlot.get(key) === slot;
         if (last) lastSlot.delete(key);
         if (!waited) {

@@ -496,6 +496,12 @@ Deno.test("proxy: dot segments and escaped letters are resolved before routing a
     assert.equal(single(bad, "x-request-id"), "bad-path");
   }
   assert.deepEqual(publicSeen, []);
+  // The debug line of such a 400 shows the path, never the query (a token may ride in it).
+  await get("/private/100%/x?access_token=secret-token");
+  const logged = gw.logs.lines.filter((line) => line.msg === "request" && line.status === 400);
+  assert.ok(logged.length > 0);
+  assert.doesNotMatch(JSON.stringify(logged), /secret-token/);
+  assert.equal(logged.at(-1)!.path, "/private/100%/x");
 
   const allowed = await get("/public/../private/secret", "X-Api-Key: k1\r\n");
   assert.equal(statusOf(allowed), 200);

@@ -107,6 +107,12 @@ Deno.test("a client that hangs up while waiting for a token gives its place back
   controller.abort();
   assert.equal(await waiting, "aborted");
   await delay(50);
+  // The shaper's delay metric holds the wait served (about 100 ms), not the 500 ms planned.
+  const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  const served = Number(
+    /^sluice_shaper_delay_seconds_sum\{route="api"\} (\S+)$/m.exec(metrics)?.[1],
+  );
+  assert.ok(served > 0.05 && served < 0.4, `shaper delay sum ${served} s`);
   // The place given back: the next request waits no longer than the one that left would have.
   const started = performance.now();
   const next = await fetch(`${gw.url}/x`);
