@@ -11,7 +11,7 @@ import {
 } from "./config/load_config.ts";
 import type { EnvLookup } from "./config/interpolate.ts";
 import { processEnv } from "./config/interpolate.ts";
-import { Logger } from "./log.ts";
+import { isReported, Logger } from "./log.ts";
 import { Metrics, type RouteGauges } from "./metrics.ts";
 import { type BreakerState, STATE_VALUE } from "./breaker.ts";
 import { isSealed } from "./response_headers.ts";
@@ -218,7 +218,10 @@ export class Gateway {
       hostname,
       onListen: () => {},
       onError: (error) => {
-        this.log.error("request failed", { error });
+        // An error already logged with its request's details (an upstream
+        // that cut its answer short) is not logged again without them.
+        if (isReported(error)) this.log.debug("request failed", { error });
+        else this.log.error("request failed", { error });
         return problem(500, { detail: "The gateway failed while answering this request" });
       },
     }, (request, info) => this.handle(request, info.remoteAddr.hostname, info.completed));

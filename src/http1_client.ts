@@ -52,7 +52,7 @@ export interface Http1Init {
    * whole with the head) ends: read to its end, failed on the upstream's side
    * (closed early, a bad chunk), or cancelled by its reader.
    */
-  onBodyEnd?: (end: "complete" | "failed" | "cancelled") => void;
+  onBodyEnd?: (end: "complete" | "failed" | "cancelled", error?: unknown) => void;
 }
 
 /** The request body's source failed (the client hung up mid-upload): not the upstream's fault. */
@@ -428,13 +428,17 @@ export class Http1Client {
       ? fixedStream(reader, length)
       : untilCloseStream(reader);
     let done = false;
-    const finish = (reusable: boolean, end: "complete" | "failed" | "cancelled") => {
+    const finish = (
+      reusable: boolean,
+      end: "complete" | "failed" | "cancelled",
+      error?: unknown,
+    ) => {
       if (done) return;
       done = true;
       detach();
       if (reusable) this.#release(connection, close);
       else this.#discard(connection);
-      init.onBodyEnd?.(end);
+      init.onBodyEnd?.(end, error);
     };
     const source = stream[Symbol.asyncIterator]();
     const readable = new ReadableStream<Uint8Array>({
@@ -448,7 +452,7 @@ export class Http1Client {
             controller.enqueue(next.value);
           }
         } catch (error) {
-          finish(false, "failed");
+          finish(false, "failed", error);
           controller.error(error);
         }
       },

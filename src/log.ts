@@ -106,3 +106,15 @@ function errorReplacer(_key: string, value: unknown): unknown {
   }
   return value;
 }
+
+const reported = new WeakSet<object>();
+
+/** Marks an error as logged with its request's details: the server's own handler logs it no more. */
+export function markReported(error: unknown): void {
+  if (typeof error === "object" && error !== null) reported.add(error);
+}
+
+/** True for an error {@linkcode markReported} marked. */
+export function isReported(error: unknown): boolean {
+  return typeof error === "object" && error !== null && reported.has(error);
+}

@@ -17,6 +17,7 @@ import {
 import { addGatewayHeaders, seal, waitPastSpentQuota } from "../response_headers.ts";
 import { dropHopByHop } from "../hop_by_hop.ts";
 import { Deadlines } from "../deadlines.ts";
+import { type Logger, markReported } from "../log.ts";
 
 /** One ticker for the upstream deadlines of every request in flight. */
 const DEADLINES = new Deadlines();
@@ -138,30 +139,41 @@ type Attempt =
     response: Response;
     seconds: number;
     /** Calls `then` once the body streamed from the upstream ends (for the gateway's own client). */
-    whenBodyEnds: (then: (end: BodyEnd) => void) => void;
+    whenBodyEnds: (then: (end: BodyEnd, error?: unknown) => void) => void;
   }
   | { kind: "timeout"; seconds: number }
   | { kind: "client_closed"; seconds: number }
   | { kind: "unreachable"; error: unknown; seconds: number };
 
 /**
- * Tells a breaker how an answer went: by its status, when its head came; an
- * answer whose body the upstream then cuts short becomes a failure. (Counted
- * only at the body's end, a long stream would hold a half-open breaker's
- * probe, and every other caller out, for as long as it lasts.)
+ * Follows an answer from the upstream: the breaker counts it by its status
+ * when its head comes (counted only at the body's end, a long stream would
+ * hold a half-open breaker's probe, and every other caller out, for as long
+ * as it lasts); a body the upstream then cuts short becomes a failure, and is
+ * logged with the request's id (its head went out as a success).
  */
-function recordAnswer(
-  breaker: Breaker,
+function followAnswer(
+  ctx: RequestContext,
+  log: Logger,
+  breaker: Breaker | undefined,
   result: Extract<Attempt, { kind: "response" }>,
+  target: string,
   startedAt: number,
 ): void {
-  const ok = !breaker.isFailureStatus(result.response.status);
-  const counted = breaker.record(ok, Date.now(), startedAt);
-  if (counted && ok && isClientResponse(result.response) && !isBodyComplete(result.response)) {
-    result.whenBodyEnds((end) => {
-      if (end === "failed") breaker.recordLateFailure(counted);
+  const ok = breaker ? !breaker.isFailureStatus(result.response.status) : true;
+  const counted = breaker?.record(ok, Date.now(), startedAt);
+  if (!isClientResponse(result.response) || isBodyComplete(result.response)) return;
+  result.whenBodyEnds((end, error) => {
+    if (end !== "failed") return;
+    if (breaker && ok) breaker.recordLateFailure(counted);
+    log.warn("upstream cut the answer short", {
+      upstream: target,
+      status: result.response.status,
+      request_id: ctx.requestId,
+      error,
     });
-  }
+    markReported(error);
+  });
 }
 
 function isConnectionError(error: unknown): boolean {
@@ -215,8 +227,8 @@ export default definePlugin({
     ): Promise<Attempt> {
       const deadline = DEADLINES.start(timeoutMs, () => ctx.signal);
       const started = performance.now();
-      let ended: BodyEnd | undefined;
-      let onEnd: ((end: BodyEnd) => void) | undefined;
+      let ended: { end: BodyEnd; error: unknown } | undefined;
+      let onEnd: ((end: BodyEnd, error?: unknown) => void) | undefined;
       const init: RequestInit & Http1Init = {
         method: ctx.request.method,
         headers,
@@ -228,9 +240,9 @@ export default definePlugin({
         // The wait for the answer counts from the upload's last byte: a slow
         // upload is not the upstream's delay (a stalled one still times out).
         onBodyProgress: body ? () => deadline.extend() : undefined,
-        onBodyEnd: (end) => {
-          if (onEnd) onEnd(end);
-          else ended = end;
+        onBodyEnd: (end, error) => {
+          if (onEnd) onEnd(end, error);
+          else ended = { end, error };
         },
       };
       try {
@@ -243,7 +255,7 @@ export default definePlugin({
           response,
           seconds: (performance.now() - started) / 1000,
           whenBodyEnds: (then) => {
-            if (ended) then(ended);
+            if (ended) then(ended.end, ended.error);
             else onEnd = then;
           },
         };
@@ -305,7 +317,7 @@ export default definePlugin({
         }
         const breaker = breakers?.of(target);
         if (result.kind === "response") {
-          if (breaker) recordAnswer(breaker, result, startedAt);
+          followAnswer(ctx, log, breaker, result, target, startedAt);
         } else if (result.kind === "client_closed") {
           breaker?.cancel(startedAt);
         } else {

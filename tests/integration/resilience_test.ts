@@ -152,6 +152,14 @@ Deno.test("an upstream that drops the connection mid-body counts as failing", as
     const open = await get(`${gw.url}/x`);
     assert.equal(open.status, 503);
     assert.equal(calls, 4);
+    // Each cut is logged with its route and request id, once.
+    const cuts = gw.logs.lines.filter((line) => line.msg === "upstream cut the answer short");
+    assert.equal(cuts.length, 4);
+    assert.ok(cuts.every((line) => line.route === "api" && typeof line.request_id === "string"));
+    assert.ok(
+      !gw.logs.lines.some((line) => line.msg === "request failed" && line.level === "error"),
+      "logged again without its request's details",
+    );
   } finally {
     listener.close();
     await serving;
