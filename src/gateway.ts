@@ -19,7 +19,13 @@ import { CidrSet, normalizeIp } from "./net/cidr.ts";
 import { buildPipeline, Context, type Pipeline, PipelineBuildError } from "./pipeline.ts";
 import type { GatewayServices } from "./plugin.ts";
 import { BUILTIN_PLUGINS } from "./plugins/mod.ts";
-import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "./problem.ts";
+import {
+  isClientClosed,
+  isGatewayAnswer,
+  isUpstreamAnswer,
+  problem,
+  PROBLEM_TYPE_BASE,
+} from "./problem.ts";
 import { StateRegistry } from "./state_registry.ts";
 import { FileWatcher } from "./watcher.ts";
 import { adminHandler, isLoopbackName } from "./admin.ts";
@@ -795,7 +801,12 @@ function thrownAt(error: unknown): string | undefined {
 
 function outcomeOf(response: Response | undefined): string {
   if (!response) return "error";
-  if (!isGatewayAnswer(response)) return response.status === 499 ? "client_closed" : "proxied";
+  if (isClientClosed(response)) return "client_closed";
+  if (isUpstreamAnswer(response)) return "proxied";
+  if (!isGatewayAnswer(response)) {
+    // A custom plugin's own answer: no upstream was asked.
+    return response.status >= 500 ? "error" : response.status >= 400 ? "rejected" : "answered";
+  }
   switch (response.status) {
     case 429:
       return "limited";

@@ -8,7 +8,7 @@ import { z } from "zod";
 import { duration } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
 import { waitPastSpentQuota } from "../response_headers.ts";
-import { isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import { clientClosed, isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { isBodyComplete } from "../http1_client.ts";
 
 interface Waiter {
@@ -135,7 +135,7 @@ export default definePlugin({
       const result = semaphore.tryAcquire()
         ? "ok"
         : await semaphore.acquire(ctx.signal, opts.queue_timeout);
-      if (result === "aborted") return new Response(null, { status: 499 });
+      if (result === "aborted") return clientClosed();
       if (result !== "ok") {
         return problem(503, {
           type: `${PROBLEM_TYPE_BASE}concurrency-limit`,

@@ -5,7 +5,7 @@
 import { z } from "zod";
 import { type Breaker, BREAKERS, circuitOpen } from "../breaker.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
-import { problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import { clientClosed, markUpstreamAnswer, problem, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { TargetPool } from "../upstream_pool.ts";
 import {
   ClientBodyError,
@@ -342,7 +342,7 @@ export default definePlugin({
       switch (result.kind) {
         case "client_closed":
           observe("client_closed", result.seconds);
-          return new Response(null, { status: 499 });
+          return clientClosed();
         case "timeout":
           observe("timeout", result.seconds);
           log.warn("upstream timed out", {
@@ -373,7 +373,7 @@ export default definePlugin({
       const response = result.response;
       observe(statusClass(response.status), result.seconds);
       // The gateway's own HTTP client hands over a response ready to go on.
-      if (isClientResponse(response)) return seal(ctx, response);
+      if (isClientResponse(response)) return seal(ctx, markUpstreamAnswer(response));
       const responseHeaders = forwardable(response.headers);
       addGatewayHeaders(ctx, responseHeaders);
       const bodiless = request.method === "HEAD" || BODILESS_STATUSES.has(response.status);
@@ -382,11 +382,13 @@ export default definePlugin({
       }
       return seal(
         ctx,
-        new Response(bodiless ? null : response.body, {
-          status: response.status,
-          statusText: response.statusText,
-          headers: responseHeaders,
-        }),
+        markUpstreamAnswer(
+          new Response(bodiless ? null : response.body, {
+            status: response.status,
+            statusText: response.statusText,
+            headers: responseHeaders,
+          }),
+        ),
       );
     };
   },

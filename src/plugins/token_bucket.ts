@@ -11,7 +11,7 @@ import { abortableDelay } from "../abortable_delay.ts";
 import { rememberBounded } from "../bounded_map.ts";
 import { duration, policyName, rate } from "../config/schema.ts";
 import { definePlugin } from "../plugin.ts";
-import { PROBLEM_TYPE_BASE } from "../problem.ts";
+import { clientClosed, PROBLEM_TYPE_BASE } from "../problem.ts";
 import { type PolicyReport, toSeconds } from "../ratelimit_headers.ts";
 import {
   clientIdOf,
@@ -285,7 +285,7 @@ export default definePlugin({
           // later waiters' slots would send the next newcomer out with the last
           // of them, two requests in one slot. An earlier slot is lost instead.
           if (last) await store.refundBucket(query(key, -opts.cost), decision.source);
-          return new Response(null, { status: 499 });
+          return clientClosed();
         }
       } else {
         counters.allowed.inc();

@@ -285,3 +285,26 @@ export default definePlugin({
     ),
   );
 });
+
+Deno.test("outcomes say who answered: an upstream's own 499 is proxied, a plugin's own answer is no upstream's", async () => {
+  await using upstream = startUpstream(() => new Response("gone", { status: 499 }));
+  await using gw = await startWithPlugin(
+    upstream.url,
+    "answers",
+    `const status = Number(new URL(ctx.request.url).searchParams.get("status") ?? 0);
+      return status ? new Response("from the plugin", { status }) : next();`,
+  );
+  for (const query of ["", "?status=200", "?status=403", "?status=500"]) {
+    await (await fetch(`${gw.url}/x${query}`)).body?.cancel();
+  }
+  const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  const count = (outcome: string) =>
+    Number(
+      new RegExp(`^sluice_requests_total\\{route="api",outcome="${outcome}"\\} (\\d+)$`, "m")
+        .exec(text)?.[1] ?? 0,
+    );
+  assert.deepEqual(
+    ["proxied", "client_closed", "answered", "rejected", "error"].map(count),
+    [1, 0, 1, 1, 1],
+  );
+});
