@@ -47,6 +47,7 @@ export class Breaker {
   #halfOpenedAt = 0;
   /** The half-open spell whose probes closed the breaker (their late failures open it again). */
   #closedBy = -1;
+  #closedAt = 0;
   /** Counts since the last reset: a late failure counts only among its own. */
   #epoch = 0;
   #onChange: (from: BreakerState, to: BreakerState) => void;
@@ -133,6 +134,7 @@ export class Breaker {
         this.#reset();
         this.#move("closed");
         this.#closedBy = this.#halfOpenedAt;
+        this.#closedAt = now;
       }
       return probe;
     }
@@ -152,9 +154,12 @@ export class Breaker {
     if (!counted) return;
     const state = this.state(now);
     if ("probeOf" in counted) {
+      // Once closed, only while the window still holds the probes' evidence:
+      // a stream cut an hour later says nothing of the spell that closed it.
       const sameEpisode = state === "half-open"
         ? this.#halfOpenedAt === counted.probeOf
-        : state === "closed" && this.#closedBy === counted.probeOf;
+        : state === "closed" && this.#closedBy === counted.probeOf &&
+          now - this.#closedAt < this.#options.windowMs;
       if (sameEpisode) this.#open(now);
       return;
     }

@@ -94,14 +94,15 @@ async function tick() {
     const rows = [];
     for (const route of status.routes) {
       const r = per.get(route.name) ?? { requests: 0, limited: 0, buckets: [] };
-      const p = previous?.routes.get(route.name);
       const seconds = previous ? (now - previous.at) / 1000 : 0;
-      // Latency of the requests since the last tick (the buckets count since the start):
-      // none since then shows "-"; counts that went down (a restart) count afresh.
-      const recent = p
+      // Counters that went down (the gateway restarted) count afresh from 0.
+      const last = previous?.routes.get(route.name);
+      const p = last && r.requests < last.requests ? { requests: 0, limited: 0, buckets: [] } : last;
+      // Rates and latency are those of the requests since the last tick (the
+      // counters and buckets count since the start): "-" before a second tick.
+      const latency = p
         ? r.buckets.map((b) => ({ le: b.le, count: b.count - (p.buckets.find((x) => x.le === b.le)?.count ?? 0) }))
-        : r.buckets;
-      const latency = recent.some((b) => b.count < 0) ? r.buckets : recent;
+        : [];
       const rate = p && seconds ? (r.requests - p.requests) / seconds : 0;
       const limitedRate = p && seconds ? (r.limited - p.limited) / seconds : 0;
       if (!history.has(route.name)) history.set(route.name, []);

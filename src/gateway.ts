@@ -19,13 +19,7 @@ import { CidrSet, normalizeIp } from "./net/cidr.ts";
 import { buildPipeline, Context, type Pipeline, PipelineBuildError } from "./pipeline.ts";
 import type { GatewayServices } from "./plugin.ts";
 import { BUILTIN_PLUGINS } from "./plugins/mod.ts";
-import {
-  isClientClosed,
-  isGatewayAnswer,
-  isUpstreamAnswer,
-  problem,
-  PROBLEM_TYPE_BASE,
-} from "./problem.ts";
+import { isClientClosed, isGatewayAnswer, problem, PROBLEM_TYPE_BASE } from "./problem.ts";
 import { StateRegistry } from "./state_registry.ts";
 import { FileWatcher } from "./watcher.ts";
 import { adminHandler, isLoopbackName } from "./admin.ts";
@@ -322,6 +316,7 @@ export class Gateway {
     let response: Response | undefined;
     let path: string | undefined;
     let client: string | undefined;
+    let upstreamAnswered = false;
     // Every answer carries the request's id, the gateway's own refusals too.
     const incomingId = request.headers.get("x-request-id");
     const requestId = incomingId && REQUEST_ID_RE.test(incomingId)
@@ -424,6 +419,7 @@ export class Gateway {
         }
       }
       client = ctx.client?.id;
+      upstreamAnswered = ctx.upstreamAnswered;
       if (this.#closing !== undefined) {
         // Draining: the client must not send its next request on this connection.
         try {
@@ -435,7 +431,7 @@ export class Gateway {
       return response;
     } finally {
       this.#inflight--;
-      this.#count(routeName, outcomeOf(response), started);
+      this.#count(routeName, outcomeOf(response, upstreamAnswered), started);
       // Every answer is logged at debug, the gateway's own 400, 404 and 501 too.
       if (this.log.enabled("debug")) {
         this.log.debug("request", {
@@ -784,27 +780,28 @@ const OWN_SOURCE = new URL("./", import.meta.url).href;
 
 /**
  * Where a plugin threw: the first frame of the error's stack outside the
- * gateway's own modules (`file:line:column`, with the function when known),
- * none for a mistake the gateway found itself (an answer that is no Response).
+ * gateway's own modules (`file:line:column`, with the function when known);
+ * none for a mistake the gateway found after the plugin returned (an answer
+ * that is no Response), whose stack holds no plugin's frame.
  */
 function thrownAt(error: unknown): string | undefined {
   const stack = (error as Error)?.stack;
   if (typeof stack !== "string") return undefined;
   for (const [, frame] of stack.matchAll(/^\s+at (.+)$/gm)) {
-    if (frame!.includes(OWN_SOURCE)) return undefined;
-    if (frame!.includes("ext:")) continue;
+    if (frame!.includes(OWN_SOURCE) || frame!.includes("ext:")) continue;
     // Without the version a custom plugin is imported under (`?v=<digest>`).
     return frame!.replace(/\?v=[0-9a-f]+(?=:\d+:\d+)/, "");
   }
   return undefined;
 }
 
-function outcomeOf(response: Response | undefined): string {
+function outcomeOf(response: Response | undefined, upstreamAnswered: boolean): string {
   if (!response) return "error";
   if (isClientClosed(response)) return "client_closed";
-  if (isUpstreamAnswer(response)) return "proxied";
   if (!isGatewayAnswer(response)) {
-    // A custom plugin's own answer: no upstream was asked.
+    // The upstream's answer, passed on or rebuilt by a plugin; else a custom
+    // plugin's own answer: no upstream was asked.
+    if (upstreamAnswered) return "proxied";
     return response.status >= 500 ? "error" : response.status >= 400 ? "rejected" : "answered";
   }
   switch (response.status) {

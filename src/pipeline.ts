@@ -174,19 +174,29 @@ export async function buildPipeline(
           // /metrics, which read these, keep answering, and the log says which
           // plugin failed (once a minute: /status and /metrics are polled).
           let warnedAt = -Infinity;
+          const warn = (error: unknown) => {
+            const now = performance.now();
+            if (now - warnedAt >= REPORT_WARN_EVERY_MS) {
+              warnedAt = now;
+              pluginLog.warn("a plugin's status report failed", { error });
+            }
+          };
           statusReports.push({
             builtin: entry.module === undefined,
             read: () => {
               try {
-                const value = report();
-                if (value !== null && typeof value === "object") return value;
+                const value: unknown = report();
+                if (typeof (value as PromiseLike<unknown>)?.then === "function") {
+                  // An async report is no report, and its rejection must not end the process.
+                  Promise.resolve(value).catch(() => {});
+                  throw new TypeError("the report gave a promise, not an object");
+                }
+                if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+                  return value as Record<string, unknown>;
+                }
                 throw new TypeError(`the report gave ${value === null ? "null" : typeof value}`);
               } catch (error) {
-                const now = performance.now();
-                if (now - warnedAt >= REPORT_WARN_EVERY_MS) {
-                  warnedAt = now;
-                  pluginLog.warn("a plugin's status report failed", { error });
-                }
+                warn(error);
                 return {};
               }
             },
@@ -266,6 +276,8 @@ function pluginIdentity(routeName: string, entry: ResolvedEntry): string {
 export class Context implements RequestContext {
   client: RequestContext["client"] = undefined;
   tier: string | undefined = undefined;
+  /** The upstream answered this request (set by the proxy; the outcome metric reads it). */
+  upstreamAnswered = false;
   #values: Map<ContextKey<unknown>, unknown> | undefined;
   readonly #original: Request;
 
@@ -311,4 +323,9 @@ async function within<T>(create: () => T | Promise<T>, ms: number): Promise<T> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Notes that the upstream answered: the request's outcome is `proxied` whatever a plugin makes of the answer. */
+export function noteUpstreamAnswer(ctx: RequestContext): void {
+  if (ctx instanceof Context) ctx.upstreamAnswered = true;
 }

@@ -36,28 +36,15 @@ const STATUS_TITLES: Record<number, string> = {
 
 // Marks on the response itself (a property, not a WeakSet: nothing for the GC to track).
 const GATEWAY_MADE = Symbol("sluice.gateway-made");
-const UPSTREAM_MADE = Symbol("sluice.upstream-made");
 const CLIENT_CLOSED = Symbol("sluice.client-closed");
 type Marked = Response & {
   [GATEWAY_MADE]?: true;
-  [UPSTREAM_MADE]?: true;
   [CLIENT_CLOSED]?: true;
 };
 
 /** True when the response was made by {@linkcode problem}: the gateway answered, not the upstream. */
 export function isGatewayAnswer(response: Response): boolean {
   return (response as Marked)[GATEWAY_MADE] === true;
-}
-
-/** Marks the upstream's answer, as the proxy passes it on; returns it. */
-export function markUpstreamAnswer(response: Response): Response {
-  (response as Marked)[UPSTREAM_MADE] = true;
-  return response;
-}
-
-/** True for the upstream's answer as the proxy passed it on. */
-export function isUpstreamAnswer(response: Response): boolean {
-  return (response as Marked)[UPSTREAM_MADE] === true;
 }
 
 /** The answer, never sent, to a request whose client hung up (499, as nginx logs it). */

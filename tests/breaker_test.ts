@@ -82,4 +82,13 @@ Deno.test("a probe whose body is cut after the probes closed the breaker opens i
   // A probe of that spell failing later again changes nothing more.
   breaker.recordLateFailure(first, 520);
   assert.equal(breaker.state(521), "open");
+
+  // Once the window has passed since the probes closed it, a probe's cut body is old news.
+  const later = new Breaker({ ...options, probes: 1 });
+  later.record(false, 0, 0);
+  later.record(false, 1, 1);
+  const probe = later.record(true, 200, 200);
+  assert.equal(later.state(201), "closed");
+  later.recordLateFailure(probe, 200 + options.windowMs);
+  assert.equal(later.state(201 + options.windowMs), "closed");
 });

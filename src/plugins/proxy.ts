@@ -5,7 +5,8 @@
 import { z } from "zod";
 import { type Breaker, BREAKERS, circuitOpen } from "../breaker.ts";
 import { definePlugin, type RequestContext } from "../plugin.ts";
-import { clientClosed, markUpstreamAnswer, problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import { clientClosed, problem, PROBLEM_TYPE_BASE } from "../problem.ts";
+import { noteUpstreamAnswer } from "../pipeline.ts";
 import { TargetPool } from "../upstream_pool.ts";
 import {
   ClientBodyError,
@@ -372,8 +373,9 @@ export default definePlugin({
       }
       const response = result.response;
       observe(statusClass(response.status), result.seconds);
+      noteUpstreamAnswer(ctx);
       // The gateway's own HTTP client hands over a response ready to go on.
-      if (isClientResponse(response)) return seal(ctx, markUpstreamAnswer(response));
+      if (isClientResponse(response)) return seal(ctx, response);
       const responseHeaders = forwardable(response.headers);
       addGatewayHeaders(ctx, responseHeaders);
       const bodiless = request.method === "HEAD" || BODILESS_STATUSES.has(response.status);
@@ -382,13 +384,11 @@ export default definePlugin({
       }
       return seal(
         ctx,
-        markUpstreamAnswer(
-          new Response(bodiless ? null : response.body, {
-            status: response.status,
-            statusText: response.statusText,
-            headers: responseHeaders,
-          }),
-        ),
+        new Response(bodiless ? null : response.body, {
+          status: response.status,
+          statusText: response.statusText,
+          headers: responseHeaders,
+        }),
       );
     };
   },

@@ -254,6 +254,7 @@ export default definePlugin({
       - plugin: ./throws.ts
       - plugin: ./claims.ts
       - plugin: ./nothing.ts
+      - plugin: ./later.ts
       - proxy: {}
 `,
     { processMetrics: false },
@@ -265,16 +266,22 @@ export default definePlugin({
       ),
       // A block body by mistake: the report gives undefined.
       "nothing.ts": plugin("nothing", `({ hits: 1 });`),
+      // An async report that rejects: a promise, never awaited, must not end the process.
+      "later.ts": plugin("later", `return (async () => { throw new Error("later broke"); })();`),
     },
   );
   const status = await fetch(`${gw.adminUrl}/status`);
   assert.equal(status.status, 200);
   const route = (await status.json()).routes[0];
   assert.equal(route.name, "api");
-  assert.deepEqual(route.pipeline, ["throws", "claims", "nothing", "proxy"]);
+  assert.deepEqual(route.pipeline, ["throws", "claims", "nothing", "later", "proxy"]);
   assert.equal(route.mine, 1);
   const metrics = await fetch(`${gw.adminUrl}/metrics`);
   assert.equal(metrics.status, 200);
+  await delay(50); // a rejection nobody handled would end the process here
+  const still = await fetch(`${gw.url}/x`);
+  await still.body?.cancel();
+  assert.equal(still.status, 200);
   const text = await metrics.text();
   assert.doesNotMatch(text, /NaN/);
   // A custom plugin's report is no gauge.
@@ -286,15 +293,17 @@ export default definePlugin({
   );
 });
 
-Deno.test("outcomes say who answered: an upstream's own 499 is proxied, a plugin's own answer is no upstream's", async () => {
+Deno.test("outcomes say who answered: an upstream's own 499 is proxied, rebuilt by a plugin too; a plugin's own answer is no upstream's", async () => {
   await using upstream = startUpstream(() => new Response("gone", { status: 499 }));
   await using gw = await startWithPlugin(
     upstream.url,
     "answers",
-    `const status = Number(new URL(ctx.request.url).searchParams.get("status") ?? 0);
+    `const query = new URL(ctx.request.url).searchParams;
+      const status = Number(query.get("status") ?? 0);
+      if (query.has("rebuild")) return next().then((answer) => new Response(answer.body, answer));
       return status ? new Response("from the plugin", { status }) : next();`,
   );
-  for (const query of ["", "?status=200", "?status=403", "?status=500"]) {
+  for (const query of ["", "?status=200", "?status=403", "?status=500", "?rebuild"]) {
     await (await fetch(`${gw.url}/x${query}`)).body?.cancel();
   }
   const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
@@ -305,6 +314,39 @@ Deno.test("outcomes say who answered: an upstream's own 499 is proxied, a plugin
     );
   assert.deepEqual(
     ["proxied", "client_closed", "answered", "rejected", "error"].map(count),
-    [1, 0, 1, 1, 1],
+    [2, 0, 1, 1, 1],
   );
+});
+
+Deno.test("a plugin that misuses a gateway helper is logged with its own line, not the helper's", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using gw = await startGateway(
+    `routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - plugin: ./misuse.ts
+      - proxy: {}
+`,
+    {},
+    {
+      "misuse.ts": `import { definePlugin, problem } from "${modUrl}";
+import { z } from "zod";
+export default definePlugin({
+  name: "misuse",
+  options: z.object({}),
+  create() {
+    return function misuse() {
+      return problem(1000, { detail: "no such status" });
+    };
+  },
+});
+`,
+    },
+  );
+  const response = await fetch(`${gw.url}/x`);
+  await response.body?.cancel();
+  assert.equal(response.status, 500);
+  const logged = gw.logs.lines.find((line) => line.msg === "plugin failed");
+  assert.match(String(logged?.at), /misuse\.ts:\d+:\d+/);
 });
