@@ -229,6 +229,32 @@ Deno.test("/ serves the dashboard page, whose script parses", async () => {
   assert.match(script, /\/metrics/);
 });
 
+/**
+ * Runs the dashboard page's own script against an admin listener, with a
+ * stand-in for the DOM: its elements by id, and its interval's tick to call.
+ */
+async function runDashboard(adminUrl: string) {
+  const html = await (await fetch(`${adminUrl}/`)).text();
+  const script = /<script>([\s\S]*)<\/script>/.exec(html)![1]!;
+  const elements = new Map<string, { textContent: string; innerHTML: string }>();
+  const document = {
+    getElementById: (id: string) => {
+      if (!elements.has(id)) elements.set(id, { textContent: "", innerHTML: "" });
+      return elements.get(id)!;
+    },
+    querySelectorAll: () => [],
+  };
+  const ticks: (() => Promise<void>)[] = [];
+  new Function("document", "sessionStorage", "fetch", "prompt", "setInterval", script)(
+    document,
+    { getItem: () => "", setItem() {} },
+    (path: string, init: RequestInit) => fetch(`${adminUrl}${path}`, init),
+    () => null,
+    (tick: () => Promise<void>) => ticks.push(tick),
+  );
+  return { elements, ticks };
+}
+
 Deno.test("the dashboard draws a row for every route, whatever its name (constructor, at)", async () => {
   await using upstream = startUpstream(() => new Response("ok"));
   const route = (name: string) =>
@@ -243,25 +269,7 @@ Deno.test("the dashboard draws a row for every route, whatever its name (constru
   for (const name of ["constructor", "at", "api"]) {
     await (await fetch(`${gw.url}/${name}`)).body?.cancel();
   }
-  // The page's own script, run against this admin listener with a stand-in for the DOM.
-  const html = await (await fetch(`${gw.adminUrl}/`)).text();
-  const script = /<script>([\s\S]*)<\/script>/.exec(html)![1]!;
-  const elements = new Map<string, { textContent: string; innerHTML: string }>();
-  const document = {
-    getElementById: (id: string) => {
-      if (!elements.has(id)) elements.set(id, { textContent: "", innerHTML: "" });
-      return elements.get(id)!;
-    },
-    querySelectorAll: () => [],
-  };
-  const ticks: (() => Promise<void>)[] = [];
-  new Function("document", "sessionStorage", "fetch", "prompt", "setInterval", script)(
-    document,
-    { getItem: () => "", setItem() {} },
-    (path: string, init: RequestInit) => fetch(`${gw.adminUrl}${path}`, init),
-    () => null,
-    (tick: () => Promise<void>) => ticks.push(tick),
-  );
+  const { elements, ticks } = await runDashboard(gw.adminUrl);
   await waitFor(() => elements.get("routes")?.innerHTML !== undefined && ticks.length > 0);
   await waitFor(() => (elements.get("routes")?.innerHTML ?? "").includes("<tr>"), 3_000);
   await ticks[0]!();
@@ -280,24 +288,7 @@ Deno.test("the dashboard's latency is that of the requests since its last tick, 
   await using gw = await startGateway(yaml(upstream.url));
   const send = async (path: string) => (await fetch(`${gw.url}${path}`)).body?.cancel();
   await send("/api/x?slow"); // before the page's first tick: never shown as recent
-  const html = await (await fetch(`${gw.adminUrl}/`)).text();
-  const script = /<script>([\s\S]*)<\/script>/.exec(html)![1]!;
-  const elements = new Map<string, { textContent: string; innerHTML: string }>();
-  const document = {
-    getElementById: (id: string) => {
-      if (!elements.has(id)) elements.set(id, { textContent: "", innerHTML: "" });
-      return elements.get(id)!;
-    },
-    querySelectorAll: () => [],
-  };
-  const ticks: (() => Promise<void>)[] = [];
-  new Function("document", "sessionStorage", "fetch", "prompt", "setInterval", script)(
-    document,
-    { getItem: () => "", setItem() {} },
-    (path: string, init: RequestInit) => fetch(`${gw.adminUrl}${path}`, init),
-    () => null,
-    (tick: () => Promise<void>) => ticks.push(tick),
-  );
+  const { elements, ticks } = await runDashboard(gw.adminUrl);
   const p50 = () => {
     const cells = [
       ...(elements.get("routes")?.innerHTML ?? "").matchAll(/<td class="num">([^<]*)<\/td>/g),
