@@ -281,10 +281,17 @@ export default definePlugin({
         if (last) lastSlot.delete(key);
         if (!waited) {
           // The client hung up. Its tokens go back to the bucket that gave them
-          // only when no one here waits behind it: a token given back before
-          // later waiters' slots would send the next newcomer out with the last
-          // of them, two requests in one slot. An earlier slot is lost instead.
-          if (last) await store.refundBucket(query(key, -opts.cost), decision.source);
+          // only when no one waits behind it, here or on another instance (the
+          // store checks that its reservation is still the latest): a token
+          // given back before later waiters' slots would send the next newcomer
+          // out with the last of them, two requests in one slot. An earlier
+          // slot is lost instead.
+          if (last) {
+            await store.refundBucket(
+              { ...query(key, -opts.cost), refundOf: decision.reservation },
+              decision.source,
+            );
+          }
           return clientClosed();
         }
       } else {

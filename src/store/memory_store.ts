@@ -43,6 +43,8 @@ interface BucketEntry {
   kind: "bucket";
   tokens: number;
   at: number;
+  /** Reservations so far (see {@linkcode BucketQuery.refundOf}). */
+  reservations: number;
   expiresAt: number;
 }
 
@@ -297,6 +299,7 @@ export class MemoryStore implements Store {
     const entry = this.#get(query.key, "bucket", now);
     let tokens = entry?.tokens ?? burst;
     let at = entry?.at ?? now;
+    let reservations = entry?.reservations ?? 0;
     if (now > at) {
       tokens = Math.min(burst, tokens + (now - at) * rate / periodMs);
       at = now;
@@ -313,12 +316,16 @@ export class MemoryStore implements Store {
         delay = 0;
       }
     }
-    if (cost < 0 || (allowed && cost > 0)) {
+    // A refund behind a later reservation is lost: nothing changes.
+    const stale = cost < 0 && (query.refundOf ?? 0) > 0 && query.refundOf !== reservations;
+    if ((cost < 0 && !stale) || (allowed && cost > 0)) {
       tokens = cost < 0 ? Math.min(burst, after) : after;
+      if (cost > 0) reservations++;
       this.#add(query.key, {
         kind: "bucket",
         tokens,
         at,
+        reservations,
         expiresAt: now + Math.ceil((burst - tokens) * periodMs / rate) + 1_000,
       }, now);
     }
@@ -328,6 +335,7 @@ export class MemoryStore implements Store {
       remaining: Math.max(0, Math.floor(tokens)),
       retryAfterMs: retry,
       resetMs: Math.max(0, Math.ceil((burst - tokens) * periodMs / rate)),
+      reservation: reservations,
     });
   }
 

@@ -328,6 +328,7 @@ export class RedisStore implements Store {
       query.cost,
       query.now ?? 0,
       query.maxDelayMs,
+      query.refundOf ?? 0,
     ]) as number[];
     return {
       allowed: Number(reply[0]) === 1,
@@ -335,6 +336,7 @@ export class RedisStore implements Store {
       remaining: Number(reply[2]),
       retryAfterMs: Number(reply[3]),
       resetMs: Number(reply[4]),
+      reservation: Number(reply[5] ?? 0),
     };
   }
 

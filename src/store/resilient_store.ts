@@ -179,7 +179,8 @@ export class ResilientStore implements LimitStore {
         // Answered after its timeout, when the fallback had already answered:
         // the tokens it took serve no one, so they go back.
         if (late.allowed && query.cost > 0) {
-          this.primary.bucket({ ...query, cost: -query.cost }).catch(() => {});
+          this.primary.bucket({ ...query, cost: -query.cost, refundOf: late.reservation })
+            .catch(() => {});
         }
       });
       return { ...decision, source: "store" };
@@ -414,6 +415,7 @@ export class ResilientStore implements LimitStore {
           remaining: query.burst,
           retryAfterMs: 0,
           resetMs: 0,
+          reservation: 0,
           source: "allow",
         };
       case "deny":
@@ -423,6 +425,7 @@ export class ResilientStore implements LimitStore {
           remaining: 0,
           retryAfterMs: Math.max(1_000, this.#options.probeIntervalMs),
           resetMs: 0,
+          reservation: 0,
           source: "deny",
         };
     }

@@ -58,6 +58,13 @@ export interface BucketQuery {
   readonly cost: number;
   /** The longest wait a request may be given for its tokens. */
   readonly maxDelayMs: number;
+  /**
+   * For a refund (a negative cost): the {@linkcode BucketDecision.reservation}
+   * that took the tokens. They go back only while it is the bucket's latest:
+   * given back behind a later waiter's slot, they would let a newcomer through
+   * beside that waiter. Without it a refund always goes back.
+   */
+  readonly refundOf?: number;
   readonly now?: number;
 }
 
@@ -71,6 +78,8 @@ export interface BucketDecision {
   readonly retryAfterMs: number;
   /** Milliseconds until the bucket is full again. */
   readonly resetMs: number;
+  /** The bucket's count of reservations after this decision: this one's number, when it took tokens. */
+  readonly reservation: number;
 }
 
 /** The store kinds of the config. */

@@ -472,3 +472,56 @@ redisTest(
     }
   },
 );
+
+redisTest(
+  "a token refund goes back only while its reservation is the latest, on memory and Redis alike",
+  async () => {
+    await using server = await RedisServer.start();
+    const redis = await RedisStore.connect({ url: server.url });
+    const memory = new MemoryStore({ sweep: false });
+    try {
+      for (const [name, store] of [["memory", memory], ["redis", redis]] as const) {
+        const T = 1_000_000;
+        const take = (key: string) =>
+          store.bucket({
+            key,
+            rate: 10,
+            periodMs: 1_000,
+            burst: 1,
+            cost: 1,
+            maxDelayMs: 2_000,
+            now: T,
+          });
+        const refund = (key: string, refundOf: number) =>
+          store.bucket({
+            key,
+            rate: 10,
+            periodMs: 1_000,
+            burst: 1,
+            cost: -1,
+            maxDelayMs: 2_000,
+            now: T,
+            refundOf,
+          });
+        const key = `{sluice:r:bucket-${name}}`;
+        const a = await take(key); // passes
+        const b = await take(key); // waits 100 ms
+        const c = await take(key); // waits 200 ms, behind b
+        assert.deepEqual([a.delayMs, b.delayMs, c.delayMs], [0, 100, 200], name);
+        assert.deepEqual([a.reservation, b.reservation, c.reservation], [1, 2, 3], name);
+        // b leaves while c waits behind it (on another instance, say): its slot is lost,
+        // not handed to the next newcomer beside c.
+        await refund(key, b.reservation);
+        const d = await take(key);
+        assert.equal(d.delayMs, 300, `${name}: a newcomer after a lost slot`);
+        // d leaves with no one behind it: its tokens go back.
+        await refund(key, d.reservation);
+        const e = await take(key);
+        assert.equal(e.delayMs, 300, `${name}: d's slot given back`);
+      }
+    } finally {
+      await redis.close();
+      await memory.close();
+    }
+  },
+);

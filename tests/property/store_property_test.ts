@@ -277,8 +277,11 @@ async function assertSameDecisions(redis: RedisStore, numRuns: number): Promise<
       for (let i = 0; i < trace.length; i++) {
         const { time, cost } = trace[i]!;
         const query: BucketQuery = { key, ...params, cost, now: time };
-        const expected = await memory.bucket(query);
-        const actual = await redis.bucket(query);
+        // Reservation numbers start again when a bucket's key expires, which
+        // here follows two clocks (the trace's in memory, the real one in
+        // Redis): compared apart from them, every decision is the same.
+        const { reservation: _memoryCount, ...expected } = await memory.bucket(query);
+        const { reservation: _redisCount, ...actual } = await redis.bucket(query);
         assert.deepEqual(
           actual,
           expected,
