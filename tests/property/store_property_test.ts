@@ -298,6 +298,69 @@ async function assertSameDecisions(redis: RedisStore, numRuns: number): Promise<
       ],
     },
   );
+  // Waiters that hang up before their slot: each store checks its own
+  // reservation numbers, and both must give back, or lose, the same slots.
+  const hangUps = fc.array(fc.option(fc.double({ min: 0, max: 0.99, noNaN: true })), {
+    minLength: 40,
+    maxLength: 40,
+  });
+  await fc.assert(
+    fc.asyncProperty(
+      redisTraceArb(1),
+      bucketArb.map((params) => ({ ...params, maxDelayMs: 4_000 })),
+      hangUps,
+      async (trace, params, leaves) => {
+        const key = `{sluice:prop:refund:${run++}}`;
+        const memory = new MemoryStore({ sweep: false });
+        type Pending = { time: number; cost: number; memory: number; redis: number; of: number };
+        const pending: Pending[] = [];
+        const decide = async (what: string, query: BucketQuery, refunds?: Pending) => {
+          const expected = await memory.bucket(
+            refunds ? { ...query, refundOf: refunds.memory } : query,
+          );
+          const actual = await redis.bucket(
+            refunds ? { ...query, refundOf: refunds.redis } : query,
+          );
+          const { reservation: memoryNumber, ...expectedDecision } = expected;
+          const { reservation: redisNumber, ...actualDecision } = actual;
+          assert.deepEqual(actualDecision, expectedDecision, what);
+          return { expected: expectedDecision, memoryNumber, redisNumber };
+        };
+        const flush = async (until: number) => {
+          pending.sort((a, b) => a.time - b.time);
+          while (pending.length > 0 && pending[0]!.time <= until) {
+            const refund = pending.shift()!;
+            await decide(
+              `refund of arrival ${refund.of} at +${refund.time - BASE} ms`,
+              { key, ...params, cost: -refund.cost, now: refund.time },
+              refund,
+            );
+          }
+        };
+        for (let i = 0; i < trace.length; i++) {
+          const { time, cost } = trace[i]!;
+          await flush(time);
+          const { expected, memoryNumber, redisNumber } = await decide(
+            `arrival ${i} at +${time - BASE} ms, cost ${cost}`,
+            { key, ...params, cost, now: time },
+          );
+          const leave = leaves[i];
+          if (expected.allowed && expected.delayMs > 0 && leave !== null && leave !== undefined) {
+            pending.push({
+              time: time + Math.floor(leave * expected.delayMs),
+              cost,
+              memory: memoryNumber,
+              redis: redisNumber,
+              of: i,
+            });
+          }
+        }
+        await flush(Infinity);
+        await memory.close();
+      },
+    ),
+    { numRuns },
+  );
 }
 
 redisTest("property: memory, Redis and Redis Cluster give the same decisions", async (t) => {
