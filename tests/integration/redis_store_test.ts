@@ -284,9 +284,10 @@ redisTest(
     const relay = new Relay(server.port);
     const store = await RedisStore.connect({ url: relay.url });
     try {
+      // A sliding log: a fixed window could roll over between the two decisions.
       const query = {
         key: "{sluice:r:c}",
-        algorithm: "fixed" as const,
+        algorithm: "log" as const,
         limits: [{ limit: 5, windowMs: 60_000 }],
         cost: 1,
       };
