@@ -276,6 +276,11 @@ export class BreakerSet {
     return Object.fromEntries(targets.map((target) => [target, this.of(target).state(now)]));
   }
 
+  /** Milliseconds until the first of the targets' open breakers half-opens (0 when one is not open). */
+  openLeft(targets: readonly string[], now = Date.now()): number {
+    return Math.min(...targets.map((target) => this.of(target).openLeft(now)));
+  }
+
   /** The worst state among the targets. */
   worst(targets: readonly string[], now = Date.now()): BreakerState {
     let worst: BreakerState = "closed";

@@ -56,8 +56,7 @@ export default definePlugin({
       breakers.configure(settings, generation);
       const now = Date.now();
       if (!targets.some((target) => breakers.of(target).available(now))) {
-        const left = Math.min(...targets.map((target) => breakers.of(target).openLeft(now)));
-        return circuitOpen(route.name, waitPastSpentQuota(ctx, left));
+        return circuitOpen(route.name, waitPastSpentQuota(ctx, breakers.openLeft(targets, now)));
       }
       ctx.set(BREAKERS, breakers);
       return next();

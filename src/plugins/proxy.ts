@@ -334,10 +334,7 @@ export default definePlugin({
       }
       if (!result || target === undefined) {
         // Every target's breaker refused (it opened while this request waited, say).
-        const now = Date.now();
-        const left = breakers
-          ? Math.min(...upstream.targets.map((one) => breakers.of(one).openLeft(now)))
-          : 1_000;
+        const left = breakers?.openLeft(upstream.targets) ?? 1_000;
         return circuitOpen(route.name, waitPastSpentQuota(ctx, left));
       }
       switch (result.kind) {
