@@ -17,6 +17,7 @@ import type {
 import { problem, PROBLEM_TYPE_BASE } from "./problem.ts";
 import { compileMatch, type RouteMatcher } from "./router.ts";
 import { stableStringify, type StateBuild } from "./state_registry.ts";
+import { withinTime } from "./time_limit.ts";
 
 /** One route, ready to serve. */
 export interface CompiledRoute {
@@ -212,10 +213,12 @@ export async function buildPipeline(
         },
       };
       try {
+        const ms = options.createTimeoutMs ?? CREATE_TIMEOUT_MS;
         handlers.push(
-          await within(
+          await withinTime(
             () => entry.definition.create(entry.options, context),
-            options.createTimeoutMs ?? CREATE_TIMEOUT_MS,
+            ms,
+            `its create() did not finish within ${ms / 1000} s`,
           ),
         );
       } catch (error) {
@@ -304,24 +307,6 @@ export class Context implements RequestContext {
 
   set<T>(key: ContextKey<T>, value: T): void {
     (this.#values ??= new Map()).set(key, value);
-  }
-}
-
-/** What `create` gives, or an error once `ms` pass without it. */
-async function within<T>(create: () => T | Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      Promise.resolve().then(create),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`its create() did not finish within ${ms / 1000} s`)),
-          ms,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

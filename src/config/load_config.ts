@@ -19,6 +19,7 @@ import {
 import { isPluginDefinition, type KeyEntry, type PluginDefinition } from "../plugin.ts";
 import { sha256Hex } from "../digest.ts";
 import { storeKind } from "../store/store.ts";
+import { withinTime } from "../time_limit.ts";
 
 /** One problem found in a config file. */
 export interface ConfigIssue {
@@ -575,9 +576,11 @@ async function importPlugin(
     try {
       // A query makes each new source a new module; a compiled binary's
       // embedded modules are found by their plain URL only.
-      module = await importWithin(
-        COMPILED ? url.href : `${url.href}?v=${digest}`,
+      const specifier = COMPILED ? url.href : `${url.href}?v=${digest}`;
+      module = await withinTime(
+        () => import(specifier) as Promise<Record<string, unknown>>,
         timeoutMs,
+        `its module did not finish loading within ${timeoutMs / 1000} s`,
       );
     } catch (error) {
       return { error: `Cannot load plugin "${spec}": ${errorWithPlace(error)}` };
@@ -599,23 +602,6 @@ async function importPlugin(
 
 /** A plugin whose top level never finishes must not hold every later reload behind it. */
 const PLUGIN_IMPORT_TIMEOUT_MS = 10_000;
-
-async function importWithin(specifier: string, ms: number): Promise<Record<string, unknown>> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      import(specifier) as Promise<Record<string, unknown>>,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(
-          () => reject(new Error(`its module did not finish loading within ${ms / 1000} s`)),
-          ms,
-        );
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** The first line of an error, with the `file:line:column` a syntax error gives on a later line. */
 function errorWithPlace(error: unknown): string {
