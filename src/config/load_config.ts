@@ -172,6 +172,10 @@ export async function loadConfigText(
 
   const locate = (segments: readonly PathSegment[], atKey = false) =>
     locateNode(doc, lineCounter, segments, atKey);
+  /** An error at a place in the file: its line and YAML path. */
+  const issueAt = (segments: readonly PathSegment[], message: string) => {
+    issues.push({ ...locate(segments), path: formatPath(segments), message });
+  };
   // Where a whole `${VAR}` was read as a number or boolean: its text, should a string be wanted.
   const retyped = new Map<string, string>();
   const env = options.env ?? processEnv;
@@ -213,12 +217,10 @@ export async function loadConfigText(
       if (first === undefined) names.set(route.name, routeIndex);
       else {
         const at = ["routes", routeIndex, "name"];
-        issues.push({
-          ...locate(at),
-          path: formatPath(at),
-          message:
-            `Route name "${route.name}" is already used by routes[${first}]: names must be unique`,
-        });
+        issueAt(
+          at,
+          `Route name "${route.name}" is already used by routes[${first}]: names must be unique`,
+        );
       }
     }
     const pipeline: ResolvedEntry[] = [];
@@ -238,14 +240,12 @@ export async function loadConfigText(
         digests.push(resolved.module.digest);
       }
       if (resolved.name === "proxy" && route.upstream === undefined) {
-        issues.push({
-          ...locate(at),
-          path: formatPath(at),
-          message:
-            `The proxy plugin needs an upstream: add upstream: { url: http://host:port } to route "${
-              String(route.name)
-            }"`,
-        });
+        issueAt(
+          at,
+          `The proxy plugin needs an upstream: add upstream: { url: http://host:port } to route "${
+            String(route.name)
+          }"`,
+        );
       }
       pipeline.push(resolved);
     }
@@ -265,13 +265,10 @@ export async function loadConfigText(
   const tierNames = new Set(Object.keys(keyed?.tiers ?? {}));
   const addKey = (at: PathSegment[], entry: { key: string; tier: string; name?: string }) => {
     if (!tierNames.has(entry.tier)) {
-      issues.push({
-        ...locate([...at, "tier"]),
-        path: formatPath([...at, "tier"]),
-        message: `Unknown tier "${entry.tier}": the tiers are ${
-          [...tierNames].join(", ") || "not defined"
-        }`,
-      });
+      issueAt(
+        [...at, "tier"],
+        `Unknown tier "${entry.tier}": the tiers are ${[...tierNames].join(", ") || "not defined"}`,
+      );
     }
     return entry.key.startsWith("sha256:") ? entry.key.slice(7).toLowerCase() : undefined;
   };
@@ -288,60 +285,38 @@ export async function loadConfigText(
       keyHashes.push(entry.redis_hash);
       // The memory store holds no hashes: every key would be unknown.
       if (parsed.success && storeKind(parsed.data.store, env) === "memory") {
-        issues.push({
-          ...locate([...at, "redis_hash"]),
-          path: formatPath([...at, "redis_hash"]),
-          message:
-            "A redis_hash needs a Redis store: set store.url (or REDIS_URL), or list the keys here or in a file",
-        });
+        issueAt(
+          [...at, "redis_hash"],
+          "A redis_hash needs a Redis store: set store.url (or REDIS_URL), or list the keys here or in a file",
+        );
       }
     } else if ("file" in entry) {
       const file = relativeFile(entry.file, path);
       pluginFiles.add(file);
       const fileKeys = await loadKeysFile(file);
       if ("error" in fileKeys) {
-        issues.push({
-          ...locate([...at, "file"]),
-          path: formatPath([...at, "file"]),
-          message: fileKeys.error,
-        });
+        issueAt([...at, "file"], fileKeys.error);
         continue;
       }
       digests.push(fileKeys.digest);
       for (const item of fileKeys.entries) {
         if (!tierNames.has(item.tier)) {
-          issues.push({
-            ...locate([...at, "file"]),
-            path: formatPath([...at, "file"]),
-            message: `${file}:${item.line}: unknown tier "${item.tier}"`,
-          });
+          issueAt([...at, "file"], `${file}:${item.line}: unknown tier "${item.tier}"`);
         }
         const twice = twiceWith(item.digest, item.tier);
         if (twice) {
-          issues.push({
-            ...locate([...at, "file"]),
-            path: formatPath([...at, "file"]),
-            message: `${file}:${item.line}: ${twice}`,
-          });
+          issueAt([...at, "file"], `${file}:${item.line}: ${twice}`);
         }
         keys.set(item.digest, { tier: item.tier, name: item.name });
       }
     } else {
       const digest = addKey(at, entry) ?? await sha256Hex(entry.key);
       if (!/^[0-9a-f]{64}$/.test(digest)) {
-        issues.push({
-          ...locate([...at, "key"]),
-          path: formatPath([...at, "key"]),
-          message: "A sha256: key must be 64 hex digits",
-        });
+        issueAt([...at, "key"], "A sha256: key must be 64 hex digits");
       }
       const twice = twiceWith(digest, entry.tier);
       if (twice) {
-        issues.push({
-          ...locate([...at, "key"]),
-          path: formatPath([...at, "key"]),
-          message: twice,
-        });
+        issueAt([...at, "key"], twice);
       }
       keys.set(digest, { tier: entry.tier, name: entry.name });
     }
