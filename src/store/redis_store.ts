@@ -221,7 +221,11 @@ class ClusterCommands implements Commands {
 const NODE_OPTIONS: RedisOptions = {
   enableOfflineQueue: false,
   maxRetriesPerRequest: 0,
-  enableAutoPipelining: true,
+  // Not on a cluster's node connections: ioredis answers an ASK redirect (a
+  // slot being migrated) with ASKING then the command, and a pipelined ASKING
+  // goes out after the command it was for, which then bounces back until it
+  // fails. The cluster pipelines what it can on its own.
+  enableAutoPipelining: false,
   lazyConnect: true,
   retryStrategy: (times: number) => Math.min(100 * times, 1_000),
 };

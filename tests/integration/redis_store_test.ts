@@ -215,6 +215,65 @@ redisTest("on a 3-master cluster every key of a decision lands in one slot", asy
   }
 });
 
+redisTest(
+  "on a cluster, decisions for a slot being migrated follow its ASK redirects and stay exact",
+  async () => {
+    await using cluster = await RedisCluster.start();
+    const store = await RedisStore.connect({ nodes: cluster.nodes });
+    try {
+      const key = "{sluice:r:moving}";
+      const slot = (await cluster.servers[0]!.cli(["CLUSTER", "KEYSLOT", `${key}:log:60000`]))
+        .trim();
+      // The master holding the slot, and another one to move it to.
+      const ids = await Promise.all(
+        cluster.servers.map(async (server) => (await server.cli(["CLUSTER", "MYID"])).trim()),
+      );
+      const nodes = await cluster.servers[0]!.cli(["CLUSTER", "NODES"]);
+      const source = cluster.servers.findIndex((_, i) =>
+        nodes.split("\n").some((line) =>
+          line.startsWith(ids[i]!) &&
+          line.split(" ").slice(8).some((range) => {
+            const [from, to = from] = range.split("-").map(Number);
+            return from! <= Number(slot) && Number(slot) <= to!;
+          })
+        )
+      );
+      assert.ok(source >= 0, `no master holds slot ${slot}`);
+      const target = (source + 1) % 3;
+      await cluster.servers[target]!.cli(["CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source]!]);
+      await cluster.servers[source]!.cli(["CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target]!]);
+      const query = {
+        key,
+        algorithm: "log" as const,
+        limits: [{ limit: 10, windowMs: 60_000 }],
+        cost: 1,
+      };
+      // Concurrent, as a gateway's requests are: they leave in one turn of the event loop.
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: 20 }, () => store.window(query)),
+      );
+      const failed = outcomes.filter((outcome) => outcome.status === "rejected");
+      assert.deepEqual(
+        failed.map((outcome) => String((outcome as PromiseRejectedResult).reason?.message)),
+        [],
+      );
+      const allowed = outcomes.filter((outcome) =>
+        outcome.status === "fulfilled" && outcome.value.allowed
+      ).length;
+      assert.equal(allowed, 10);
+      // The new key was written where the slot is going.
+      const keysIn = async (server: RedisServer) =>
+        Number(await server.cli(["CLUSTER", "COUNTKEYSINSLOT", slot]));
+      assert.deepEqual(
+        [await keysIn(cluster.servers[source]!), await keysIn(cluster.servers[target]!)],
+        [0, 1],
+      );
+    } finally {
+      await store.close();
+    }
+  },
+);
+
 /** A TCP relay to Redis; `silence()` makes its first connection swallow what the client sends. */
 class Relay {
   readonly #listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
