@@ -99,6 +99,8 @@ interface Waiter {
 }
 
 const READ_BUFFER = 64 * 1024;
+/** How long a command waits for a connection being made before it fails. */
+const CONNECT_WAIT_MS = 100;
 const CR = 13;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -120,6 +122,8 @@ export class RespClient {
   #lastError = "not connected yet";
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #attempts = 0;
+  /** When the connection last opened (performance.now()). */
+  #openedAt = 0;
 
   constructor(options: RespClientOptions) {
     this.options = options;
@@ -138,17 +142,43 @@ export class RespClient {
     return this.#connecting;
   }
 
-  /** Sends one command; rejects at once while the connection is not open. */
+  /**
+   * Sends one command. While a connection is being made (one that dropped is
+   * made again at once) the command waits for it, a short while; otherwise a
+   * command rejects at once while the connection is not open.
+   */
   send(args: readonly (string | number)[]): Promise<RespReply> {
-    if (this.#state !== "open") {
-      if (this.#state === "closed") return Promise.reject(new Error("The Redis client is closed"));
-      this.#scheduleReconnect();
-      return Promise.reject(
-        new Error(
-          `Redis at ${this.#address()} is not connected: ${this.#lastError}`,
-        ),
+    if (this.#state !== "open") return this.#sendWhenOpen(args);
+    return this.#enqueue(args);
+  }
+
+  #sendWhenOpen(args: readonly (string | number)[]): Promise<RespReply> {
+    if (this.#state === "closed") return Promise.reject(new Error("The Redis client is closed"));
+    const notConnected = () =>
+      new Error(`Redis at ${this.#address()} is not connected: ${this.#lastError}`);
+    if (this.#state === "connecting" && this.#connecting) {
+      // A connection cut while idle (a Redis \`timeout\`, a proxy's idle cut,
+      // CLIENT KILL) then costs the commands that were on it, not every
+      // command until it is back. One the caller has long given up on is not
+      // sent: it would still count in Redis.
+      const since = performance.now();
+      return this.#connecting.then(
+        () => {
+          if (this.#state !== "open" || performance.now() - since > CONNECT_WAIT_MS) {
+            throw notConnected();
+          }
+          return this.#enqueue(args);
+        },
+        () => {
+          throw notConnected();
+        },
       );
     }
+    this.#scheduleReconnect();
+    return Promise.reject(notConnected());
+  }
+
+  #enqueue(args: readonly (string | number)[]): Promise<RespReply> {
     return new Promise<RespReply>((resolve, reject) => {
       this.#waiters.push({ resolve, reject });
       this.#outgoing.push(encodeCommand(args));
@@ -172,7 +202,7 @@ export class RespClient {
     if (this.#state !== "open") return;
     this.#lastError = reason;
     this.#drop(new Error(`Redis at ${this.#address()} was dropped: ${reason}`));
-    this.#scheduleReconnect();
+    this.#scheduleReconnect(true);
   }
 
   /** Closes the connection for good; commands still waiting are rejected. */
@@ -240,6 +270,7 @@ export class RespClient {
     this.#conn = conn;
     this.#state = "open";
     this.#attempts = 0;
+    this.#openedAt = performance.now();
     this.#reading = this.#readLoop(conn);
   }
 
@@ -285,7 +316,7 @@ export class RespClient {
     if (this.#conn !== conn) return;
     this.#lastError = reason;
     this.#drop(new Error(`Redis at ${this.#address()} went away: ${reason}`));
-    this.#scheduleReconnect();
+    this.#scheduleReconnect(true);
   }
 
   #settle(reply: RespReply): void {
@@ -333,15 +364,26 @@ export class RespClient {
       if (this.#conn === conn) {
         this.#lastError = String((error as Error)?.message ?? error);
         this.#drop(new Error(`Cannot write to Redis at ${this.#address()}: ${this.#lastError}`));
-        this.#scheduleReconnect();
+        this.#scheduleReconnect(true);
       }
     } finally {
       this.#writing = false;
     }
   }
 
-  #scheduleReconnect(): void {
+  /**
+   * Connects again in the background. A connection that dropped after being
+   * open a while is made again at once (commands wait for it, see send); one
+   * that drops as soon as it is made (Redis at \`maxclients\`) and a failed
+   * attempt are retried at a slowing pace.
+   */
+  #scheduleReconnect(afterDrop = false): void {
     if (this.#state !== "idle" || this.#retryTimer !== undefined) return;
+    if (afterDrop && this.#attempts === 0 && performance.now() - this.#openedAt >= 1_000) {
+      this.#attempts = 1;
+      this.connect().catch(() => {});
+      return;
+    }
     const delay = Math.min(100 * ++this.#attempts, 1_000);
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;

@@ -90,6 +90,113 @@ redisTest(
   },
 );
 
+/**
+ * A relay to Redis that holds the traffic of its Nth connection for
+ * `holdMs[N - 1]` ms (a slow connection, seen by the client as one still being
+ * made while its SELECT is unanswered) and closes each side when the other does.
+ */
+function slowRelay(redisPort: number, holdMs: number[]): { url: string; close(): void } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  (async () => {
+    let accepted = 0;
+    for await (const client of listener) {
+      const hold = holdMs[accepted++] ?? 0;
+      const redis = await Deno.connect({ hostname: "127.0.0.1", port: redisPort });
+      conns.push(client, redis);
+      await delay(hold);
+      client.readable.pipeTo(redis.writable).catch(() => {});
+      redis.readable.pipeTo(client.writable).catch(() => {});
+    }
+  })().catch(() => {});
+  return {
+    url: `redis://127.0.0.1:${(listener.addr as Deno.NetAddr).port}/1`,
+    close() {
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch {
+          // Already closed.
+        }
+      }
+    },
+  };
+}
+
+redisTest(
+  "a connection Redis cuts is made again at once, and commands sent meanwhile wait for it",
+  async () => {
+    await using server = await RedisServer.start();
+    const relay = slowRelay(server.port, [0, 50, 400]);
+    const client = new RespClient(parseRedisUrl(relay.url));
+    const pings = async () =>
+      Number(/cmdstat_ping:calls=(\d+)/.exec(await server.cli(["INFO", "commandstats"]))?.[1] ?? 0);
+    const pingWhileConnecting = async () => {
+      for (let i = 0; i < 2_000 && client.state !== "connecting"; i++) await delay(1);
+      assert.equal(client.state, "connecting", "connecting again at once");
+      return await Promise.allSettled(Array.from({ length: 20 }, () => client.send(["PING"])));
+    };
+    try {
+      await client.connect();
+      await delay(1_100); // an established connection, as a Redis `timeout` or a proxy cuts
+      await server.cli(["CLIENT", "KILL", "TYPE", "normal"]);
+      const replies = await pingWhileConnecting();
+      assert.deepEqual(
+        replies.map((reply) => reply.status === "fulfilled" ? reply.value : reply.reason.message),
+        Array(20).fill("PONG"),
+      );
+      // A connection slower to come than a caller waits: its commands fail, and are never sent.
+      await delay(1_100);
+      const before = await pings();
+      await server.cli(["CLIENT", "KILL", "TYPE", "normal"]);
+      const late = await pingWhileConnecting();
+      assert.ok(
+        late.every((reply) =>
+          reply.status === "rejected" && /is not connected/.test(reply.reason.message)
+        ),
+      );
+      await delay(500);
+      assert.equal(client.state, "open");
+      assert.equal(await pings(), before);
+    } finally {
+      await client.close();
+      relay.close();
+    }
+  },
+);
+
+redisTest(
+  "a connection Redis drops as soon as it is made (maxclients) is retried at a slowing pace",
+  async () => {
+    await using server = await RedisServer.start();
+    const client = new RespClient(parseRedisUrl(server.url));
+    const other = new RespClient(parseRedisUrl(server.url));
+    try {
+      await client.connect();
+      await other.connect();
+      await delay(1_100);
+      await other.send(["CONFIG", "SET", "maxclients", "1"]);
+      await other.send(["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+      await delay(1_500);
+      const stats = String(await other.send(["INFO", "stats"]));
+      const refused = Number(/rejected_connections:(\d+)/.exec(stats)?.[1]);
+      // Not a loop that reconnects as fast as it can: at most 10 a second.
+      assert.ok(refused >= 2 && refused <= 20, `connections refused in 1.5 s: ${refused}`);
+      await other.send(["CONFIG", "SET", "maxclients", "100"]);
+      let answer: unknown;
+      for (let i = 0; i < 30 && answer === undefined; i++) {
+        await delay(100);
+        answer = await client.send(["PING"]).catch(() => undefined);
+      }
+      assert.equal(answer, "PONG", "connected again once Redis takes clients");
+    } finally {
+      await client.close();
+      await other.close();
+    }
+  },
+);
+
 redisTest("a closed client rejects commands and does not reconnect", async () => {
   await using server = await RedisServer.start();
   const client = new RespClient(parseRedisUrl(server.url));
