@@ -47,17 +47,22 @@ export async function createStore(
   );
   // A store that does not answer at start begins marked down: the fallback
   // answers and the probe brings it up, instead of every first request timing out.
-  let up = true;
+  let down: string | false = false;
   if (kind !== "memory") {
     let timer: ReturnType<typeof setTimeout> | undefined;
-    up = await Promise.race([
-      primary.ping().then(() => true, () => false),
-      new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), 2_000)),
+    down = await Promise.race([
+      primary.ping().then(
+        (): false => false,
+        (error) => `The store did not answer at start: ${(error as Error)?.message ?? error}`,
+      ),
+      new Promise<string>((resolve) =>
+        timer = setTimeout(() => resolve("The store did not answer at start within 2 s"), 2_000)
+      ),
     ]);
     clearTimeout(timer);
   }
   return new ResilientStore(primary, {
-    startDown: !up,
+    startDown: down,
     timeoutMs: config.timeout,
     onFailure: config.on_failure,
     metrics: options.metrics,

@@ -230,6 +230,14 @@ const NODE_OPTIONS: RedisOptions = {
   retryStrategy: (times: number) => Math.min(100 * times, 1_000),
 };
 
+/** The decision the probe makes: one unit in a 1 s window, in the keys' namespace an ACL for sluice allows. */
+const PROBE: WindowQuery = {
+  key: "{sluice:probe}",
+  algorithm: "fixed",
+  limits: [{ limit: 1_000_000_000, windowMs: 1_000 }],
+  cost: 1,
+};
+
 /** A store on Redis or Redis Cluster. */
 export class RedisStore implements Store {
   readonly kind: "redis" | "redis-cluster";
@@ -348,8 +356,15 @@ export class RedisStore implements Store {
     return (await this.#commands.hget(key, field)) ?? undefined;
   }
 
-  ping(): Promise<void> {
-    return this.#commands.ping();
+  /**
+   * Passes when a decision would: Redis answers, and runs a script that
+   * writes. A PING alone passes where every decision fails, as for an ACL user
+   * without EVALSHA or a Redis at \`maxmemory\` under \`noeviction\`; the store
+   * would then be marked up and down again every probe.
+   */
+  async ping(): Promise<void> {
+    await this.#commands.ping();
+    await this.window(PROBE);
   }
 
   close(): Promise<void> {

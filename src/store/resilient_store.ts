@@ -40,8 +40,12 @@ export interface ResilientStoreOptions {
   probeIntervalMs?: number;
   /** The local clock, for the over-limit cache. @default Date.now */
   clock?: () => number;
-  /** Start marked down (the store did not answer at start); the probe brings it up. @default false */
-  startDown?: boolean;
+  /**
+   * Start marked down, for this reason (the store did not answer at start, or
+   * refused the probe); the probe brings it up. `true` gives a generic reason.
+   * @default false
+   */
+  startDown?: boolean | string;
 }
 
 const DENY_CACHE_MAX = 100_000;
@@ -89,7 +93,9 @@ export class ResilientStore implements LimitStore {
     };
     this.local = primary instanceof MemoryStore ? primary : new MemoryStore();
     if (options.startDown && primary !== this.local) {
-      this.#lastError = "The store did not answer at start";
+      this.#lastError = typeof options.startDown === "string"
+        ? options.startDown
+        : "The store did not answer at start";
       this.#markDown();
     }
   }

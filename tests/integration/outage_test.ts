@@ -333,3 +333,47 @@ redisTest(
     assert.equal((await send(gw.url, "k")).status, 429);
   },
 );
+
+redisTest(
+  "a Redis that answers PING but refuses the scripts (ACL without EVALSHA) is down from the start, and stays down",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await redis.cli([
+      "ACL",
+      "SETUSER",
+      "gateway",
+      "on",
+      ">pw",
+      "~{sluice:*",
+      "+@all",
+      "-evalsha",
+      "-eval",
+    ]);
+    const url = `redis://gateway:pw@127.0.0.1:${redis.port}`;
+    await using gw = await startGateway(yaml(url, "deny"), {
+      env: (name) => name === "UPSTREAM" ? upstream.url : undefined,
+    });
+    const first = await status(gw.adminUrl);
+    assert.equal(first.store.state, "down");
+    assert.match(first.store.last_error, /NOPERM/);
+    const ready = await fetch(`${gw.adminUrl}/ready`);
+    assert.equal(ready.status, 503);
+    await ready.body?.cancel();
+    // The probe makes a decision, not a PING: it is not marked up again between its tries.
+    const states = new Set<string>();
+    for (let i = 0; i < 15; i++) {
+      states.add((await status(gw.adminUrl)).store.state);
+      assert.equal((await send(gw.url, "a")).status, 503);
+      await delay(100);
+    }
+    assert.deepEqual([...states], ["down"]);
+    // Granted the scripts, it comes up.
+    await redis.cli(["ACL", "SETUSER", "gateway", "+evalsha", "+eval"]);
+    assert.ok(
+      await waitFor(async () => (await status(gw.adminUrl)).store.state === "up", 10_000),
+      "the store was not up within 10 s",
+    );
+    assert.equal((await send(gw.url, "a")).status, 200);
+  },
+);
