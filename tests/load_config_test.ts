@@ -700,3 +700,26 @@ Deno.test("a bare number as a key in a keys file is an error that says to quote 
   );
   assert.match(issues[0]!.message, /keys\.yaml:2: a key is text: quote it/);
 });
+
+Deno.test("kind: memory beside a Redis url is an error at the url (it would count per instance, unsaid)", async () => {
+  const routes = `routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline: [ { proxy: {} } ]
+`;
+  // DESIGN's example, with REDIS_URL set.
+  const design = `store:
+  kind: memory
+  url: \${REDIS_URL:-}
+${routes}`;
+  const issues = await issuesOf(design, { REDIS_URL: "redis://10.0.0.5:6379" });
+  assert.deepEqual(issues.map((issue) => [issue.path, issue.line]), [["store.url", 3]]);
+  assert.match(issues[0]!.message, /kind: memory .* remove kind/);
+  // Without REDIS_URL the same file is a memory store, as written.
+  await using config = await tempConfig(design);
+  await loadConfig(config.file, { plugins: BUILTIN_PLUGINS, env: () => undefined });
+  // A cluster's seeds under kind: redis would be ignored the same way.
+  const seeds = await issuesOf(`store: { kind: redis, nodes: [redis://10.0.0.5:7000] }\n${routes}`);
+  assert.deepEqual(seeds.map((issue) => issue.path), ["store.nodes"]);
+  assert.match(seeds[0]!.message, /kind: redis-cluster/);
+});

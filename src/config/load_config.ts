@@ -255,6 +255,21 @@ export async function loadConfigText(
     });
     pipelines.push(pipeline);
   }
+  // An explicit kind wins over url and nodes: a url or seeds it would not use
+  // (DESIGN's example writes kind: memory beside url: ${REDIS_URL:-}) would
+  // leave every instance counting on its own, N times the limit, unsaid.
+  const store = parsed.success ? parsed.data.store : undefined;
+  if (store?.kind === "memory" && (store.url || store.nodes?.length)) {
+    issueAt(
+      ["store", store.url ? "url" : "nodes"],
+      "kind: memory counts in this instance and uses no Redis: remove kind (a url makes the store redis, nodes redis-cluster) or write the kind you mean",
+    );
+  } else if (store?.kind === "redis" && store.nodes?.length) {
+    issueAt(
+      ["store", "nodes"],
+      "nodes are the seeds of a Redis Cluster: write kind: redis-cluster (or remove kind), or use url for one Redis",
+    );
+  }
   // A failed load still names files whose fix should reload it.
   const failed = () => Object.assign(new ConfigError(path, issues), { files: [...pluginFiles] });
   // Keys are checked against the tiers even when the rest of the file failed,
