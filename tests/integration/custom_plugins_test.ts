@@ -23,7 +23,7 @@ function startWithPlugin(upstream: string, name: string, handlerBody: string) {
 `,
     {},
     {
-      [`${name}.ts`]: `import { definePlugin } from "${modUrl}";
+      [`${name}.ts`]: `import { definePlugin, problem } from "${modUrl}";
 import { z } from "zod";
 export default definePlugin({
   name: "${name}",
@@ -301,9 +301,13 @@ Deno.test("outcomes say who answered: an upstream's own 499 is proxied, rebuilt 
     `const query = new URL(ctx.request.url).searchParams;
       const status = Number(query.get("status") ?? 0);
       if (query.has("rebuild")) return next().then((answer) => new Response(answer.body, answer));
+      if (query.has("problem")) return problem(Number(query.get("problem")), {});
       return status ? new Response("from the plugin", { status }) : next();`,
   );
-  for (const query of ["", "?status=200", "?status=403", "?status=500", "?rebuild"]) {
+  const queries = ["", "?status=200", "?status=403", "?status=500", "?rebuild"];
+  // Made with problem(), it counts as the gateway's own answers do (README).
+  queries.push("?problem=503", "?problem=429", "?problem=400");
+  for (const query of queries) {
     await (await fetch(`${gw.url}/x${query}`)).body?.cancel();
   }
   const text = await (await fetch(`${gw.adminUrl}/metrics`)).text();
@@ -313,8 +317,10 @@ Deno.test("outcomes say who answered: an upstream's own 499 is proxied, rebuilt 
         .exec(text)?.[1] ?? 0,
     );
   assert.deepEqual(
-    ["proxied", "client_closed", "answered", "rejected", "error"].map(count),
-    [2, 0, 1, 1, 1],
+    ["proxied", "client_closed", "answered", "rejected", "error", "unavailable", "limited"].map(
+      count,
+    ),
+    [2, 0, 1, 2, 1, 1, 1],
   );
 });
 
