@@ -98,8 +98,18 @@ async function check(file: string): Promise<number> {
       environment.push((error as Error).message);
       console.error(environment.at(-1));
     }
-    // Each plugin is created too, as a start would: some refuse only then.
-    await checkPipelines(loaded);
+    // Each plugin is created too, as a start would: some refuse only then,
+    // and some warn (printed, without failing the check).
+    await checkPipelines(loaded, {
+      log: new Logger("warn", {
+        sink: (line) => {
+          const { msg, level: _level, time: _time, ...fields } = JSON.parse(line);
+          const extra = Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : "";
+          console.error(`${loaded.file}: warning: ${msg}${extra}`);
+        },
+      }),
+      env: (name) => Deno.env.get(name),
+    });
     if (environment.length > 0) {
       console.error(
         `${loaded.file}: ok, but the environment has ${environment.length} error${

@@ -200,12 +200,7 @@ export class Gateway {
       routes: pipeline.routes.length,
       store: store.kind,
     });
-    if (!gateway.adminToken && !isLoopbackName(gateway.adminAddr.hostname)) {
-      log.warn(
-        "the admin API listens beyond this machine without a token: anyone who reaches it (a web page through DNS rebinding too) may read /status and reload; set admin.token or ADMIN_TOKEN",
-        { admin: `${gateway.adminAddr.hostname}:${gateway.adminAddr.port}` },
-      );
-    }
+    warnIfAdminOpen(log, gateway.adminToken, gateway.adminAddr);
     return gateway;
   }
 
@@ -662,10 +657,32 @@ function asConfigError(file: string, error: unknown): unknown {
  * would, and throws {@linkcode ConfigError} naming every one that refuses (a
  * step missing before it, say): `--check` catches what only a start found.
  */
-export async function checkPipelines(loaded: LoadedConfig): Promise<void> {
+/** Warns when the admin API listens beyond loopback with no token. */
+function warnIfAdminOpen(
+  log: Logger,
+  token: string,
+  addr: { hostname: string; port: number },
+): void {
+  if (token || isLoopbackName(addr.hostname)) return;
+  log.warn(
+    "the admin API listens beyond this machine without a token: anyone who reaches it (a web page through DNS rebinding too) may read /status and reload; set admin.token or ADMIN_TOKEN",
+    { admin: `${addr.hostname}:${addr.port}` },
+  );
+}
+
+/**
+ * Creates every plugin of `loaded` as a start would, without listening or
+ * connecting to Redis; the warnings a start gives go to `log`.
+ */
+export async function checkPipelines(
+  loaded: LoadedConfig,
+  options: { log?: Logger; env?: EnvLookup } = {},
+): Promise<void> {
   const trusted = new CidrSet(loaded.config.trusted_proxies);
   const metrics = new Metrics();
-  const log = new Logger("error");
+  const log = options.log ?? new Logger("error");
+  const { admin } = loaded.config;
+  warnIfAdminOpen(log, admin.token || options.env?.("ADMIN_TOKEN") || "", admin);
   const store = await createStore({ ...loaded.config.store, kind: "memory" }, {
     env: () => undefined,
     metrics,

@@ -110,6 +110,29 @@ routes:
   assert.match(result.stderr, /3 errors/);
 });
 
+Deno.test("--check prints the warnings a start gives, and still exits 0", async () => {
+  await using config = await tempConfig(`admin: { hostname: 0.0.0.0, port: 9090 }
+routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:9001 }
+    pipeline:
+      - identify: { from: [header:x-api-key, ip] }
+      - sliding-window: { limit: 5, window: 1m }
+      - proxy: {}
+`);
+  const result = await runMain(["--check", config.file], { ADMIN_TOKEN: "" });
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(result.stdout, /ok \(1 route\)/);
+  assert.match(
+    result.stderr,
+    /warning: API keys are counted per key, but no tier step checks them/,
+  );
+  assert.match(result.stderr, /warning: the admin API listens beyond this machine without a token/);
+  // A token from the environment answers the second.
+  const tokened = await runMain(["--check", config.file], { ADMIN_TOKEN: "s3cret" });
+  assert.doesNotMatch(tokened.stderr, /admin API/);
+});
+
 Deno.test("--check of a missing file says it cannot read it", async () => {
   const result = await runMain(["--check", "/nonexistent/gateway.yaml"]);
   assert.equal(result.code, 1);
