@@ -511,6 +511,7 @@ export class Gateway {
           env: this.#env,
           metrics: this.metrics,
           log: this.log,
+          candidate: true,
         });
     } catch (error) {
       // A store that cannot even be made is a failed reload like any other: logged, counted, shown.
@@ -522,11 +523,12 @@ export class Gateway {
     if (store !== this.#store && store.health().state === "down") {
       // Swapped in, a store that does not answer would hand every decision to
       // the fallback, whose counters start empty: spent quotas would open again.
+      const reason = store.health().last_error;
       await store.close().catch(() => {});
       return this.#fail(trigger, [{
         path: "store",
         message:
-          "The new store does not answer; the running store and pipeline keep serving (reload again once it is up)",
+          `The new store does not answer (${reason}); the running store and pipeline keep serving (reload again once it is up)`,
       }]);
     }
     const build = this.#state.begin();

@@ -38,7 +38,13 @@ export function envRedisUrl(
 /** Connects the configured store, wrapped with its failure policy. A Redis that is down at start is not fatal. */
 export async function createStore(
   config: StoreConfig,
-  options: { env: EnvLookup; metrics: Metrics; log: Logger },
+  options: {
+    env: EnvLookup;
+    metrics: Metrics;
+    log: Logger;
+    /** A store a reload tries, not yet serving: a store down at start is not logged. */
+    candidate?: boolean;
+  },
 ): Promise<ResilientStore> {
   const kind = storeKind(config, options.env);
   const url = config.url || envRedisUrl(config, options.env) || "redis://127.0.0.1:6379";
@@ -61,11 +67,13 @@ export async function createStore(
     ]);
     clearTimeout(timer);
   }
-  return new ResilientStore(primary, {
+  const store = new ResilientStore(primary, {
     startDown: down,
     timeoutMs: config.timeout,
     onFailure: config.on_failure,
     metrics: options.metrics,
     log: options.log.child({ component: "store" }),
   });
+  if (down && !options.candidate) store.logDown();
+  return store;
 }

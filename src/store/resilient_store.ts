@@ -96,7 +96,8 @@ export class ResilientStore implements LimitStore {
       this.#lastError = typeof options.startDown === "string"
         ? options.startDown
         : "The store did not answer at start";
-      this.#markDown();
+      // Unlogged: createStore says it, for a store that is going to serve.
+      this.#markDown(true);
     }
   }
 
@@ -293,15 +294,20 @@ export class ResilientStore implements LimitStore {
     if (failed) this.#recentFailures[1]!++;
   }
 
-  #markDown(): void {
+  #markDown(quiet = false): void {
     this.#down = true;
     this.#since = new Date();
+    if (!quiet) this.logDown();
+    this.#probe = setInterval(() => this.#tryProbe(), this.#options.probeIntervalMs);
+  }
+
+  /** Logs that the store is down, with its last error. */
+  logDown(): void {
     this.#options.log?.error("store marked down; decisions use the fallback", {
       store: this.primary.kind,
       on_failure: this.#options.onFailure,
       error: this.#lastError,
     });
-    this.#probe = setInterval(() => this.#tryProbe(), this.#options.probeIntervalMs);
   }
 
   async #tryProbe(): Promise<void> {

@@ -326,7 +326,12 @@ redisTest(
     );
     const reload = await fetch(`${gw.adminUrl}/reload`, { method: "POST" });
     assert.equal(reload.status, 422);
-    assert.match(JSON.stringify(await reload.json()), /new store does not answer/);
+    // With its cause, and no log line that would read as the running store's outage.
+    assert.match(
+      JSON.stringify(await reload.json()),
+      /new store does not answer \(The store did not answer at start: .*(refused|connect)/i,
+    );
+    assert.equal(gw.logs.find("store marked down; decisions use the fallback"), undefined);
     const state = await status(gw.adminUrl);
     assert.equal(state.store.state, "up");
     // Swapped in, the dead store's empty fallback would have let this pass.
