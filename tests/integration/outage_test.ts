@@ -362,6 +362,11 @@ redisTest(
     const first = await status(gw.adminUrl);
     assert.equal(first.store.state, "down");
     assert.match(first.store.last_error, /NOPERM/);
+    // Logged at start with its cause.
+    assert.match(
+      String(gw.logs.find("store marked down; decisions use the fallback")?.error),
+      /did not answer at start: NOPERM/,
+    );
     const ready = await fetch(`${gw.adminUrl}/ready`);
     assert.equal(ready.status, 503);
     await ready.body?.cancel();
