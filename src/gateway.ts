@@ -208,10 +208,7 @@ export class Gateway {
     const envPort = this.#env("PORT");
     const port = options.port ?? (envPort ? Number(envPort) : loaded.config.listen.port);
     const hostname = options.hostname ?? loaded.config.listen.hostname;
-    this.#server = Deno.serve({
-      port,
-      hostname,
-      onListen: () => {},
+    this.#server = this.#serve("main", { port, hostname }, {
       onError: (error) => {
         // An error already logged with its request's details (an upstream
         // that cut its answer short) is not logged again without them.
@@ -222,19 +219,67 @@ export class Gateway {
     }, (request, info) => this.handle(request, info.remoteAddr.hostname, info.completed));
     const admin = loaded.config.admin;
     try {
-      this.#admin = Deno.serve({
-        port: options.adminPort ?? admin.port,
-        hostname: admin.hostname,
-        onListen: () => {},
-        onError: (error) => {
-          this.log.error("admin request failed", { error });
-          return problem(500, { detail: "The admin API failed while answering this request" });
+      this.#admin = this.#serve(
+        "admin",
+        { port: options.adminPort ?? admin.port, hostname: admin.hostname },
+        {
+          onError: (error) => {
+            this.log.error("admin request failed", { error });
+            return problem(500, { detail: "The admin API failed while answering this request" });
+          },
         },
-      }, adminHandler(this));
+        adminHandler(this),
+      );
     } catch (error) {
       this.#server.shutdown();
       throw error;
     }
+  }
+
+  /**
+   * A listener that comes back: Deno's server stops for good when accepting
+   * fails (out of file descriptors, as under a flood of connections or an
+   * upstream that leaks sockets). Left so, the process would end on the
+   * rejection, or live on deaf; it listens again on the same address, every
+   * second until it can, and serves once descriptors are free.
+   */
+  #serve(
+    which: "main" | "admin",
+    at: { port: number; hostname: string },
+    options: { onError: (error: unknown) => Response },
+    handler: Deno.ServeHandler<Deno.NetAddr>,
+  ): Deno.HttpServer<Deno.NetAddr> {
+    const server = Deno.serve({ ...at, onListen: () => {}, onError: options.onError }, handler);
+    const current = () => which === "main" ? this.#server : this.#admin;
+    server.finished.catch((error) => {
+      if (this.#closing) return;
+      const addr = { port: server.addr.port, hostname: at.hostname };
+      this.log.error("the listener stopped; listening again in 1 s", {
+        listener: which,
+        address: `${addr.hostname}:${addr.port}`,
+        error,
+      });
+      const again = () => {
+        if (this.#closing || current() !== server) return;
+        try {
+          const next = this.#serve(which, addr, options, handler);
+          if (which === "main") this.#server = next;
+          else this.#admin = next;
+          this.log.info("listening again", {
+            listener: which,
+            address: `${addr.hostname}:${addr.port}`,
+          });
+        } catch (retryError) {
+          this.log.error("cannot listen yet; trying again in 1 s", {
+            listener: which,
+            error: retryError,
+          });
+          setTimeout(again, 1_000);
+        }
+      };
+      setTimeout(again, 1_000);
+    });
+    return server;
   }
 
   /** The main listener's address. */
@@ -624,14 +669,15 @@ export class Gateway {
     this.log.info("shutting down", { inflight: this.#inflight, grace_ms: graceMs });
     let timer: ReturnType<typeof setTimeout> | undefined;
     const inTime = await Promise.race([
-      this.#server.shutdown().then(() => true),
+      // A listener that stopped on its own has nothing to drain.
+      this.#server.shutdown().then(() => true, () => true),
       new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), graceMs)),
     ]);
     clearTimeout(timer);
     if (!inTime) {
       this.log.warn("grace period over with requests in flight", { inflight: this.#inflight });
     }
-    await this.#admin.shutdown();
+    await this.#admin.shutdown().catch(() => {});
     this.#state.clear();
     await this.#store.close();
     for (const [timer, old] of this.#retired) {

@@ -18,6 +18,8 @@ export interface SpawnOptions {
   adminPort?: number;
   /** LOG_LEVEL. @default "info" */
   logLevel?: string;
+  /** The most file descriptors the process may hold (`ulimit -n`). @default the test's own */
+  fdLimit?: number;
 }
 
 /**
@@ -30,8 +32,13 @@ export async function spawnGateway(
 ): Promise<GatewayProcess> {
   const port = options.port ?? freePort();
   const adminPort = options.adminPort ?? freePort();
-  const child = new Deno.Command(Deno.execPath(), {
+  const deno = [Deno.execPath()];
+  if (options.fdLimit !== undefined) {
+    deno.unshift("sh", "-c", `ulimit -n ${options.fdLimit} && exec "$0" "$@"`);
+  }
+  const child = new Deno.Command(deno[0]!, {
     args: [
+      ...deno.slice(1),
       "run",
       "--config",
       repoPath("deno.json"),

@@ -1,6 +1,7 @@
 /** main.ts as a user runs it: `--check`, and a bad config at start. */
 import assert from "node:assert/strict";
-import { freePort, repoPath, tempConfig, waitFor } from "../_helpers.ts";
+import { delay, freePort, repoPath, startUpstream, tempConfig, waitFor } from "../_helpers.ts";
+import { kill, spawnGateway } from "../_process.ts";
 
 async function runMain(args: string[], env: Record<string, string> = {}) {
   const output = await new Deno.Command(Deno.execPath(), {
@@ -310,4 +311,48 @@ routes:
     assert.doesNotMatch(output, /Deno requests/, output);
     assert.match(output, /"msg":"gateway started"/, output);
   },
+});
+
+Deno.test("out of file descriptors, the gateway stays up and listens again once they are free", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  await using config = await tempConfig(`admin: { port: \${ADMIN_PORT} }
+routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline: [ { proxy: {} } ]
+`);
+  const gw = await spawnGateway(config.file, { fdLimit: 64 });
+  const held: Deno.Conn[] = [];
+  try {
+    // A flood of connections held open: the gateway runs out of descriptors to accept them.
+    const port = Number(new URL(gw.url).port);
+    for (let i = 0; i < 200; i++) {
+      try {
+        held.push(await Deno.connect({ hostname: "127.0.0.1", port }));
+      } catch {
+        break; // refused: the listener has stopped
+      }
+    }
+    await delay(200);
+    for (const conn of held.splice(0)) conn.close();
+    const serves = await waitFor(async () => {
+      try {
+        const response = await fetch(`${gw.url}/x`);
+        await response.body?.cancel();
+        return response.status === 200;
+      } catch {
+        return false;
+      }
+    }, 10_000);
+    assert.ok(serves, "the gateway serves again");
+    kill(gw.child, "SIGTERM");
+    const { code, lines } = await gw.exited;
+    assert.equal(code, 0);
+    const msgs = lines.map((line) => JSON.parse(line).msg);
+    assert.ok(msgs.includes("the listener stopped; listening again in 1 s"), msgs.join("\n"));
+    assert.ok(msgs.includes("listening again"));
+  } finally {
+    for (const conn of held) conn.close();
+    kill(gw.child);
+  }
 });
