@@ -537,12 +537,7 @@ export class Http1Client {
       kept.idle = false;
       return kept;
     }
-    const connecting: Promise<Deno.Conn> = origin.tls
-      ? Deno.connectTls({ hostname: origin.hostname, port: origin.port })
-      : Deno.connect({ hostname: origin.hostname, port: origin.port });
-    // A connect can take minutes (SYN retries to a host that drops them): the deadline holds.
-    const conn = signal ? await untilAborted(connecting, signal) : await connecting;
-    if (!origin.tls) (conn as Deno.TcpConn).setNoDelay(true);
+    const conn = await connect(origin, signal);
     this.#open.add(conn);
     const connection: Connection = {
       origin,
@@ -661,6 +656,26 @@ function requestHead(
     head += "content-length: 0\r\n";
   }
   return latin1Bytes(head + "\r\n");
+}
+
+/**
+ * A new connection to the origin. A connect can take minutes (SYN retries to
+ * a host that drops them): the signal ends the attempt itself, not only the
+ * wait for it, or each one given up on would hold a socket (and a file
+ * descriptor) in SYN-SENT for those minutes. `Deno.connectTls` takes no
+ * signal, so TLS goes on a TCP connection made with one.
+ */
+async function connect(origin: Origin, signal: AbortSignal | undefined): Promise<Deno.Conn> {
+  const connecting = Deno.connect({ hostname: origin.hostname, port: origin.port, signal });
+  const tcp = signal ? await untilAborted(connecting, signal) : await connecting;
+  if (!origin.tls) {
+    tcp.setNoDelay(true);
+    return tcp;
+  }
+  // A handshake the upstream never answers still holds its socket until the
+  // upstream closes it: Deno cannot close a connection handed to startTls.
+  const securing = Deno.startTls(tcp, { hostname: origin.hostname });
+  return signal ? await untilAborted(securing, signal) : await securing;
 }
 
 /** `connecting`, or the signal's reason once it aborts (a connection that opens later is closed). */

@@ -1424,7 +1424,19 @@ Deno.test({
   // python3 makes a listener with a full accept queue, where a connect hangs; Deno cannot.
   ignore: !hasPython(),
   async fn() {
-    const script = `import socket, sys, time
+    await using full = await startFullListener();
+    await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${full.port}`, "300ms"));
+    const started = Date.now();
+    const response = await fetch(`${gw.url}/slow-connect`);
+    await response.body?.cancel();
+    assert.equal(response.status, 504);
+    assert.ok(Date.now() - started < 2_000, `answered after ${Date.now() - started} ms`);
+  },
+});
+
+/** A listener whose accept queue is full (python3), where a connect hangs in SYN-SENT. */
+async function startFullListener(): Promise<{ port: number } & AsyncDisposable> {
+  const script = `import socket, sys, time
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
 fill = []
 for _ in range(3):
@@ -1433,21 +1445,46 @@ for _ in range(3):
     except BlockingIOError: pass
     fill.append(c)
 print(s.getsockname()[1], flush=True)
-time.sleep(30)`;
-    const python = new Deno.Command("python3", { args: ["-c", script], stdout: "piped" }).spawn();
-    try {
-      const line = await python.stdout.pipeThrough(new TextDecoderStream()).getReader().read();
-      const port = Number(line.value?.trim());
-      await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${port}`, "300ms"));
-      const started = Date.now();
-      const response = await fetch(`${gw.url}/slow-connect`);
-      await response.body?.cancel();
-      assert.equal(response.status, 504);
-      assert.ok(Date.now() - started < 2_000, `answered after ${Date.now() - started} ms`);
-    } finally {
+time.sleep(60)`;
+  const python = new Deno.Command("python3", { args: ["-c", script], stdout: "piped" }).spawn();
+  const line = await python.stdout.pipeThrough(new TextDecoderStream()).getReader().read();
+  return {
+    port: Number(line.value?.trim()),
+    async [Symbol.asyncDispose]() {
       python.kill();
       await python.status;
-    }
+    },
+  };
+}
+
+/** This process's open file descriptors (sockets among them). */
+function openFds(): number {
+  let count = 0;
+  for (const _ of Deno.readDirSync("/proc/self/fd")) count++;
+  return count;
+}
+
+Deno.test({
+  name:
+    "proxy: a connect given up at upstream.timeout frees its socket at once, so an upstream that drops SYNs cannot exhaust the gateway's file descriptors",
+  ignore: !hasPython() || Deno.build.os !== "linux",
+  async fn() {
+    await using full = await startFullListener();
+    await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${full.port}`, "200ms"));
+    const ask = async () => {
+      const response = await fetch(`${gw.url}/slow-connect`);
+      await response.body?.cancel();
+      return response.status;
+    };
+    assert.equal(await ask(), 504);
+    const before = openFds();
+    // One after another, on the test's one kept-alive connection to the gateway.
+    for (let i = 0; i < 8; i++) assert.equal(await ask(), 504);
+    // Each connect left hanging would hold a socket in SYN-SENT for about two minutes.
+    assert.ok(
+      await waitFor(() => openFds() <= before + 1, 2_000),
+      `${openFds() - before} more descriptors open after eight timed-out connects`,
+    );
   },
 });
 
