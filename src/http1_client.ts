@@ -60,6 +60,15 @@ export class ClientBodyError extends Error {
   override name = "ClientBodyError";
 }
 
+/**
+ * The request was aborted while its body's source was being waited on (the
+ * client stalled its upload): not the upstream's delay. `cause` is the
+ * signal's reason.
+ */
+export class ClientBodyStalledError extends Error {
+  override name = "ClientBodyStalledError";
+}
+
 /** Options for {@linkcode Http1Client}. */
 export interface Http1ClientOptions {
   /** Idle connections kept per origin. @default 128 */
@@ -182,6 +191,8 @@ interface Connection {
   releaseWhenSent: boolean | undefined;
   /** Why the request body could not be read, when that is what failed. */
   bodyError: ClientBodyError | undefined;
+  /** The request body's next bytes are being waited on (not being written upstream). */
+  awaitingBody: boolean;
 }
 
 // Marks on the responses themselves (properties, not WeakSets: nothing for
@@ -262,7 +273,12 @@ export class Http1Client {
     for (let attempt = 0;; attempt++) {
       // A retry takes a new connection: the idle ones may be as stale as the one that failed.
       const connection = await this.#acquire(origin, attempt > 0, signal);
-      const onAbort = () => this.#discard(connection);
+      // Whether the upload was waiting on its source when the request was aborted.
+      let stalled = false;
+      const onAbort = () => {
+        stalled = connection.awaitingBody;
+        this.#discard(connection);
+      };
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
         const response = await this.#exchange(connection, method, head, body, init, () => {
@@ -272,7 +288,13 @@ export class Http1Client {
       } catch (error) {
         signal?.removeEventListener("abort", onAbort);
         this.#discard(connection);
-        if (signal?.aborted) throw signal.reason;
+        if (signal?.aborted) {
+          // Aborted while the upload waited on its source: the sender stalled, not the upstream.
+          if (stalled) {
+            throw new ClientBodyStalledError("the request body stalled", { cause: signal.reason });
+          }
+          throw signal.reason;
+        }
         // The client's upload failed, and the exchange with it.
         if (connection.bodyError) throw connection.bodyError;
         // A kept-alive connection the upstream had closed: once more on a new
@@ -474,10 +496,13 @@ export class Http1Client {
     try {
       for (;;) {
         let next: ReadableStreamReadResult<Uint8Array>;
+        connection.awaitingBody = true;
         try {
           next = await reader.read();
         } catch (error) {
           throw new ClientBodyError("the request body could not be read", { cause: error });
+        } finally {
+          connection.awaitingBody = false;
         }
         if (next.done) break;
         const chunk = next.value;
@@ -549,6 +574,7 @@ export class Http1Client {
       sending: undefined,
       releaseWhenSent: undefined,
       bodyError: undefined,
+      awaitingBody: false,
       onIdleRead: () => {
         if (connection.idle) this.#discard(connection);
       },

@@ -10,6 +10,7 @@ import { noteUpstreamAnswer } from "../pipeline.ts";
 import { TargetPool } from "../upstream_pool.ts";
 import {
   ClientBodyError,
+  ClientBodyStalledError,
   type Http1Init,
   IDEMPOTENT_METHODS,
   isBodyComplete,
@@ -144,6 +145,7 @@ type Attempt =
   }
   | { kind: "timeout"; seconds: number }
   | { kind: "client_closed"; seconds: number }
+  | { kind: "client_timeout"; seconds: number }
   | { kind: "unreachable"; error: unknown; seconds: number };
 
 /**
@@ -266,6 +268,12 @@ export default definePlugin({
         if (deadline.clientGone || error instanceof ClientBodyError) {
           return { kind: "client_closed", seconds };
         }
+        // The deadline passed while the gateway waited for more of the upload:
+        // the client's delay. (One blocked writing to an upstream that does not
+        // read stays the upstream's.)
+        if (deadline.timedOut && error instanceof ClientBodyStalledError) {
+          return { kind: "client_timeout", seconds };
+        }
         if (deadline.timedOut) return { kind: "timeout", seconds };
         return { kind: "unreachable", error, seconds };
       } finally {
@@ -319,7 +327,7 @@ export default definePlugin({
         const breaker = breakers?.of(target);
         if (result.kind === "response") {
           followAnswer(ctx, log, breaker, result, target, startedAt);
-        } else if (result.kind === "client_closed") {
+        } else if (result.kind === "client_closed" || result.kind === "client_timeout") {
           breaker?.cancel(startedAt);
         } else {
           breaker?.record(false, Date.now(), startedAt);
@@ -341,6 +349,14 @@ export default definePlugin({
         case "client_closed":
           observe("client_closed", result.seconds);
           return clientClosed();
+        case "client_timeout":
+          // Its own status class: the client neither hung up nor did the upstream time out.
+          observe("client_timeout", result.seconds);
+          return problem(408, {
+            type: `${PROBLEM_TYPE_BASE}request-timeout`,
+            title: "Request Timeout",
+            detail: `The client sent no more of the request body within ${timeoutMs} ms`,
+          });
         case "timeout":
           observe("timeout", result.seconds);
           log.warn("upstream timed out", {

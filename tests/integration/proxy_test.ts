@@ -991,6 +991,62 @@ Deno.test("proxy: a client that hangs up during the upload ends the upstream's b
   }
 });
 
+Deno.test("proxy: a client that stalls its upload gets 408, and stalled uploads do not open the upstream's circuit breaker", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(`routes:
+  - name: api
+    upstream: { url: ${upstream.url}, timeout: 300ms }
+    pipeline:
+      - circuit-breaker: { failure_ratio: 0.5, min_requests: 2, window: 10s, open_for: 30s }
+      - proxy: {}
+`);
+  const stall = async () => {
+    using client = await RawClient.open(gw.gateway.addr.port);
+    // Ten bytes of the thousand announced, then nothing.
+    await client.send("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789");
+    return await client.response("POST");
+  };
+  const stalled = await Promise.all([stall(), stall(), stall(), stall()]);
+  for (const answer of stalled) {
+    assert.equal(statusOf(answer), 408);
+    assert.equal(single(answer, "content-type"), "application/problem+json");
+    const body = JSON.parse(decoder.decode(answer.body));
+    assert.equal(body.type, "urn:sluice:problem:request-timeout");
+    assert.match(body.detail, /300 ms/);
+  }
+  // The upstream did nothing wrong: the breaker is still closed for everyone else.
+  const response = await fetch(`${gw.url}/after`, { method: "POST", body: "whole" });
+  assert.equal(response.status, 200);
+  assert.equal((await response.json()).body, "whole");
+});
+
+Deno.test("proxy: an upload the upstream stops reading is the upstream's delay: 504", async () => {
+  // Accepts, never reads: the gateway is left writing the body into full buffers.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) held.push(conn);
+  })();
+  try {
+    const { port } = listener.addr as Deno.NetAddr;
+    await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${port}`, "300ms"));
+    using client = await RawClient.open(gw.gateway.addr.port);
+    // More than the socket buffers on the way hold.
+    const size = 64 * MIB;
+    await client.send(`POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${size}\r\n\r\n`);
+    // Written in the background: it blocks once every buffer on the way is full.
+    const sending = client.send(new Uint8Array(size)).catch(() => {});
+    const answer = await client.response("POST");
+    assert.equal(statusOf(answer), 504);
+    client.close();
+    await sending;
+  } finally {
+    listener.close();
+    for (const conn of held) conn.close();
+    await accepting.catch(() => {});
+  }
+});
+
 // ---------------------------------------------------------------------------
 // Streaming, connection reuse, encodings
 
