@@ -19,6 +19,14 @@ const MAX_HEAD = 64 * 1024;
 /** A head's line ends in CRLF, or a bare LF (RFC 9112, 2.2). */
 const LINE_END = /\r?\n/;
 const BODILESS_STATUSES = new Set([204, 304]);
+/**
+ * How long a connection may wait in the pool: below common upstreams' own
+ * keep-alive timeouts (Node's 5 s, nginx's 75 s, Apache's 5 s), so the
+ * gateway closes an idle connection before the upstream does, and never
+ * sends a request on one the upstream is closing at that moment (a POST is
+ * not retried, and would get a 502).
+ */
+const IDLE_TIMEOUT_MS = 4_000;
 
 /** Methods a request may be repeated with (RFC 9110, 9.2.2): a retry is safe only for these. */
 export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
@@ -73,6 +81,8 @@ export class ClientBodyStalledError extends Error {
 export interface Http1ClientOptions {
   /** Idle connections kept per origin. @default 128 */
   maxIdlePerOrigin?: number;
+  /** Milliseconds an idle connection is kept before it is closed. @default 4000 */
+  idleTimeoutMs?: number;
 }
 
 interface Origin {
@@ -183,6 +193,8 @@ interface Connection {
   answered: boolean;
   /** In the idle pool, waiting for a request. */
   idle: boolean;
+  /** When it went into the idle pool (`performance.now()`). */
+  idleSince: number;
   /** Called when the idle read settles: while still idle, the connection is over. */
   onIdleRead: () => void;
   /** The request body still going out (an upstream may answer before it has read it all). */
@@ -255,11 +267,15 @@ export class Http1Client {
   #idle = new Map<string, Connection[]>();
   #origins = new Map<string, Origin>();
   #maxIdle: number;
+  #idleTimeoutMs: number;
+  /** Closes the connections idle too long; runs while any connection is idle. */
+  #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #open = new Set<Deno.Conn>();
 
   constructor(options: Http1ClientOptions = {}) {
     this.#maxIdle = options.maxIdlePerOrigin ?? 128;
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
   }
 
   /** Sends one request; resolves with the response once its headers are in. */
@@ -556,7 +572,7 @@ export class Http1Client {
     fresh: boolean,
     signal: AbortSignal | undefined,
   ): Promise<Connection> {
-    const kept = fresh ? undefined : this.#idle.get(origin.key)?.pop();
+    const kept = fresh ? undefined : this.#takeIdle(origin);
     if (kept) {
       kept.reused = true;
       kept.idle = false;
@@ -571,6 +587,7 @@ export class Http1Client {
       reused: false,
       answered: false,
       idle: false,
+      idleSince: 0,
       sending: undefined,
       releaseWhenSent: undefined,
       bodyError: undefined,
@@ -601,10 +618,49 @@ export class Http1Client {
     }
     idle.push(connection);
     connection.idle = true;
+    connection.idleSince = performance.now();
+    if (this.#sweeper === undefined) {
+      this.#sweeper = setInterval(() => this.#sweep(), this.#idleTimeoutMs);
+      Deno.unrefTimer(this.#sweeper);
+    }
     // An upstream closes idle connections when it likes (its keep-alive
     // timeout, a restart): a read kept open while idle sees that at once, and
     // the connection leaves the pool before a request is sent on it.
     connection.reader.watch().then(connection.onIdleRead, connection.onIdleRead);
+  }
+
+  /**
+   * The most recently idle connection to the origin, if it has not been idle
+   * too long. The pool is in the order the connections went idle: when the
+   * last is too old, so are all the others, and they are closed.
+   */
+  #takeIdle(origin: Origin): Connection | undefined {
+    const idle = this.#idle.get(origin.key);
+    const kept = idle?.pop();
+    if (!kept) return undefined;
+    if (performance.now() - kept.idleSince < this.#idleTimeoutMs) return kept;
+    this.#discard(kept);
+    for (const stale of idle!.splice(0)) this.#discard(stale);
+    return undefined;
+  }
+
+  /** Closes the connections idle too long; stops once none is idle. */
+  #sweep(): void {
+    const oldest = performance.now() - this.#idleTimeoutMs;
+    let left = 0;
+    for (const idle of this.#idle.values()) {
+      let stale = 0;
+      while (stale < idle.length && idle[stale]!.idleSince <= oldest) stale++;
+      for (const connection of idle.splice(0, stale)) this.#discard(connection);
+      left += idle.length;
+    }
+    if (left === 0) this.#stopSweeper();
+  }
+
+  #stopSweeper(): void {
+    if (this.#sweeper === undefined) return;
+    clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
   }
 
   #discard(connection: Connection): void {
@@ -624,6 +680,7 @@ export class Http1Client {
   /** Closes every connection. */
   close(): void {
     this.#closed = true;
+    this.#stopSweeper();
     for (const conn of this.#open) {
       try {
         conn.close();

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { bodyFraming, Http1Client, UpstreamProtocolError } from "../src/http1_client.ts";
 import { writeAll } from "../src/net/write_all.ts";
-import { delay } from "./_helpers.ts";
+import { delay, waitFor } from "./_helpers.ts";
 
 const frame = (headers: [string, string][], http10 = false) => bodyFraming(headers, http10);
 
@@ -101,6 +101,10 @@ function scriptedUpstream(
   return {
     url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
     targets,
+    /** Connections the upstream holds open. */
+    get open() {
+      return conns.size;
+    },
     close() {
       listener.close();
       for (const conn of conns) conn.close();
@@ -182,6 +186,48 @@ Deno.test("Http1Client: a chunked body whose lines end in a bare LF is read to i
     assert.equal(text, "hello world");
   } finally {
     await client.close();
+    upstream.close();
+  }
+});
+
+Deno.test("Http1Client: a connection idle longer than idleTimeoutMs is not reused, so a POST never meets an upstream closing it", async () => {
+  const IDLE_MS = 200;
+  // Closes a connection that has been idle past the client's limit just as a
+  // request arrives on it, as an upstream whose keep-alive timer fires then.
+  const lastAnswer = new Map<number, number>();
+  const upstream = scriptedUpstream(async (conn, _target, index) => {
+    const last = lastAnswer.get(index);
+    if (last !== undefined && performance.now() - last > IDLE_MS) return conn.close();
+    await write(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    lastAnswer.set(index, performance.now());
+  });
+  const client = new Http1Client({ idleTimeoutMs: IDLE_MS });
+  try {
+    const first = await client.fetch(`${upstream.url}/one`, { method: "POST" });
+    assert.equal(await first.text(), "ok");
+    await delay(IDLE_MS * 2);
+    // A POST is never sent twice: on the stale connection it would fail.
+    const second = await client.fetch(`${upstream.url}/two`, { method: "POST" });
+    assert.equal(await second.text(), "ok");
+    assert.equal(lastAnswer.size, 2, "the second POST went on a new connection");
+  } finally {
+    client.close();
+    upstream.close();
+  }
+});
+
+Deno.test("Http1Client: a connection idle longer than idleTimeoutMs is closed even when no request comes", async () => {
+  const upstream = scriptedUpstream(async (conn) => {
+    await write(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  const client = new Http1Client({ idleTimeoutMs: 200 });
+  try {
+    const answer = await client.fetch(`${upstream.url}/one`);
+    assert.equal(await answer.text(), "ok");
+    assert.equal(upstream.open, 1);
+    assert.ok(await waitFor(() => upstream.open === 0, 5_000), "the idle connection was kept");
+  } finally {
+    client.close();
     upstream.close();
   }
 });
