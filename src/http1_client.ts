@@ -93,14 +93,21 @@ interface Origin {
   authority: string;
 }
 
-/** Buffered reads from one connection. */
-class Reader {
+/** Buffered reads from one connection (exported for its tests). */
+export class Reader {
   buf = new Uint8Array(READ_SIZE);
   start = 0;
   end = 0;
   /** A read started while the connection was idle, for the next {@linkcode Reader.fill} to take. */
   #pending: Promise<boolean> | undefined;
-  constructor(readonly conn: Deno.Conn) {}
+  /**
+   * Where {@linkcode Reader.headEnd} stopped finding no end, for the head
+   * that begins at `#scannedFor` (-1: none): a head that comes in many small
+   * reads is scanned once, not again from its start after each read.
+   */
+  #scanned = 0;
+  #scannedFor = -1;
+  constructor(readonly conn: Pick<Deno.Conn, "read">) {}
 
   get buffered(): number {
     return this.end - this.start;
@@ -127,10 +134,13 @@ class Reader {
     if (this.start === this.end) {
       this.start = 0;
       this.end = 0;
+      this.#scannedFor = -1;
     } else if (this.end === this.buf.length) {
       if (this.start > 0) {
         this.buf.copyWithin(0, this.start, this.end);
         this.end -= this.start;
+        this.#scanned -= this.start;
+        this.#scannedFor -= this.start;
         this.start = 0;
       } else {
         const bigger = new Uint8Array(this.buf.length * 2);
@@ -150,11 +160,20 @@ class Reader {
    */
   headEnd(): number {
     const b = this.buf;
-    for (let i = this.start; i + 1 < this.end; i++) {
+    // The last bytes scanned may begin an end that the new ones complete:
+    // the scan goes on from 3 bytes (the longest end, LF CR LF) back.
+    const from = this.#scannedFor === this.start
+      ? Math.max(this.start, this.#scanned - 3)
+      : this.start;
+    for (let i = from; i + 1 < this.end; i++) {
       if (b[i] !== 10) continue;
-      if (b[i + 1] === 10) return i + 2;
-      if (b[i + 1] === 13 && i + 2 < this.end && b[i + 2] === 10) return i + 3;
+      if (b[i + 1] === 10 || (b[i + 1] === 13 && i + 2 < this.end && b[i + 2] === 10)) {
+        this.#scannedFor = -1;
+        return b[i + 1] === 10 ? i + 2 : i + 3;
+      }
     }
+    this.#scanned = this.end;
+    this.#scannedFor = this.start;
     return -1;
   }
 

@@ -1,6 +1,6 @@
 /** The upstream client (src/http1_client.ts): how it delimits a body, reads a head, retries. */
 import assert from "node:assert/strict";
-import { bodyFraming, Http1Client, UpstreamProtocolError } from "../src/http1_client.ts";
+import { bodyFraming, Http1Client, Reader, UpstreamProtocolError } from "../src/http1_client.ts";
 import { writeAll } from "../src/net/write_all.ts";
 import { delay, waitFor } from "./_helpers.ts";
 
@@ -229,5 +229,60 @@ Deno.test("Http1Client: a connection idle longer than idleTimeoutMs is closed ev
   } finally {
     client.close();
     upstream.close();
+  }
+});
+
+/** A connection whose reads return these pieces, one a read, then its end. */
+function piecesConn(pieces: Uint8Array[]): Pick<Deno.Conn, "read"> {
+  let next = 0;
+  return {
+    read(into: Uint8Array): Promise<number | null> {
+      const piece = pieces[next++];
+      if (piece === undefined) return Promise.resolve(null);
+      into.set(piece);
+      return Promise.resolve(piece.length);
+    },
+  };
+}
+
+/** The ends of the heads in `bytes`, as the client finds them reading these pieces. */
+async function headEnds(bytes: Uint8Array, cuts: number[], heads: number): Promise<number[]> {
+  const bounds = [0, ...cuts, bytes.length];
+  const pieces = bounds.slice(1).map((end, i) => bytes.subarray(bounds[i], end));
+  const reader = new Reader(piecesConn(pieces.filter((piece) => piece.length > 0)));
+  const ends: number[] = [];
+  let consumed = 0;
+  for (let n = 0; n < heads; n++) {
+    let end = reader.headEnd();
+    while (end < 0) {
+      if (!await reader.fill()) return ends;
+      end = reader.headEnd();
+    }
+    ends.push(consumed + end - reader.start);
+    consumed += end - reader.start;
+    reader.start = end;
+  }
+  return ends;
+}
+
+Deno.test("Reader.headEnd: a head is found wherever the reads split it (CRLF, bare LF, LF CR LF ends)", async () => {
+  const heads = [
+    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\n",
+    "HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\n",
+    "HTTP/1.1 200 OK\nContent-Length: 2\r\nX-A: b\n\r\n",
+  ];
+  for (const head of heads) {
+    // An interim answer, then the answer, then a body: two heads to find in a row.
+    const interim = "HTTP/1.1 100 Continue\r\n\r\n";
+    const bytes = new TextEncoder().encode(interim + head + "ok");
+    const expected = [interim.length, interim.length + head.length];
+    const label = JSON.stringify(head);
+    for (let i = 1; i < bytes.length; i++) {
+      for (let j = i; j < bytes.length; j++) {
+        assert.deepEqual(await headEnds(bytes, [i, j], 2), expected, `${label} cut at ${i}, ${j}`);
+      }
+    }
+    const bytewise = Array.from({ length: bytes.length - 1 }, (_, i) => i + 1);
+    assert.deepEqual(await headEnds(bytes, bytewise, 2), expected, `${label} a byte a read`);
   }
 });
