@@ -251,15 +251,22 @@ function answer(
   complete: boolean,
 ): Response {
   let response: Response;
-  if (init.status === 200 && !(body instanceof ReadableStream)) {
-    // Deno (2.9) keeps a 200 with a body in memory and no init on a fast path
-    // and sends its headers in one step; a response built with an init gets a
-    // native twin with a finalizer, which costs more in GC than it saves.
-    response = new Response(body);
-    const headers = response.headers;
-    for (const [name, value] of init.headers) headers.append(name, value);
-  } else {
-    response = new Response(body, init);
+  try {
+    if (init.status === 200 && !(body instanceof ReadableStream)) {
+      // Deno (2.9) keeps a 200 with a body in memory and no init on a fast path
+      // and sends its headers in one step; a response built with an init gets a
+      // native twin with a finalizer, which costs more in GC than it saves.
+      response = new Response(body);
+      const headers = response.headers;
+      for (const [name, value] of init.headers) headers.append(name, value);
+    } else {
+      response = new Response(body, init);
+    }
+  } catch (error) {
+    // A field name that is no token, a status outside 200-599: the upstream's head is not HTTP.
+    throw new UpstreamProtocolError("upstream sent a head that cannot be passed on", {
+      cause: error,
+    });
   }
   const marked = response as Marked;
   marked[CLIENT_MADE] = true;

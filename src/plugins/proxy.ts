@@ -15,6 +15,7 @@ import {
   IDEMPOTENT_METHODS,
   isBodyComplete,
   isClientResponse,
+  UpstreamProtocolError,
 } from "../http1_client.ts";
 import { addGatewayHeaders, seal, waitPastSpentQuota } from "../response_headers.ts";
 import { dropHopByHop } from "../hop_by_hop.ts";
@@ -371,6 +372,19 @@ export default definePlugin({
           });
         case "unreachable":
           observe("error", result.seconds);
+          if (result.error instanceof UpstreamProtocolError) {
+            // The upstream answered, with something that is not HTTP/1.1.
+            log.warn("upstream sent an invalid answer", {
+              upstream: target,
+              error: errorText(result.error),
+              request_id: ctx.requestId,
+            });
+            return problem(502, {
+              type: `${PROBLEM_TYPE_BASE}upstream-invalid-response`,
+              title: "Bad Gateway",
+              detail: "The upstream's answer was not valid HTTP/1.1",
+            });
+          }
           log.warn("upstream unreachable", {
             upstream: target,
             error: errorText(result.error),

@@ -1407,6 +1407,38 @@ Deno.test("proxy: the upstream's body framing is read as RFC 9112 says (lengths,
   }
 });
 
+Deno.test("proxy: an upstream answer that is not valid HTTP/1.1 is a 502 of its own type, not an unreachable upstream", async () => {
+  const cases: { name: string; response: string }[] = [
+    {
+      name: "two different lengths",
+      response: "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 5\r\n\r\nhello",
+    },
+    { name: "a status of two digits", response: "HTTP/1.1 20 OK\r\ncontent-length: 2\r\n\r\nok" },
+    { name: "a status above 599", response: "HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok" },
+    { name: "a status below 100", response: "HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok" },
+    {
+      name: "a field name with a space",
+      response: "HTTP/1.1 200 OK\r\nx bad: v\r\ncontent-length: 2\r\n\r\nok",
+    },
+    {
+      name: "a 101 nobody asked for",
+      response:
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+    },
+  ];
+  await using upstream = startRawUpstream((request) =>
+    cases[Number(request.start.split(" ")[1]!.slice(1))]!.response
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  for (const [index, c] of cases.entries()) {
+    const response = await fetch(`${gw.url}/${index}`);
+    const body = await assertProblem(response, 502);
+    assert.equal(body.type, "urn:sluice:problem:upstream-invalid-response", c.name);
+    assert.equal(body.title, "Bad Gateway", c.name);
+    assert.equal(body.detail, "The upstream's answer was not valid HTTP/1.1", c.name);
+  }
+});
+
 Deno.test("proxy: header values keep their bytes both ways (UTF-8 and obs-text are not re-encoded)", async () => {
   const filename = 'attachment; filename="日本 café.pdf"';
   await using upstream = startRawUpstream(() =>
