@@ -447,7 +447,7 @@ export class Http1Client {
       if (status >= 100 && status < 200) continue;
       break;
     }
-    const { length, chunked, untilClose, close } = bodyFraming(framing, http10);
+    const { length, chunked, untilClose, close, coded } = bodyFraming(framing, http10);
     if (untilClose || chunked) {
       // The length is the transfer coding's, not the Content-Length a client
       // would trust (RFC 9112, 6.3): it does not go on.
@@ -456,6 +456,12 @@ export class Http1Client {
     // A 205 has no content: its connection is kept only when it says so with Content-Length: 0.
     const bodiless = method === "HEAD" || BODILESS_STATUSES.has(status) || status === 205 ||
       status < 200;
+    if (coded && !bodiless) {
+      // Transfer-Encoding does not go on: the client would take the coded bytes for the content.
+      throw new UpstreamProtocolError(
+        "upstream sent a body in a transfer coding other than chunked",
+      );
+    }
     init.completeHeaders?.(headers);
     const responseInit = { status, statusText, headers };
     if (status === 205 && length !== 0) {
@@ -839,11 +845,30 @@ function latin1Bytes(text: string): Uint8Array {
   return bytes;
 }
 
-/** How a response's body is delimited (RFC 9112, 6.3), from its framing headers. */
+/**
+ * True when a Transfer-Encoding value is chunked alone: the one transfer
+ * coding the gateway undoes (it decodes no gzip, deflate or compress).
+ */
+export function isChunkedOnly(codings: string): boolean {
+  const list = codings.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean);
+  return list.length === 1 && list[0] === "chunked";
+}
+
+/**
+ * How a response's body is delimited (RFC 9112, 6.3), from its framing
+ * headers. `coded`: a transfer coding other than chunked was applied, so the
+ * body's bytes, once delimited, are still not its content.
+ */
 export function bodyFraming(
   framing: readonly (readonly [string, string])[],
   http10: boolean,
-): { length: number | undefined; chunked: boolean; untilClose: boolean; close: boolean } {
+): {
+  length: number | undefined;
+  chunked: boolean;
+  untilClose: boolean;
+  close: boolean;
+  coded: boolean;
+} {
   let lengths: string | undefined;
   let codings: string | undefined;
   let connection: string | undefined;
@@ -869,7 +894,13 @@ export function bodyFraming(
       .pop();
     const chunked = last === "chunked";
     if (!chunked) close = true;
-    return { length: undefined, chunked, untilClose: !chunked, close };
+    return {
+      length: undefined,
+      chunked,
+      untilClose: !chunked,
+      close,
+      coded: !isChunkedOnly(codings),
+    };
   }
   let length: number | undefined;
   if (lengths !== undefined) {
@@ -882,7 +913,7 @@ export function bodyFraming(
       length = Number(text);
     }
   }
-  return { length, chunked: false, untilClose: false, close };
+  return { length, chunked: false, untilClose: false, close, coded: false };
 }
 
 const DECIMAL = /^\d{1,15}$/;

@@ -12,6 +12,7 @@ Deno.test("bodyFraming: Content-Length, repeated with one value, is one length",
     chunked: false,
     untilClose: false,
     close: false,
+    coded: false,
   });
   assert.equal(frame([["content-length", "5, 5"]]).length, 5);
   assert.equal(frame([["content-length", "5"], ["content-length", "5"]]).length, 5);
@@ -38,6 +39,7 @@ Deno.test("bodyFraming: Transfer-Encoding wins over Content-Length; a body not c
     chunked: true,
     untilClose: false,
     close: false,
+    coded: false,
   });
   assert.deepEqual(frame([["transfer-encoding", "gzip, chunked"]]).chunked, true);
   assert.deepEqual(frame([["transfer-encoding", "gzip"], ["content-length", "3"]]), {
@@ -45,7 +47,21 @@ Deno.test("bodyFraming: Transfer-Encoding wins over Content-Length; a body not c
     chunked: false,
     untilClose: true,
     close: true,
+    coded: true,
   });
+});
+
+Deno.test("bodyFraming: a transfer coding other than chunked alone is coded: the body is not yet its content", () => {
+  for (const codings of ["gzip, chunked", "gzip", "deflate,chunked", "chunked, chunked", " , "]) {
+    assert.equal(frame([["transfer-encoding", codings]]).coded, true, codings);
+  }
+  for (const codings of ["chunked", "Chunked", " chunked ,"]) {
+    assert.equal(frame([["transfer-encoding", codings]]).coded, false, codings);
+  }
+  assert.equal(
+    frame([["transfer-encoding", "gzip"], ["transfer-encoding", "chunked"]]).coded,
+    true,
+  );
 });
 
 Deno.test("bodyFraming: Connection close in any Connection field ends the connection; HTTP/1.0 needs keep-alive to stay", () => {

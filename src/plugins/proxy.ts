@@ -14,6 +14,7 @@ import {
   type Http1Init,
   IDEMPOTENT_METHODS,
   isBodyComplete,
+  isChunkedOnly,
   isClientResponse,
   UpstreamProtocolError,
 } from "../http1_client.ts";
@@ -286,6 +287,14 @@ export default definePlugin({
 
     return async function proxy(ctx) {
       const request = ctx.request;
+      const codings = request.body === null ? null : request.headers.get("transfer-encoding");
+      if (codings !== null && !isChunkedOnly(codings)) {
+        // Deno's server undoes chunked only: the body is still gzip (say), and
+        // would go on as if it were the content (RFC 9112, 6.1).
+        return problem(501, {
+          detail: `The gateway does not decode the request's transfer coding (${codings})`,
+        });
+      }
       const breakers = ctx.get(BREAKERS);
       // A pool may send an idempotent request again to another target when the first refused it.
       const retryable = isPool && IDEMPOTENT_METHODS.has(request.method);

@@ -1425,6 +1425,15 @@ Deno.test("proxy: an upstream answer that is not valid HTTP/1.1 is a 502 of its 
       response:
         "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
     },
+    {
+      // The gateway drops Transfer-Encoding: the client would get gzip bytes as the content.
+      name: "a body in gzip, chunked",
+      response: "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    },
+    {
+      name: "a body in gzip to the close",
+      response: "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nabc",
+    },
   ];
   await using upstream = startRawUpstream((request) =>
     cases[Number(request.start.split(" ")[1]!.slice(1))]!.response
@@ -1437,6 +1446,29 @@ Deno.test("proxy: an upstream answer that is not valid HTTP/1.1 is a 502 of its 
     assert.equal(body.title, "Bad Gateway", c.name);
     assert.equal(body.detail, "The upstream's answer was not valid HTTP/1.1", c.name);
   }
+});
+
+Deno.test("proxy: a request in a transfer coding other than chunked answers 501 and reaches no upstream", async () => {
+  await using upstream = startRawUpstream(() => "HTTP/1.1 204 No Content\r\n\r\n");
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  // Deno's server undoes the chunked coding only: the body it hands on is still gzip.
+  const answer = await rawRequest(
+    gw.gateway.addr.port,
+    "POST /coded HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "POST",
+  );
+  assert.equal(statusOf(answer), 501);
+  assert.equal(single(answer, "content-type"), "application/problem+json");
+  assert.match(JSON.parse(decoder.decode(answer.body)).detail, /gzip, chunked/);
+  assert.equal(upstream.requests.length, 0);
+  // Chunked alone goes on.
+  const plain = await rawRequest(
+    gw.gateway.addr.port,
+    "POST /plain HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "POST",
+  );
+  assert.equal(statusOf(plain), 204);
+  assert.equal(decoder.decode(upstream.requests[0]!.body), "abc");
 });
 
 Deno.test("proxy: header values keep their bytes both ways (UTF-8 and obs-text are not re-encoded)", async () => {
