@@ -19,6 +19,14 @@ const MAX_HEAD = 64 * 1024;
 /** A head's line ends in CRLF, or a bare LF (RFC 9112, 2.2). */
 const LINE_END = /\r?\n/;
 const BODILESS_STATUSES = new Set([204, 304]);
+/**
+ * How long a connection may wait in the pool: below common upstreams' own
+ * keep-alive timeouts (Node's 5 s, nginx's 75 s, Apache's 5 s), so the
+ * gateway closes an idle connection before the upstream does, and never
+ * sends a request on one the upstream is closing at that moment (a POST is
+ * not retried, and would get a 502).
+ */
+const IDLE_TIMEOUT_MS = 4_000;
 
 /** Methods a request may be repeated with (RFC 9110, 9.2.2): a retry is safe only for these. */
 export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
@@ -60,10 +68,21 @@ export class ClientBodyError extends Error {
   override name = "ClientBodyError";
 }
 
+/**
+ * The request was aborted while its body's source was being waited on (the
+ * client stalled its upload): not the upstream's delay. `cause` is the
+ * signal's reason.
+ */
+export class ClientBodyStalledError extends Error {
+  override name = "ClientBodyStalledError";
+}
+
 /** Options for {@linkcode Http1Client}. */
 export interface Http1ClientOptions {
   /** Idle connections kept per origin. @default 128 */
   maxIdlePerOrigin?: number;
+  /** Milliseconds an idle connection is kept before it is closed. @default 4000 */
+  idleTimeoutMs?: number;
 }
 
 interface Origin {
@@ -74,14 +93,21 @@ interface Origin {
   authority: string;
 }
 
-/** Buffered reads from one connection. */
-class Reader {
+/** Buffered reads from one connection (exported for its tests). */
+export class Reader {
   buf = new Uint8Array(READ_SIZE);
   start = 0;
   end = 0;
   /** A read started while the connection was idle, for the next {@linkcode Reader.fill} to take. */
   #pending: Promise<boolean> | undefined;
-  constructor(readonly conn: Deno.Conn) {}
+  /**
+   * Where {@linkcode Reader.headEnd} stopped finding no end, for the head
+   * that begins at `#scannedFor` (-1: none): a head that comes in many small
+   * reads is scanned once, not again from its start after each read.
+   */
+  #scanned = 0;
+  #scannedFor = -1;
+  constructor(readonly conn: Pick<Deno.Conn, "read">) {}
 
   get buffered(): number {
     return this.end - this.start;
@@ -108,10 +134,13 @@ class Reader {
     if (this.start === this.end) {
       this.start = 0;
       this.end = 0;
+      this.#scannedFor = -1;
     } else if (this.end === this.buf.length) {
       if (this.start > 0) {
         this.buf.copyWithin(0, this.start, this.end);
         this.end -= this.start;
+        this.#scanned -= this.start;
+        this.#scannedFor -= this.start;
         this.start = 0;
       } else {
         const bigger = new Uint8Array(this.buf.length * 2);
@@ -131,11 +160,20 @@ class Reader {
    */
   headEnd(): number {
     const b = this.buf;
-    for (let i = this.start; i + 1 < this.end; i++) {
+    // The last bytes scanned may begin an end that the new ones complete:
+    // the scan goes on from 3 bytes (the longest end, LF CR LF) back.
+    const from = this.#scannedFor === this.start
+      ? Math.max(this.start, this.#scanned - 3)
+      : this.start;
+    for (let i = from; i + 1 < this.end; i++) {
       if (b[i] !== 10) continue;
-      if (b[i + 1] === 10) return i + 2;
-      if (b[i + 1] === 13 && i + 2 < this.end && b[i + 2] === 10) return i + 3;
+      if (b[i + 1] === 10 || (b[i + 1] === 13 && i + 2 < this.end && b[i + 2] === 10)) {
+        this.#scannedFor = -1;
+        return b[i + 1] === 10 ? i + 2 : i + 3;
+      }
     }
+    this.#scanned = this.end;
+    this.#scannedFor = this.start;
     return -1;
   }
 
@@ -174,6 +212,8 @@ interface Connection {
   answered: boolean;
   /** In the idle pool, waiting for a request. */
   idle: boolean;
+  /** When it went into the idle pool (`performance.now()`). */
+  idleSince: number;
   /** Called when the idle read settles: while still idle, the connection is over. */
   onIdleRead: () => void;
   /** The request body still going out (an upstream may answer before it has read it all). */
@@ -182,6 +222,8 @@ interface Connection {
   releaseWhenSent: boolean | undefined;
   /** Why the request body could not be read, when that is what failed. */
   bodyError: ClientBodyError | undefined;
+  /** The request body's next bytes are being waited on (not being written upstream). */
+  awaitingBody: boolean;
 }
 
 // Marks on the responses themselves (properties, not WeakSets: nothing for
@@ -209,15 +251,22 @@ function answer(
   complete: boolean,
 ): Response {
   let response: Response;
-  if (init.status === 200 && !(body instanceof ReadableStream)) {
-    // Deno (2.9) keeps a 200 with a body in memory and no init on a fast path
-    // and sends its headers in one step; a response built with an init gets a
-    // native twin with a finalizer, which costs more in GC than it saves.
-    response = new Response(body);
-    const headers = response.headers;
-    for (const [name, value] of init.headers) headers.append(name, value);
-  } else {
-    response = new Response(body, init);
+  try {
+    if (init.status === 200 && !(body instanceof ReadableStream)) {
+      // Deno (2.9) keeps a 200 with a body in memory and no init on a fast path
+      // and sends its headers in one step; a response built with an init gets a
+      // native twin with a finalizer, which costs more in GC than it saves.
+      response = new Response(body);
+      const headers = response.headers;
+      for (const [name, value] of init.headers) headers.append(name, value);
+    } else {
+      response = new Response(body, init);
+    }
+  } catch (error) {
+    // A field name that is no token, a status outside 200-599: the upstream's head is not HTTP.
+    throw new UpstreamProtocolError("upstream sent a head that cannot be passed on", {
+      cause: error,
+    });
   }
   const marked = response as Marked;
   marked[CLIENT_MADE] = true;
@@ -244,11 +293,15 @@ export class Http1Client {
   #idle = new Map<string, Connection[]>();
   #origins = new Map<string, Origin>();
   #maxIdle: number;
+  #idleTimeoutMs: number;
+  /** Closes the connections idle too long; runs while any connection is idle. */
+  #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #open = new Set<Deno.Conn>();
 
   constructor(options: Http1ClientOptions = {}) {
     this.#maxIdle = options.maxIdlePerOrigin ?? 128;
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
   }
 
   /** Sends one request; resolves with the response once its headers are in. */
@@ -262,7 +315,12 @@ export class Http1Client {
     for (let attempt = 0;; attempt++) {
       // A retry takes a new connection: the idle ones may be as stale as the one that failed.
       const connection = await this.#acquire(origin, attempt > 0, signal);
-      const onAbort = () => this.#discard(connection);
+      // Whether the upload was waiting on its source when the request was aborted.
+      let stalled = false;
+      const onAbort = () => {
+        stalled = connection.awaitingBody;
+        this.#discard(connection);
+      };
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
         const response = await this.#exchange(connection, method, head, body, init, () => {
@@ -272,7 +330,13 @@ export class Http1Client {
       } catch (error) {
         signal?.removeEventListener("abort", onAbort);
         this.#discard(connection);
-        if (signal?.aborted) throw signal.reason;
+        if (signal?.aborted) {
+          // Aborted while the upload waited on its source: the sender stalled, not the upstream.
+          if (stalled) {
+            throw new ClientBodyStalledError("the request body stalled", { cause: signal.reason });
+          }
+          throw signal.reason;
+        }
         // The client's upload failed, and the exchange with it.
         if (connection.bodyError) throw connection.bodyError;
         // A kept-alive connection the upstream had closed: once more on a new
@@ -383,7 +447,7 @@ export class Http1Client {
       if (status >= 100 && status < 200) continue;
       break;
     }
-    const { length, chunked, untilClose, close } = bodyFraming(framing, http10);
+    const { length, chunked, untilClose, close, coded } = bodyFraming(framing, http10);
     if (untilClose || chunked) {
       // The length is the transfer coding's, not the Content-Length a client
       // would trust (RFC 9112, 6.3): it does not go on.
@@ -392,6 +456,12 @@ export class Http1Client {
     // A 205 has no content: its connection is kept only when it says so with Content-Length: 0.
     const bodiless = method === "HEAD" || BODILESS_STATUSES.has(status) || status === 205 ||
       status < 200;
+    if (coded && !bodiless) {
+      // Transfer-Encoding does not go on: the client would take the coded bytes for the content.
+      throw new UpstreamProtocolError(
+        "upstream sent a body in a transfer coding other than chunked",
+      );
+    }
     init.completeHeaders?.(headers);
     const responseInit = { status, statusText, headers };
     if (status === 205 && length !== 0) {
@@ -474,10 +544,13 @@ export class Http1Client {
     try {
       for (;;) {
         let next: ReadableStreamReadResult<Uint8Array>;
+        connection.awaitingBody = true;
         try {
           next = await reader.read();
         } catch (error) {
           throw new ClientBodyError("the request body could not be read", { cause: error });
+        } finally {
+          connection.awaitingBody = false;
         }
         if (next.done) break;
         const chunk = next.value;
@@ -531,18 +604,13 @@ export class Http1Client {
     fresh: boolean,
     signal: AbortSignal | undefined,
   ): Promise<Connection> {
-    const kept = fresh ? undefined : this.#idle.get(origin.key)?.pop();
+    const kept = fresh ? undefined : this.#takeIdle(origin);
     if (kept) {
       kept.reused = true;
       kept.idle = false;
       return kept;
     }
-    const connecting: Promise<Deno.Conn> = origin.tls
-      ? Deno.connectTls({ hostname: origin.hostname, port: origin.port })
-      : Deno.connect({ hostname: origin.hostname, port: origin.port });
-    // A connect can take minutes (SYN retries to a host that drops them): the deadline holds.
-    const conn = signal ? await untilAborted(connecting, signal) : await connecting;
-    if (!origin.tls) (conn as Deno.TcpConn).setNoDelay(true);
+    const conn = await connect(origin, signal);
     this.#open.add(conn);
     const connection: Connection = {
       origin,
@@ -551,9 +619,11 @@ export class Http1Client {
       reused: false,
       answered: false,
       idle: false,
+      idleSince: 0,
       sending: undefined,
       releaseWhenSent: undefined,
       bodyError: undefined,
+      awaitingBody: false,
       onIdleRead: () => {
         if (connection.idle) this.#discard(connection);
       },
@@ -580,10 +650,49 @@ export class Http1Client {
     }
     idle.push(connection);
     connection.idle = true;
+    connection.idleSince = performance.now();
+    if (this.#sweeper === undefined) {
+      this.#sweeper = setInterval(() => this.#sweep(), this.#idleTimeoutMs);
+      Deno.unrefTimer(this.#sweeper);
+    }
     // An upstream closes idle connections when it likes (its keep-alive
     // timeout, a restart): a read kept open while idle sees that at once, and
     // the connection leaves the pool before a request is sent on it.
     connection.reader.watch().then(connection.onIdleRead, connection.onIdleRead);
+  }
+
+  /**
+   * The most recently idle connection to the origin, if it has not been idle
+   * too long. The pool is in the order the connections went idle: when the
+   * last is too old, so are all the others, and they are closed.
+   */
+  #takeIdle(origin: Origin): Connection | undefined {
+    const idle = this.#idle.get(origin.key);
+    const kept = idle?.pop();
+    if (!kept) return undefined;
+    if (performance.now() - kept.idleSince < this.#idleTimeoutMs) return kept;
+    this.#discard(kept);
+    for (const stale of idle!.splice(0)) this.#discard(stale);
+    return undefined;
+  }
+
+  /** Closes the connections idle too long; stops once none is idle. */
+  #sweep(): void {
+    const oldest = performance.now() - this.#idleTimeoutMs;
+    let left = 0;
+    for (const idle of this.#idle.values()) {
+      let stale = 0;
+      while (stale < idle.length && idle[stale]!.idleSince <= oldest) stale++;
+      for (const connection of idle.splice(0, stale)) this.#discard(connection);
+      left += idle.length;
+    }
+    if (left === 0) this.#stopSweeper();
+  }
+
+  #stopSweeper(): void {
+    if (this.#sweeper === undefined) return;
+    clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
   }
 
   #discard(connection: Connection): void {
@@ -603,6 +712,7 @@ export class Http1Client {
   /** Closes every connection. */
   close(): void {
     this.#closed = true;
+    this.#stopSweeper();
     for (const conn of this.#open) {
       try {
         conn.close();
@@ -663,6 +773,26 @@ function requestHead(
   return latin1Bytes(head + "\r\n");
 }
 
+/**
+ * A new connection to the origin. A connect can take minutes (SYN retries to
+ * a host that drops them): the signal ends the attempt itself, not only the
+ * wait for it, or each one given up on would hold a socket (and a file
+ * descriptor) in SYN-SENT for those minutes. `Deno.connectTls` takes no
+ * signal, so TLS goes on a TCP connection made with one.
+ */
+async function connect(origin: Origin, signal: AbortSignal | undefined): Promise<Deno.Conn> {
+  const connecting = Deno.connect({ hostname: origin.hostname, port: origin.port, signal });
+  const tcp = signal ? await untilAborted(connecting, signal) : await connecting;
+  if (!origin.tls) {
+    tcp.setNoDelay(true);
+    return tcp;
+  }
+  // A handshake the upstream never answers still holds its socket until the
+  // upstream closes it: Deno cannot close a connection handed to startTls.
+  const securing = Deno.startTls(tcp, { hostname: origin.hostname });
+  return signal ? await untilAborted(securing, signal) : await securing;
+}
+
 /** `connecting`, or the signal's reason once it aborts (a connection that opens later is closed). */
 function untilAborted<T extends Deno.Conn>(
   connecting: Promise<T>,
@@ -715,11 +845,30 @@ function latin1Bytes(text: string): Uint8Array {
   return bytes;
 }
 
-/** How a response's body is delimited (RFC 9112, 6.3), from its framing headers. */
+/**
+ * True when a Transfer-Encoding value is chunked alone: the one transfer
+ * coding the gateway undoes (it decodes no gzip, deflate or compress).
+ */
+export function isChunkedOnly(codings: string): boolean {
+  const list = codings.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean);
+  return list.length === 1 && list[0] === "chunked";
+}
+
+/**
+ * How a response's body is delimited (RFC 9112, 6.3), from its framing
+ * headers. `coded`: a transfer coding other than chunked was applied, so the
+ * body's bytes, once delimited, are still not its content.
+ */
 export function bodyFraming(
   framing: readonly (readonly [string, string])[],
   http10: boolean,
-): { length: number | undefined; chunked: boolean; untilClose: boolean; close: boolean } {
+): {
+  length: number | undefined;
+  chunked: boolean;
+  untilClose: boolean;
+  close: boolean;
+  coded: boolean;
+} {
   let lengths: string | undefined;
   let codings: string | undefined;
   let connection: string | undefined;
@@ -745,7 +894,13 @@ export function bodyFraming(
       .pop();
     const chunked = last === "chunked";
     if (!chunked) close = true;
-    return { length: undefined, chunked, untilClose: !chunked, close };
+    return {
+      length: undefined,
+      chunked,
+      untilClose: !chunked,
+      close,
+      coded: !isChunkedOnly(codings),
+    };
   }
   let length: number | undefined;
   if (lengths !== undefined) {
@@ -758,7 +913,7 @@ export function bodyFraming(
       length = Number(text);
     }
   }
-  return { length, chunked: false, untilClose: false, close };
+  return { length, chunked: false, untilClose: false, close, coded: false };
 }
 
 const DECIMAL = /^\d{1,15}$/;

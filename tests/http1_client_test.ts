@@ -1,8 +1,8 @@
 /** The upstream client (src/http1_client.ts): how it delimits a body, reads a head, retries. */
 import assert from "node:assert/strict";
-import { bodyFraming, Http1Client, UpstreamProtocolError } from "../src/http1_client.ts";
+import { bodyFraming, Http1Client, Reader, UpstreamProtocolError } from "../src/http1_client.ts";
 import { writeAll } from "../src/net/write_all.ts";
-import { delay } from "./_helpers.ts";
+import { delay, waitFor } from "./_helpers.ts";
 
 const frame = (headers: [string, string][], http10 = false) => bodyFraming(headers, http10);
 
@@ -12,6 +12,7 @@ Deno.test("bodyFraming: Content-Length, repeated with one value, is one length",
     chunked: false,
     untilClose: false,
     close: false,
+    coded: false,
   });
   assert.equal(frame([["content-length", "5, 5"]]).length, 5);
   assert.equal(frame([["content-length", "5"], ["content-length", "5"]]).length, 5);
@@ -38,6 +39,7 @@ Deno.test("bodyFraming: Transfer-Encoding wins over Content-Length; a body not c
     chunked: true,
     untilClose: false,
     close: false,
+    coded: false,
   });
   assert.deepEqual(frame([["transfer-encoding", "gzip, chunked"]]).chunked, true);
   assert.deepEqual(frame([["transfer-encoding", "gzip"], ["content-length", "3"]]), {
@@ -45,7 +47,21 @@ Deno.test("bodyFraming: Transfer-Encoding wins over Content-Length; a body not c
     chunked: false,
     untilClose: true,
     close: true,
+    coded: true,
   });
+});
+
+Deno.test("bodyFraming: a transfer coding other than chunked alone is coded: the body is not yet its content", () => {
+  for (const codings of ["gzip, chunked", "gzip", "deflate,chunked", "chunked, chunked", " , "]) {
+    assert.equal(frame([["transfer-encoding", codings]]).coded, true, codings);
+  }
+  for (const codings of ["chunked", "Chunked", " chunked ,"]) {
+    assert.equal(frame([["transfer-encoding", codings]]).coded, false, codings);
+  }
+  assert.equal(
+    frame([["transfer-encoding", "gzip"], ["transfer-encoding", "chunked"]]).coded,
+    true,
+  );
 });
 
 Deno.test("bodyFraming: Connection close in any Connection field ends the connection; HTTP/1.0 needs keep-alive to stay", () => {
@@ -101,6 +117,10 @@ function scriptedUpstream(
   return {
     url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
     targets,
+    /** Connections the upstream holds open. */
+    get open() {
+      return conns.size;
+    },
     close() {
       listener.close();
       for (const conn of conns) conn.close();
@@ -183,5 +203,102 @@ Deno.test("Http1Client: a chunked body whose lines end in a bare LF is read to i
   } finally {
     await client.close();
     upstream.close();
+  }
+});
+
+Deno.test("Http1Client: a connection idle longer than idleTimeoutMs is not reused, so a POST never meets an upstream closing it", async () => {
+  const IDLE_MS = 200;
+  // Closes a connection that has been idle past the client's limit just as a
+  // request arrives on it, as an upstream whose keep-alive timer fires then.
+  const lastAnswer = new Map<number, number>();
+  const upstream = scriptedUpstream(async (conn, _target, index) => {
+    const last = lastAnswer.get(index);
+    if (last !== undefined && performance.now() - last > IDLE_MS) return conn.close();
+    await write(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    lastAnswer.set(index, performance.now());
+  });
+  const client = new Http1Client({ idleTimeoutMs: IDLE_MS });
+  try {
+    const first = await client.fetch(`${upstream.url}/one`, { method: "POST" });
+    assert.equal(await first.text(), "ok");
+    await delay(IDLE_MS * 2);
+    // A POST is never sent twice: on the stale connection it would fail.
+    const second = await client.fetch(`${upstream.url}/two`, { method: "POST" });
+    assert.equal(await second.text(), "ok");
+    assert.equal(lastAnswer.size, 2, "the second POST went on a new connection");
+  } finally {
+    client.close();
+    upstream.close();
+  }
+});
+
+Deno.test("Http1Client: a connection idle longer than idleTimeoutMs is closed even when no request comes", async () => {
+  const upstream = scriptedUpstream(async (conn) => {
+    await write(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  const client = new Http1Client({ idleTimeoutMs: 200 });
+  try {
+    const answer = await client.fetch(`${upstream.url}/one`);
+    assert.equal(await answer.text(), "ok");
+    assert.equal(upstream.open, 1);
+    assert.ok(await waitFor(() => upstream.open === 0, 5_000), "the idle connection was kept");
+  } finally {
+    client.close();
+    upstream.close();
+  }
+});
+
+/** A connection whose reads return these pieces, one a read, then its end. */
+function piecesConn(pieces: Uint8Array[]): Pick<Deno.Conn, "read"> {
+  let next = 0;
+  return {
+    read(into: Uint8Array): Promise<number | null> {
+      const piece = pieces[next++];
+      if (piece === undefined) return Promise.resolve(null);
+      into.set(piece);
+      return Promise.resolve(piece.length);
+    },
+  };
+}
+
+/** The ends of the heads in `bytes`, as the client finds them reading these pieces. */
+async function headEnds(bytes: Uint8Array, cuts: number[], heads: number): Promise<number[]> {
+  const bounds = [0, ...cuts, bytes.length];
+  const pieces = bounds.slice(1).map((end, i) => bytes.subarray(bounds[i], end));
+  const reader = new Reader(piecesConn(pieces.filter((piece) => piece.length > 0)));
+  const ends: number[] = [];
+  let consumed = 0;
+  for (let n = 0; n < heads; n++) {
+    let end = reader.headEnd();
+    while (end < 0) {
+      if (!await reader.fill()) return ends;
+      end = reader.headEnd();
+    }
+    ends.push(consumed + end - reader.start);
+    consumed += end - reader.start;
+    reader.start = end;
+  }
+  return ends;
+}
+
+Deno.test("Reader.headEnd: a head is found wherever the reads split it (CRLF, bare LF, LF CR LF ends)", async () => {
+  const heads = [
+    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\n",
+    "HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\n",
+    "HTTP/1.1 200 OK\nContent-Length: 2\r\nX-A: b\n\r\n",
+  ];
+  for (const head of heads) {
+    // An interim answer, then the answer, then a body: two heads to find in a row.
+    const interim = "HTTP/1.1 100 Continue\r\n\r\n";
+    const bytes = new TextEncoder().encode(interim + head + "ok");
+    const expected = [interim.length, interim.length + head.length];
+    const label = JSON.stringify(head);
+    for (let i = 1; i < bytes.length; i++) {
+      for (let j = i; j < bytes.length; j++) {
+        assert.deepEqual(await headEnds(bytes, [i, j], 2), expected, `${label} cut at ${i}, ${j}`);
+      }
+    }
+    const bytewise = Array.from({ length: bytes.length - 1 }, (_, i) => i + 1);
+    assert.deepEqual(await headEnds(bytes, bytewise, 2), expected, `${label} a byte a read`);
   }
 });

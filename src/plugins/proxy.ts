@@ -10,10 +10,13 @@ import { noteUpstreamAnswer } from "../pipeline.ts";
 import { TargetPool } from "../upstream_pool.ts";
 import {
   ClientBodyError,
+  ClientBodyStalledError,
   type Http1Init,
   IDEMPOTENT_METHODS,
   isBodyComplete,
+  isChunkedOnly,
   isClientResponse,
+  UpstreamProtocolError,
 } from "../http1_client.ts";
 import { addGatewayHeaders, seal, waitPastSpentQuota } from "../response_headers.ts";
 import { dropHopByHop } from "../hop_by_hop.ts";
@@ -144,6 +147,7 @@ type Attempt =
   }
   | { kind: "timeout"; seconds: number }
   | { kind: "client_closed"; seconds: number }
+  | { kind: "client_timeout"; seconds: number }
   | { kind: "unreachable"; error: unknown; seconds: number };
 
 /**
@@ -266,6 +270,12 @@ export default definePlugin({
         if (deadline.clientGone || error instanceof ClientBodyError) {
           return { kind: "client_closed", seconds };
         }
+        // The deadline passed while the gateway waited for more of the upload:
+        // the client's delay. (One blocked writing to an upstream that does not
+        // read stays the upstream's.)
+        if (deadline.timedOut && error instanceof ClientBodyStalledError) {
+          return { kind: "client_timeout", seconds };
+        }
         if (deadline.timedOut) return { kind: "timeout", seconds };
         return { kind: "unreachable", error, seconds };
       } finally {
@@ -277,6 +287,14 @@ export default definePlugin({
 
     return async function proxy(ctx) {
       const request = ctx.request;
+      const codings = request.body === null ? null : request.headers.get("transfer-encoding");
+      if (codings !== null && !isChunkedOnly(codings)) {
+        // Deno's server undoes chunked only: the body is still gzip (say), and
+        // would go on as if it were the content (RFC 9112, 6.1).
+        return problem(501, {
+          detail: `The gateway does not decode the request's transfer coding (${codings})`,
+        });
+      }
       const breakers = ctx.get(BREAKERS);
       // A pool may send an idempotent request again to another target when the first refused it.
       const retryable = isPool && IDEMPOTENT_METHODS.has(request.method);
@@ -319,7 +337,7 @@ export default definePlugin({
         const breaker = breakers?.of(target);
         if (result.kind === "response") {
           followAnswer(ctx, log, breaker, result, target, startedAt);
-        } else if (result.kind === "client_closed") {
+        } else if (result.kind === "client_closed" || result.kind === "client_timeout") {
           breaker?.cancel(startedAt);
         } else {
           breaker?.record(false, Date.now(), startedAt);
@@ -341,6 +359,14 @@ export default definePlugin({
         case "client_closed":
           observe("client_closed", result.seconds);
           return clientClosed();
+        case "client_timeout":
+          // Its own status class: the client neither hung up nor did the upstream time out.
+          observe("client_timeout", result.seconds);
+          return problem(408, {
+            type: `${PROBLEM_TYPE_BASE}request-timeout`,
+            title: "Request Timeout",
+            detail: `The client sent no more of the request body within ${timeoutMs} ms`,
+          });
         case "timeout":
           observe("timeout", result.seconds);
           log.warn("upstream timed out", {
@@ -355,6 +381,19 @@ export default definePlugin({
           });
         case "unreachable":
           observe("error", result.seconds);
+          if (result.error instanceof UpstreamProtocolError) {
+            // The upstream answered, with something that is not HTTP/1.1.
+            log.warn("upstream sent an invalid answer", {
+              upstream: target,
+              error: errorText(result.error),
+              request_id: ctx.requestId,
+            });
+            return problem(502, {
+              type: `${PROBLEM_TYPE_BASE}upstream-invalid-response`,
+              title: "Bad Gateway",
+              detail: "The upstream's answer was not valid HTTP/1.1",
+            });
+          }
           log.warn("upstream unreachable", {
             upstream: target,
             error: errorText(result.error),

@@ -991,6 +991,62 @@ Deno.test("proxy: a client that hangs up during the upload ends the upstream's b
   }
 });
 
+Deno.test("proxy: a client that stalls its upload gets 408, and stalled uploads do not open the upstream's circuit breaker", async () => {
+  await using upstream = startEchoUpstream();
+  await using gw = await startGateway(`routes:
+  - name: api
+    upstream: { url: ${upstream.url}, timeout: 300ms }
+    pipeline:
+      - circuit-breaker: { failure_ratio: 0.5, min_requests: 2, window: 10s, open_for: 30s }
+      - proxy: {}
+`);
+  const stall = async () => {
+    using client = await RawClient.open(gw.gateway.addr.port);
+    // Ten bytes of the thousand announced, then nothing.
+    await client.send("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789");
+    return await client.response("POST");
+  };
+  const stalled = await Promise.all([stall(), stall(), stall(), stall()]);
+  for (const answer of stalled) {
+    assert.equal(statusOf(answer), 408);
+    assert.equal(single(answer, "content-type"), "application/problem+json");
+    const body = JSON.parse(decoder.decode(answer.body));
+    assert.equal(body.type, "urn:sluice:problem:request-timeout");
+    assert.match(body.detail, /300 ms/);
+  }
+  // The upstream did nothing wrong: the breaker is still closed for everyone else.
+  const response = await fetch(`${gw.url}/after`, { method: "POST", body: "whole" });
+  assert.equal(response.status, 200);
+  assert.equal((await response.json()).body, "whole");
+});
+
+Deno.test("proxy: an upload the upstream stops reading is the upstream's delay: 504", async () => {
+  // Accepts, never reads: the gateway is left writing the body into full buffers.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) held.push(conn);
+  })();
+  try {
+    const { port } = listener.addr as Deno.NetAddr;
+    await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${port}`, "300ms"));
+    using client = await RawClient.open(gw.gateway.addr.port);
+    // More than the socket buffers on the way hold.
+    const size = 64 * MIB;
+    await client.send(`POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${size}\r\n\r\n`);
+    // Written in the background: it blocks once every buffer on the way is full.
+    const sending = client.send(new Uint8Array(size)).catch(() => {});
+    const answer = await client.response("POST");
+    assert.equal(statusOf(answer), 504);
+    client.close();
+    await sending;
+  } finally {
+    listener.close();
+    for (const conn of held) conn.close();
+    await accepting.catch(() => {});
+  }
+});
+
 // ---------------------------------------------------------------------------
 // Streaming, connection reuse, encodings
 
@@ -1351,6 +1407,70 @@ Deno.test("proxy: the upstream's body framing is read as RFC 9112 says (lengths,
   }
 });
 
+Deno.test("proxy: an upstream answer that is not valid HTTP/1.1 is a 502 of its own type, not an unreachable upstream", async () => {
+  const cases: { name: string; response: string }[] = [
+    {
+      name: "two different lengths",
+      response: "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 5\r\n\r\nhello",
+    },
+    { name: "a status of two digits", response: "HTTP/1.1 20 OK\r\ncontent-length: 2\r\n\r\nok" },
+    { name: "a status above 599", response: "HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok" },
+    { name: "a status below 100", response: "HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok" },
+    {
+      name: "a field name with a space",
+      response: "HTTP/1.1 200 OK\r\nx bad: v\r\ncontent-length: 2\r\n\r\nok",
+    },
+    {
+      name: "a 101 nobody asked for",
+      response:
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+    },
+    {
+      // The gateway drops Transfer-Encoding: the client would get gzip bytes as the content.
+      name: "a body in gzip, chunked",
+      response: "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    },
+    {
+      name: "a body in gzip to the close",
+      response: "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nabc",
+    },
+  ];
+  await using upstream = startRawUpstream((request) =>
+    cases[Number(request.start.split(" ")[1]!.slice(1))]!.response
+  );
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  for (const [index, c] of cases.entries()) {
+    const response = await fetch(`${gw.url}/${index}`);
+    const body = await assertProblem(response, 502);
+    assert.equal(body.type, "urn:sluice:problem:upstream-invalid-response", c.name);
+    assert.equal(body.title, "Bad Gateway", c.name);
+    assert.equal(body.detail, "The upstream's answer was not valid HTTP/1.1", c.name);
+  }
+});
+
+Deno.test("proxy: a request in a transfer coding other than chunked answers 501 and reaches no upstream", async () => {
+  await using upstream = startRawUpstream(() => "HTTP/1.1 204 No Content\r\n\r\n");
+  await using gw = await startGateway(proxyOnly(upstream.url));
+  // Deno's server undoes the chunked coding only: the body it hands on is still gzip.
+  const answer = await rawRequest(
+    gw.gateway.addr.port,
+    "POST /coded HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "POST",
+  );
+  assert.equal(statusOf(answer), 501);
+  assert.equal(single(answer, "content-type"), "application/problem+json");
+  assert.match(JSON.parse(decoder.decode(answer.body)).detail, /gzip, chunked/);
+  assert.equal(upstream.requests.length, 0);
+  // Chunked alone goes on.
+  const plain = await rawRequest(
+    gw.gateway.addr.port,
+    "POST /plain HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "POST",
+  );
+  assert.equal(statusOf(plain), 204);
+  assert.equal(decoder.decode(upstream.requests[0]!.body), "abc");
+});
+
 Deno.test("proxy: header values keep their bytes both ways (UTF-8 and obs-text are not re-encoded)", async () => {
   const filename = 'attachment; filename="日本 café.pdf"';
   await using upstream = startRawUpstream(() =>
@@ -1424,7 +1544,19 @@ Deno.test({
   // python3 makes a listener with a full accept queue, where a connect hangs; Deno cannot.
   ignore: !hasPython(),
   async fn() {
-    const script = `import socket, sys, time
+    await using full = await startFullListener();
+    await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${full.port}`, "300ms"));
+    const started = Date.now();
+    const response = await fetch(`${gw.url}/slow-connect`);
+    await response.body?.cancel();
+    assert.equal(response.status, 504);
+    assert.ok(Date.now() - started < 2_000, `answered after ${Date.now() - started} ms`);
+  },
+});
+
+/** A listener whose accept queue is full (python3), where a connect hangs in SYN-SENT. */
+async function startFullListener(): Promise<{ port: number } & AsyncDisposable> {
+  const script = `import socket, sys, time
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
 fill = []
 for _ in range(3):
@@ -1433,21 +1565,46 @@ for _ in range(3):
     except BlockingIOError: pass
     fill.append(c)
 print(s.getsockname()[1], flush=True)
-time.sleep(30)`;
-    const python = new Deno.Command("python3", { args: ["-c", script], stdout: "piped" }).spawn();
-    try {
-      const line = await python.stdout.pipeThrough(new TextDecoderStream()).getReader().read();
-      const port = Number(line.value?.trim());
-      await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${port}`, "300ms"));
-      const started = Date.now();
-      const response = await fetch(`${gw.url}/slow-connect`);
-      await response.body?.cancel();
-      assert.equal(response.status, 504);
-      assert.ok(Date.now() - started < 2_000, `answered after ${Date.now() - started} ms`);
-    } finally {
+time.sleep(60)`;
+  const python = new Deno.Command("python3", { args: ["-c", script], stdout: "piped" }).spawn();
+  const line = await python.stdout.pipeThrough(new TextDecoderStream()).getReader().read();
+  return {
+    port: Number(line.value?.trim()),
+    async [Symbol.asyncDispose]() {
       python.kill();
       await python.status;
-    }
+    },
+  };
+}
+
+/** This process's open file descriptors (sockets among them). */
+function openFds(): number {
+  let count = 0;
+  for (const _ of Deno.readDirSync("/proc/self/fd")) count++;
+  return count;
+}
+
+Deno.test({
+  name:
+    "proxy: a connect given up at upstream.timeout frees its socket at once, so an upstream that drops SYNs cannot exhaust the gateway's file descriptors",
+  ignore: !hasPython() || Deno.build.os !== "linux",
+  async fn() {
+    await using full = await startFullListener();
+    await using gw = await startGateway(proxyOnly(`http://127.0.0.1:${full.port}`, "200ms"));
+    const ask = async () => {
+      const response = await fetch(`${gw.url}/slow-connect`);
+      await response.body?.cancel();
+      return response.status;
+    };
+    assert.equal(await ask(), 504);
+    const before = openFds();
+    // One after another, on the test's one kept-alive connection to the gateway.
+    for (let i = 0; i < 8; i++) assert.equal(await ask(), 504);
+    // Each connect left hanging would hold a socket in SYN-SENT for about two minutes.
+    assert.ok(
+      await waitFor(() => openFds() <= before + 1, 2_000),
+      `${openFds() - before} more descriptors open after eight timed-out connects`,
+    );
   },
 });
 
