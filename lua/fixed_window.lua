@@ -4,21 +4,41 @@
 -- them or none.
 --
 -- KEYS[i], i = 1..n   hash { b = bucket index, n = units admitted in it }
--- ARGV[1]             cost (0 only reads)
+-- ARGV[1]             cost (0 only reads; below 0 gives back what a call admitted)
 -- ARGV[2]             now in ms; 0 = take it from Redis TIME (only tests pass a time)
 -- ARGV[3]             n, the number of limits
 -- ARGV[2 + 2i]        limit of limit i
 -- ARGV[3 + 2i]        window of limit i, in ms
+-- ARGV[4 + 2n]        for a give-back only: the stamp that call answered
 --
 -- Returns { allowed (1|0), retry_after_ms, violated (1-based, 0 = none),
---           remaining_1, reset_ms_1, ..., remaining_n, reset_ms_n }
+--           remaining_1, reset_ms_1, ..., remaining_n, reset_ms_n, stamp }
+-- (stamp: the time in ms the call counted at); a give-back returns {}.
 local cost = tonumber(ARGV[1])
+local n = tonumber(ARGV[3])
+if cost < 0 then
+  -- An admission whose answer came too late to be used: its units leave the
+  -- window they were counted in, if it is still the current one.
+  local at = tonumber(ARGV[4 + 2 * n])
+  local done = {}
+  for i = 1, n do
+    if not done[KEYS[i]] then
+      done[KEYS[i]] = true
+      local b, count = unpack(redis.call('HMGET', KEYS[i], 'b', 'n'))
+      if b and tonumber(b) == math.floor(at / tonumber(ARGV[3 + 2 * i])) then
+        local left = tonumber(count or '0') + cost
+        if left < 0 then left = 0 end
+        redis.call('HSET', KEYS[i], 'n', left)
+      end
+    end
+  end
+  return {}
+end
 local now = tonumber(ARGV[2])
 if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local n = tonumber(ARGV[3])
 local allowed = 1
 local retry = 0
 local violated = 0
@@ -69,4 +89,5 @@ for i = 1, n do
   out[#out + 1] = remaining
   out[#out + 1] = reset
 end
+out[#out + 1] = now
 return out

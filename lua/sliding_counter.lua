@@ -4,21 +4,42 @@
 -- All limits are checked first; the request counts in all of them or none.
 --
 -- KEYS[i], i = 1..n   hash: bucket index -> units admitted in that bucket
--- ARGV[1]             cost (0 only reads)
+-- ARGV[1]             cost (0 only reads; below 0 gives back what a call admitted)
 -- ARGV[2]             now in ms; 0 = take it from Redis TIME (only tests pass a time)
 -- ARGV[3]             n, the number of limits
 -- ARGV[2 + 2i]        limit of limit i
 -- ARGV[3 + 2i]        window of limit i, in ms
+-- ARGV[4 + 2n]        for a give-back only: the stamp that call answered
 --
 -- Returns { allowed (1|0), retry_after_ms, violated (1-based, 0 = none),
---           remaining_1, reset_ms_1, ..., remaining_n, reset_ms_n }
+--           remaining_1, reset_ms_1, ..., remaining_n, reset_ms_n, stamp }
+-- (stamp: the time in ms the call counted at); a give-back returns {}.
 local cost = tonumber(ARGV[1])
+local n = tonumber(ARGV[3])
+if cost < 0 then
+  -- An admission whose answer came too late to be used: its units leave the
+  -- bucket they were counted in, while it is still kept.
+  local at = tonumber(ARGV[4 + 2 * n])
+  local done = {}
+  for i = 1, n do
+    if not done[KEYS[i]] then
+      done[KEYS[i]] = true
+      local field = math.floor(at / tonumber(ARGV[3 + 2 * i]))
+      local count = tonumber(redis.call('HGET', KEYS[i], field) or '0')
+      if count > 0 then
+        local left = count + cost
+        if left < 0 then left = 0 end
+        redis.call('HSET', KEYS[i], field, left)
+      end
+    end
+  end
+  return {}
+end
 local now = tonumber(ARGV[2])
 if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local n = tonumber(ARGV[3])
 local allowed = 1
 local retry = 0
 local violated = 0
@@ -92,4 +113,5 @@ for i = 1, n do
     out[#out + 1] = wait_for(prevs[i], curr, 1, limit, window, elapsed[i])
   end
 end
+out[#out + 1] = now
 return out

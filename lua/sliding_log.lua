@@ -3,24 +3,57 @@
 -- of them or to none.
 --
 -- KEYS[i], i = 1..n   sorted set: one member per admitted unit, scored by its time (ms)
--- ARGV[1]             cost (units this request takes; 0 only reads)
+-- ARGV[1]             cost (units this request takes; 0 only reads; below 0
+--                     gives back what a call admitted)
 -- ARGV[2]             now in ms; 0 = take it from Redis TIME (only tests pass a time)
 -- ARGV[3]             n, the number of limits
 -- ARGV[2 + 2i]        limit of limit i
 -- ARGV[3 + 2i]        window of limit i, in ms
+-- ARGV[4 + 2n]        for a give-back only: the stamp that call answered
 --
 -- Returns { allowed (1|0), retry_after_ms, violated (1-based, 0 = none),
---           remaining_1, reset_ms_1, ..., remaining_n, reset_ms_n }
+--           remaining_1, reset_ms_1, ..., remaining_n, reset_ms_n, stamp }
+-- (stamp: the name its members were given, "" when none can be given back);
+-- a give-back returns {}.
 local cost = tonumber(ARGV[1])
+local n = tonumber(ARGV[3])
+if cost < 0 then
+  -- An admission whose answer came too late to be used: its members, named
+  -- after its stamp, leave the log.
+  local stamp = ARGV[4 + 2 * n]
+  local done = {}
+  for i = 1, n do
+    if not done[KEYS[i]] then
+      done[KEYS[i]] = true
+      if cost == -1 then
+        redis.call('ZREM', KEYS[i], stamp)
+      else
+        local members = {}
+        for j = 1, -cost do
+          members[#members + 1] = stamp .. '-' .. j
+          if #members == 1000 then
+            redis.call('ZREM', KEYS[i], unpack(members))
+            members = {}
+          end
+        end
+        if #members > 0 then redis.call('ZREM', KEYS[i], unpack(members)) end
+      end
+    end
+  end
+  return {}
+end
 local now = tonumber(ARGV[2])
 -- Redis's time names the members this call adds, even when a test gives `now`.
 local t = redis.call('TIME')
 if now == 0 then now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) end
-local n = tonumber(ARGV[3])
 local allowed = 1
 local retry = 0
 local violated = 0
 local counts = {}
+-- The name of the members this call adds; "" when it adds none, or when a
+-- repeated clock made it rename some (a give-back by name could then take
+-- an earlier call's member).
+local stamp = ''
 
 for i = 1, n do
   local limit = tonumber(ARGV[2 + 2 * i])
@@ -49,7 +82,8 @@ if allowed == 1 and cost > 0 then
   -- Should the clock have gone back onto a name still in a log, ZADD NX leaves that
   -- member as it was and counts fewer new members than it was given, and the
   -- missing ones go in again under new names.
-  local stamp = t[1] .. '.' .. t[2]
+  stamp = t[1] .. '.' .. t[2]
+  local renamed = false
   local written = {}
   for i = 1, n do
     local key = KEYS[i]
@@ -78,9 +112,11 @@ if allowed == 1 and cost > 0 then
         if #members > 0 then missing = missing - redis.call('ZADD', key, 'NX', unpack(members)) end
         round = round + 1
       end
+      if round > 1 then renamed = true end
       redis.call('PEXPIRE', key, tonumber(ARGV[3 + 2 * i]))
     end
   end
+  if renamed then stamp = '' end
 end
 
 local out = { allowed, retry, violated }
@@ -102,4 +138,5 @@ for i = 1, n do
   out[#out + 1] = remaining
   out[#out + 1] = reset
 end
+out[#out + 1] = stamp
 return out

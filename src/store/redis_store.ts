@@ -332,6 +332,15 @@ export class RedisStore implements Store {
     return decodeWindowReply(reply, query.limits);
   }
 
+  async refundWindow(query: WindowQuery, stamp: string): Promise<void> {
+    if (!stamp || query.cost <= 0) return;
+    const keys = query.limits.map((limit) => limitKey(query.key, query.algorithm, limit.windowMs));
+    const args: (string | number)[] = [-query.cost, 0, query.limits.length];
+    for (const limit of query.limits) args.push(limit.limit, limit.windowMs);
+    args.push(stamp);
+    await this.#run(SCRIPT_OF[query.algorithm], keys, args);
+  }
+
   async bucket(query: BucketQuery): Promise<BucketDecision> {
     const reply = await this.#run("token_bucket", [query.key], [
       query.rate,

@@ -152,8 +152,17 @@ export class ResilientStore implements LimitStore {
       if (cached) return cached;
     }
     if (this.#down) return this.#windowFallback(query);
+    // What the fallback answered, when it answered in the store's place.
+    let answered: SourcedWindowDecision | undefined;
     try {
-      const decision = await this.#call(() => this.primary.window(query));
+      const decision = await this.#call(() => this.primary.window(query), (late) => {
+        // Admitted after its timeout, when the fallback had refused the
+        // request: the units it counted were for a request that never
+        // passed, and go back. (One the fallback let through stays counted.)
+        if (late.allowed && late.stamp && answered?.allowed === false) {
+          this.primary.refundWindow?.(query, late.stamp).catch(() => {});
+        }
+      });
       if (!decision.allowed && query.cost > 0 && decision.retryAfterMs > 0) {
         this.#rememberDenial(denialKey(query), query.cost, decision);
       }
@@ -161,7 +170,8 @@ export class ResilientStore implements LimitStore {
       (decision as { source?: DecisionSource }).source = "store";
       return decision as SourcedWindowDecision;
     } catch {
-      return this.#windowFallback(query);
+      answered = await this.#windowFallback(query);
+      return answered as SourcedWindowDecision;
     }
   }
 

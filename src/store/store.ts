@@ -44,6 +44,11 @@ export interface WindowDecision {
   readonly violated: number;
   /** One per limit, in order. */
   readonly states: readonly LimitState[];
+  /**
+   * Redis only: what names this call's admission, for
+   * {@linkcode Store.refundWindow} to give it back ("" or absent: it cannot be).
+   */
+  readonly stamp?: string;
 }
 
 /** One token-bucket decision to make. */
@@ -90,6 +95,12 @@ export interface Store {
   readonly kind: StoreKind;
   window(query: WindowQuery): Promise<WindowDecision>;
   bucket(query: BucketQuery): Promise<BucketDecision>;
+  /**
+   * Gives back the units an admission counted (`query` as it was decided,
+   * `stamp` from its decision), where the store can: for an answer that came
+   * after the caller had stopped waiting for it.
+   */
+  refundWindow?(query: WindowQuery, stamp: string): Promise<void>;
   /** One field of a hash (`HGET`), or undefined. */
   hashGet(key: string, field: string): Promise<string | undefined>;
   /** Resolves when the store answers. */
@@ -114,7 +125,7 @@ export function limitKey(base: string, algorithm: WindowAlgorithm, windowMs: num
 
 /** Decodes the flat array the window scripts return. */
 export function decodeWindowReply(
-  reply: readonly number[],
+  reply: readonly (number | string)[],
   limits: readonly WindowLimit[],
 ): WindowDecision {
   const states: LimitState[] = limits.map((limit, i) => ({
@@ -123,11 +134,13 @@ export function decodeWindowReply(
     remaining: Number(reply[3 + 2 * i]),
     resetMs: Number(reply[4 + 2 * i]),
   }));
+  const stamp = reply[3 + 2 * limits.length];
   return {
     allowed: Number(reply[0]) === 1,
     retryAfterMs: Number(reply[1]),
     violated: Number(reply[2]) - 1,
     states,
+    ...(stamp === undefined ? {} : { stamp: String(stamp) }),
   };
 }
 

@@ -387,3 +387,23 @@ redisTest(
     assert.equal((await send(gw.url, "a")).status, 200);
   },
 );
+
+redisTest(
+  "a decision Redis makes after its timeout, for a request deny refused, is given back: no quota lost",
+  async () => {
+    await using upstream = startUpstream(() => new Response("ok"));
+    await using redis = await RedisServer.start();
+    await using gw = await gatewayOn(redis, "deny", upstream.url, 5);
+    assert.equal((await send(gw.url, "k")).status, 200);
+    // Redis holds writes for a while: the calls time out, deny answers 503,
+    // and Redis runs them once the pause ends.
+    await redis.cli(["CLIENT", "PAUSE", "600", "WRITE"]);
+    const refused = await Promise.all([send(gw.url, "k"), send(gw.url, "k")]);
+    assert.deepEqual(refused.map((answer) => answer.status), [503, 503]);
+    await delay(900);
+    // The two refused requests took nothing: 4 of the 5 are left.
+    const after = [];
+    for (let i = 0; i < 5; i++) after.push((await send(gw.url, "k")).status);
+    assert.deepEqual(after, [200, 200, 200, 200, 429]);
+  },
+);

@@ -129,6 +129,39 @@ redisTest("decisions take the time from Redis, not from the gateway", async () =
   }
 });
 
+redisTest(
+  "an admission given back by its stamp leaves every algorithm's count as if never made",
+  async () => {
+    await using server = await RedisServer.start();
+    const store = await RedisStore.connect({ url: server.url });
+    try {
+      for (const algorithm of ["log", "counter", "fixed"] as const) {
+        for (const cost of [1, 3]) {
+          const query = {
+            key: `{sluice:r:back-${algorithm}-${cost}}`,
+            algorithm,
+            limits: [{ limit: 10, windowMs: 60_000 }, { limit: 20, windowMs: 3_600_000 }],
+            cost,
+          };
+          const kept = await store.window(query); // another request's, which stays counted
+          const given = await store.window(query);
+          assert.equal(given.allowed, true);
+          assert.ok(given.stamp, `${algorithm}: a stamp`);
+          await store.refundWindow(query, given.stamp!);
+          const after = await store.window({ ...query, cost: 0 });
+          assert.deepEqual(
+            after.states.map((state) => state.remaining),
+            kept.states.map((state) => state.remaining),
+            `${algorithm}, cost ${cost}`,
+          );
+        }
+      }
+    } finally {
+      await store.close();
+    }
+  },
+);
+
 redisTest("the log counts every unit when Redis's clock repeats a microsecond", async () => {
   // Log members are named after Redis's time: a clock set back can repeat a
   // name still in the log. The script with TIME pinned shows every unit counted.
@@ -137,22 +170,25 @@ redisTest("the log counts every unit when Redis's clock repeats a microsecond", 
   const pinned = source.replace("redis.call('TIME')", "{ '1700000000', '250000' }");
   assert.notEqual(pinned, source);
   const key = "{sluice:r:clock}:log:60000";
-  const decide = async (cost: number) =>
-    (await server.cli(["EVAL", pinned, "1", key, String(cost), "0", "1", "10", "60000"]))
-      .trim().split("\n").map(Number);
-  assert.deepEqual(await decide(1), [1, 0, 0, 9, 60_000]);
-  assert.deepEqual(await decide(1), [1, 0, 0, 8, 60_000]);
-  assert.deepEqual(await decide(3), [1, 0, 0, 5, 60_000]);
-  assert.deepEqual(await decide(3), [1, 0, 0, 2, 60_000]);
+  // The reply's numbers, then its stamp: the members' name, or "" once a name was repeated.
+  const reply = async (...args: string[]) => {
+    const lines = (await server.cli(["EVAL", pinned, ...args])).split("\n");
+    return [...lines.slice(0, 5).map(Number), lines[5]];
+  };
+  const decide = (cost: number) => reply("1", key, String(cost), "0", "1", "10", "60000");
+  assert.deepEqual(await decide(1), [1, 0, 0, 9, 60_000, "1700000000.250000"]);
+  assert.deepEqual(await decide(1), [1, 0, 0, 8, 60_000, ""]);
+  // Names of another form (stamp-1, -2, -3) are new the first time.
+  assert.deepEqual(await decide(3), [1, 0, 0, 5, 60_000, "1700000000.250000"]);
+  assert.deepEqual(await decide(3), [1, 0, 0, 2, 60_000, ""]);
   assert.equal((await server.cli(["ZCARD", key])).trim(), "8");
   assert.deepEqual((await decide(3)).slice(0, 4), [0, 60_000, 1, 2]);
 
   // A name repeated from an earlier time (the clock went back 50 s) leaves the
   // earlier unit where it was: at 115 s it is still in its window.
   const other = "{sluice:r:clock2}:log:60000";
-  const at = async (now: number, cost: number) =>
-    (await server.cli(["EVAL", pinned, "1", other, String(cost), String(now), "1", "10", "60000"]))
-      .trim().split("\n").map(Number);
+  const at = (now: number, cost: number) =>
+    reply("1", other, String(cost), String(now), "1", "10", "60000");
   await at(100_000, 1);
   await at(50_000, 1);
   assert.equal((await at(115_000, 0))[3], 9);

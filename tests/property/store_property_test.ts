@@ -57,7 +57,15 @@ async function runWindows(
 ): Promise<WindowDecision[]> {
   const decisions = [];
   for (const { time, cost } of trace) {
-    decisions.push(await store.window({ key, algorithm, limits, cost, now: time }));
+    // A Redis decision's stamp names its admission (for a give-back): no part of the decision.
+    const { stamp: _stamp, ...decision } = await store.window({
+      key,
+      algorithm,
+      limits,
+      cost,
+      now: time,
+    });
+    decisions.push(decision);
   }
   return decisions;
 }
