@@ -846,12 +846,17 @@ function latin1Bytes(text: string): Uint8Array {
 }
 
 /**
- * True when a Transfer-Encoding value is chunked alone: the one transfer
- * coding the gateway undoes (it decodes no gzip, deflate or compress).
+ * True when a Transfer-Encoding value leaves nothing to decode beyond
+ * chunked, the one transfer coding the gateway undoes (it decodes no gzip,
+ * deflate or compress); `identity`, which legacy servers still send, is no
+ * coding at all.
  */
-export function isChunkedOnly(codings: string): boolean {
+export function needsNoDecoding(codings: string): boolean {
   const list = codings.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean);
-  return list.length === 1 && list[0] === "chunked";
+  const applied = list.filter((coding) => coding !== "identity");
+  // A value naming no coding at all is no Transfer-Encoding one can read.
+  if (list.length === 0) return false;
+  return applied.length === 0 || (applied.length === 1 && applied[0] === "chunked");
 }
 
 /**
@@ -899,7 +904,7 @@ export function bodyFraming(
       chunked,
       untilClose: !chunked,
       close,
-      coded: !isChunkedOnly(codings),
+      coded: !needsNoDecoding(codings),
     };
   }
   let length: number | undefined;

@@ -14,8 +14,8 @@ import {
   type Http1Init,
   IDEMPOTENT_METHODS,
   isBodyComplete,
-  isChunkedOnly,
   isClientResponse,
+  needsNoDecoding,
   UpstreamProtocolError,
 } from "../http1_client.ts";
 import { addGatewayHeaders, seal, waitPastSpentQuota } from "../response_headers.ts";
@@ -288,7 +288,7 @@ export default definePlugin({
     return async function proxy(ctx) {
       const request = ctx.request;
       const codings = request.body === null ? null : request.headers.get("transfer-encoding");
-      if (codings !== null && !isChunkedOnly(codings)) {
+      if (codings !== null && !needsNoDecoding(codings)) {
         // Deno's server undoes chunked only: the body is still gzip (say), and
         // would go on as if it were the content (RFC 9112, 6.1).
         return problem(501, {
