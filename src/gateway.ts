@@ -93,6 +93,8 @@ export class Gateway {
   /** The listener settings the gateway started with: a reload cannot change them. */
   #bound!: [string, unknown][];
   #admin!: Deno.HttpServer<Deno.NetAddr>;
+  /** Waits before a stopped listener listens again. */
+  #relistens = new Set<ReturnType<typeof setTimeout>>();
   #fetch: (input: string, init: RequestInit) => Promise<Response>;
   #createTimeoutMs: number | undefined;
   #httpClient: Http1Client | undefined;
@@ -274,10 +276,18 @@ export class Gateway {
             listener: which,
             error: retryError,
           });
-          setTimeout(again, 1_000);
+          later();
         }
       };
-      setTimeout(again, 1_000);
+      // A shutdown meanwhile clears the wait: nothing holds the process up.
+      const later = () => {
+        const timer = setTimeout(() => {
+          this.#relistens.delete(timer);
+          again();
+        }, 1_000);
+        this.#relistens.add(timer);
+      };
+      later();
     });
     return server;
   }
@@ -666,6 +676,8 @@ export class Gateway {
 
   async #shutdown(graceMs: number): Promise<void> {
     this.#watcher?.close();
+    for (const timer of this.#relistens) clearTimeout(timer);
+    this.#relistens.clear();
     this.log.info("shutting down", { inflight: this.#inflight, grace_ms: graceMs });
     let timer: ReturnType<typeof setTimeout> | undefined;
     const inTime = await Promise.race([
@@ -700,11 +712,6 @@ function asConfigError(file: string, error: unknown): unknown {
   );
 }
 
-/**
- * Creates every plugin of a loaded config against a memory store, as a start
- * would, and throws {@linkcode ConfigError} naming every one that refuses (a
- * step missing before it, say): `--check` catches what only a start found.
- */
 /** Warns when the admin API listens beyond loopback with no token. */
 function warnIfAdminOpen(
   log: Logger,
@@ -719,8 +726,11 @@ function warnIfAdminOpen(
 }
 
 /**
- * Creates every plugin of `loaded` as a start would, without listening or
- * connecting to Redis; the warnings a start gives go to `log`.
+ * Creates every plugin of a loaded config against a memory store, as a start
+ * would, without listening or connecting to Redis, and throws
+ * {@linkcode ConfigError} naming every one that refuses (a step missing before
+ * it, say): `--check` catches what only a start found. The warnings a start
+ * gives go to `log`.
  */
 export async function checkPipelines(
   loaded: LoadedConfig,

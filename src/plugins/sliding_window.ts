@@ -238,6 +238,7 @@ export default definePlugin({
         algorithm: opts.algorithm,
         limits: policy.limits,
         cost,
+        passesAnyway: opts.shadow,
       });
       const report = reports(policy, decision);
       if (!decision.allowed) {

@@ -368,7 +368,7 @@ export class RedisStore implements Store {
   /**
    * Passes when a decision would: Redis answers, and runs a script that
    * writes. A PING alone passes where every decision fails, as for an ACL user
-   * without EVALSHA or a Redis at \`maxmemory\` under \`noeviction\`; the store
+   * without EVALSHA or a Redis at `maxmemory` under `noeviction`; the store
    * would then be marked up and down again every probe.
    */
   async ping(): Promise<void> {

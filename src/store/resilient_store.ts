@@ -158,9 +158,16 @@ export class ResilientStore implements LimitStore {
       const decision = await this.#call(() => this.primary.window(query), (late) => {
         // Admitted after its timeout, when the fallback had refused the
         // request: the units it counted were for a request that never
-        // passed, and go back. (One the fallback let through stays counted.)
-        if (late.allowed && late.stamp && answered?.allowed === false) {
-          this.primary.refundWindow?.(query, late.stamp).catch(() => {});
+        // passed, and go back. (One the fallback let through stays counted,
+        // as does a shadow step's, whose request passes anyway.)
+        if (late.allowed && late.stamp && answered?.allowed === false && !query.passesAnyway) {
+          // A refusal this instance remembered meanwhile may have come from
+          // the count this admission swelled: once the units are back, the
+          // store decides the next request again.
+          this.primary.refundWindow?.(query, late.stamp).then(
+            () => this.#denials.size > 0 && this.#denials.delete(denialKey(query)),
+            () => {},
+          );
         }
       });
       if (!decision.allowed && query.cost > 0 && decision.retryAfterMs > 0) {

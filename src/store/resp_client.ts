@@ -157,7 +157,7 @@ export class RespClient {
     const notConnected = () =>
       new Error(`Redis at ${this.#address()} is not connected: ${this.#lastError}`);
     if (this.#state === "connecting" && this.#connecting) {
-      // A connection cut while idle (a Redis \`timeout\`, a proxy's idle cut,
+      // A connection cut while idle (a Redis `timeout`, a proxy's idle cut,
       // CLIENT KILL) then costs the commands that were on it, not every
       // command until it is back. One the caller has long given up on is not
       // sent: it would still count in Redis.
@@ -374,8 +374,8 @@ export class RespClient {
   /**
    * Connects again in the background. A connection that dropped after being
    * open a while is made again at once (commands wait for it, see send); one
-   * that drops as soon as it is made (Redis at \`maxclients\`) and a failed
-   * attempt are retried at a slowing pace.
+   * that drops as soon as it is made (Redis at `maxclients`) is tried again
+   * every 100 ms, and a failed attempt at a slowing pace (up to 1 s).
    */
   #scheduleReconnect(afterDrop = false): void {
     if (this.#state !== "idle" || this.#retryTimer !== undefined) return;

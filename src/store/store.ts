@@ -22,6 +22,11 @@ export interface WindowQuery {
   readonly limits: readonly WindowLimit[];
   /** Units this request takes; 0 only reads. */
   readonly cost: number;
+  /**
+   * The request passes whatever the answer (`shadow: true`): an admission the
+   * store makes after its timeout counts it, and is not given back.
+   */
+  readonly passesAnyway?: boolean;
   /** Tests only: the time in ms instead of the store's clock. */
   readonly now?: number;
 }

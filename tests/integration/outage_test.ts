@@ -407,3 +407,70 @@ redisTest(
     assert.deepEqual(after, [200, 200, 200, 200, 429]);
   },
 );
+
+redisTest(
+  "a refusal remembered from a count a late admission swelled is forgotten once that admission is given back",
+  async () => {
+    await using redis = await RedisServer.start();
+    const store = new ResilientStore(await RedisStore.connect({ url: redis.url }), {
+      timeoutMs: 200,
+      onFailure: "deny",
+    });
+    try {
+      const query = {
+        key: "{sluice:r:swelled}",
+        algorithm: "fixed" as const,
+        limits: [{ limit: 5, windowMs: 3_600_000 }],
+        cost: 1,
+      };
+      for (let i = 0; i < 4; i++) assert.equal((await store.window(query)).allowed, true);
+      await redis.cli(["CLIENT", "PAUSE", "320", "WRITE"]);
+      // The fifth times out (deny refuses it); Redis admits it once the pause
+      // ends, just before it refuses the sixth, sent meanwhile: the sixth's
+      // refusal is remembered, though the fifth's unit is then given back.
+      const fifth = await store.window(query);
+      assert.deepEqual([fifth.allowed, fifth.source], [false, "deny"]);
+      const sixth = await store.window(query);
+      assert.deepEqual([sixth.allowed, sixth.source], [false, "store"]);
+      await delay(100);
+      assert.equal(
+        (await store.window({ ...query, cost: 0 })).states[0]!.remaining,
+        1,
+        "given back in Redis",
+      );
+      const seventh = await store.window(query);
+      assert.deepEqual([seventh.allowed, seventh.source], [true, "store"]);
+    } finally {
+      await store.close();
+    }
+  },
+);
+
+redisTest(
+  "a shadow step's late admission stays counted: its request passed whatever deny said",
+  async () => {
+    await using redis = await RedisServer.start();
+    const store = new ResilientStore(await RedisStore.connect({ url: redis.url }), {
+      timeoutMs: 100,
+      onFailure: "deny",
+    });
+    try {
+      const query = {
+        key: "{sluice:r:shadow}",
+        algorithm: "log" as const,
+        limits: [{ limit: 5, windowMs: 3_600_000 }],
+        cost: 1,
+      };
+      await redis.cli(["CLIENT", "PAUSE", "300", "WRITE"]);
+      const shadowed = await store.window({ ...query, passesAnyway: true });
+      assert.deepEqual([shadowed.allowed, shadowed.source], [false, "deny"]);
+      const refused = await store.window(query);
+      assert.deepEqual([refused.allowed, refused.source], [false, "deny"]);
+      await delay(400);
+      // The shadowed request's unit stays; the refused one's went back.
+      assert.equal((await store.window({ ...query, cost: 0 })).states[0]!.remaining, 4);
+    } finally {
+      await store.close();
+    }
+  },
+);

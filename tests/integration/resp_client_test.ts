@@ -167,7 +167,7 @@ redisTest(
 );
 
 redisTest(
-  "a connection Redis drops as soon as it is made (maxclients) is retried at a slowing pace",
+  "a connection Redis drops as soon as it is made (maxclients) is tried again at most 10 times a second",
   async () => {
     await using server = await RedisServer.start();
     const client = new RespClient(parseRedisUrl(server.url));
