@@ -65,6 +65,11 @@ abstract class FastMetric<L extends string, C> {
     this.#children.clear();
   }
 
+  /** Forgets the label sets `gone` picks (a child still held counts on, unseen). */
+  removeWhere(gone: (labels: Labels<L>) => boolean): void {
+    for (const [key, entry] of this.#children) if (gone(entry.labels)) this.#children.delete(key);
+  }
+
   protected abstract values(): Exported["values"];
 
   /** What the registry renders. */

@@ -503,6 +503,19 @@ export class Gateway {
   #counters = new Map<string, { inc(): void }>();
   #durations = new Map<string, { observe(seconds: number): void }>();
 
+  /** Drops the series, and the children looked up for them, of routes `pipeline` no longer has. */
+  #forgetRemovedRoutes(pipeline: Pipeline): void {
+    const routes = new Set(pipeline.routes.map((route) => route.info.name));
+    for (const key of this.#counters.keys()) {
+      const route = key.slice(0, key.indexOf("\u0000"));
+      if (route !== "" && !routes.has(route)) this.#counters.delete(key);
+    }
+    for (const route of this.#durations.keys()) {
+      if (!routes.has(route)) this.#durations.delete(route);
+    }
+    this.metrics.forgetRoutesBut(routes).catch(() => {});
+  }
+
   #count(route: string, outcome: string, started: number): void {
     const key = `${route}\u0000${outcome}`;
     let counter = this.#counters.get(key);
@@ -617,6 +630,7 @@ export class Gateway {
     // The swap: one assignment. Requests in flight keep the pipeline they read.
     this.#pipeline = next;
     build.commit();
+    this.#forgetRemovedRoutes(next);
     if (store === this.#store) {
       store.reconfigure({
         timeoutMs: loaded.config.store.timeout,

@@ -175,6 +175,25 @@ export class Metrics {
 
   #routeGauges: () => RouteGauges[] = () => [];
 
+  /**
+   * Forgets the series of every route but `routes` (and the no-route one): a
+   * reload that removes or renames routes would otherwise leave each name
+   * ever used in every scrape, frozen, and in memory.
+   */
+  async forgetRoutesBut(routes: ReadonlySet<string>): Promise<void> {
+    const gone = (labels: { route?: string | number }) =>
+      labels.route !== undefined && labels.route !== "" && !routes.has(String(labels.route));
+    this.requests.removeWhere(gone);
+    this.requestDuration.removeWhere(gone);
+    this.upstreamDuration.removeWhere(gone);
+    this.limitDecisions.removeWhere(gone);
+    const delays = await this.shaperDelay.get();
+    const stale = new Set(delays.values.map((value) => value.labels).filter(gone));
+    for (const route of new Set([...stale].map((labels) => String(labels.route)))) {
+      this.shaperDelay.remove({ route });
+    }
+  }
+
   /** Where the per-route gauges (`sluice_inflight`, `sluice_queue_depth`, `sluice_breaker_state`) are read from when scraped. */
   readRouteGauges(source: () => RouteGauges[]): void {
     this.#routeGauges = source;

@@ -494,3 +494,36 @@ Deno.test("a request still on the pipeline a reload replaced brings back no old 
   assert.equal((await late).status, 200);
   assert.equal(peak, 1, "the upstream saw more than the new max at once");
 });
+
+Deno.test("a route a reload removes or renames leaves /metrics: names do not pile up", async () => {
+  await using upstream = startUpstream(() => new Response("ok"));
+  const named = (name: string) =>
+    `routes:
+  - name: ${name}
+    upstream: { url: ${upstream.url} }
+    pipeline:
+      - sliding-window: { limit: 100, window: 1m }
+      - token-bucket: { rate: 20/s, burst: 1, max_delay: 1s } # the second request waits
+      - proxy: {}
+`;
+  await using gw = await startGateway(named("first"));
+  const scrape = async () => await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  for (const name of ["first", "second", "third"]) {
+    if (name !== "first") {
+      await gw.config.write(named(name));
+      const reload = await fetch(`${gw.adminUrl}/reload`, { method: "POST" });
+      assert.equal(reload.status, 200);
+      await reload.body?.cancel();
+    }
+    assert.equal((await get(`${gw.url}/x`)).status, 200);
+    assert.equal((await get(`${gw.url}/x`)).status, 200);
+  }
+  const text = await scrape();
+  assert.match(text, /sluice_requests_total\{route="third",outcome="proxied"\} 2/);
+  assert.match(text, /sluice_limit_decisions_total\{route="third"/);
+  assert.match(text, /sluice_upstream_duration_seconds_count\{route="third"/);
+  assert.match(text, /sluice_request_duration_seconds_count\{route="third"/);
+  assert.match(text, /sluice_shaper_delay_seconds_count\{route="third"\} 1/);
+  const stale = text.split("\n").filter((line) => /route="(first|second)"/.test(line));
+  assert.deepEqual(stale, []);
+});
