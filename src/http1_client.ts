@@ -893,18 +893,20 @@ export function bodyFraming(
     const tokens = connection.toLowerCase().split(",").map((token) => token.trim());
     close = tokens.includes("close") || (http10 && !tokens.includes("keep-alive"));
   }
-  if (codings !== undefined) {
+  const named = codings?.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean);
+  // identity is no coding at all: servers of RFC 2616's day send it beside a
+  // Content-Length, which then frames the body.
+  const applied = named?.filter((coding) => coding !== "identity");
+  if (named !== undefined && applied !== undefined && (named.length === 0 || applied.length > 0)) {
     // Transfer-Encoding wins over Content-Length; a body not chunked last runs to the close.
-    const last = codings.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean)
-      .pop();
-    const chunked = last === "chunked";
+    const chunked = applied.at(-1) === "chunked";
     if (!chunked) close = true;
     return {
       length: undefined,
       chunked,
       untilClose: !chunked,
       close,
-      coded: !needsNoDecoding(codings),
+      coded: !(chunked && applied.length === 1),
     };
   }
   let length: number | undefined;

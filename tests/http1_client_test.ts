@@ -63,6 +63,22 @@ Deno.test("bodyFraming: a transfer coding other than chunked (and identity) is c
     frame([["transfer-encoding", "gzip"], ["transfer-encoding", "chunked"]]).coded,
     true,
   );
+  // identity after chunked changes nothing: the chunks are read (not passed on as content).
+  assert.deepEqual(
+    pick(frame([["transfer-encoding", "chunked, identity"]])),
+    { chunked: true, untilClose: false, coded: false },
+  );
+  // identity alone frames nothing: the Content-Length does, on a connection kept open.
+  assert.deepEqual(
+    frame([["transfer-encoding", "identity"], ["content-length", "2"]]),
+    { length: 2, chunked: false, untilClose: false, close: false, coded: false },
+  );
+});
+
+const pick = ({ chunked, untilClose, coded }: ReturnType<typeof frame>) => ({
+  chunked,
+  untilClose,
+  coded,
 });
 
 Deno.test("bodyFraming: Connection close in any Connection field ends the connection; HTTP/1.0 needs keep-alive to stay", () => {
