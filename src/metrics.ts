@@ -199,9 +199,22 @@ export class Metrics {
     this.#routeGauges = source;
   }
 
+  #liveRoutes: (() => ReadonlySet<string>) | undefined;
+
+  /**
+   * Where the names of the routes serving now are read from when scraped: a
+   * series of another route (one a reload removed, brought back by a request
+   * still finishing on the replaced pipeline) is dropped then.
+   */
+  readLiveRoutes(source: () => ReadonlySet<string>): void {
+    this.#liveRoutes = source;
+  }
+
   /** The Prometheus text exposition of every metric. */
-  render(): Promise<string> {
-    return this.registry.metrics();
+  async render(): Promise<string> {
+    const live = this.#liveRoutes?.();
+    if (live) await this.forgetRoutesBut(live);
+    return await this.registry.metrics();
   }
 
   /** The content type of {@linkcode Metrics.render}'s text. */

@@ -160,7 +160,10 @@ export class ResilientStore implements LimitStore {
         // request: the units it counted were for a request that never
         // passed, and go back. (One the fallback let through stays counted,
         // as does a shadow step's, whose request passes anyway.)
-        if (late.allowed && late.stamp && answered?.allowed === false && !query.passesAnyway) {
+        if (
+          late.allowed && late.stamp && query.cost > 0 && answered?.allowed === false &&
+          !query.passesAnyway
+        ) {
           // A refusal this instance remembered meanwhile may have come from
           // the count this admission swelled: once the units are back, the
           // store decides the next request again.
