@@ -61,6 +61,12 @@ export interface Http1Init {
    * (closed early, a bad chunk), or cancelled by its reader.
    */
   onBodyEnd?: (end: "complete" | "failed" | "cancelled", error?: unknown) => void;
+  /**
+   * The longest pause between two reads of a streamed response body, in ms:
+   * a body that stalls longer fails (and its connection is closed). None when
+   * absent.
+   */
+  readTimeoutMs?: number;
 }
 
 /** The request body's source failed (the client hung up mid-upload): not the upstream's fault. */
@@ -282,6 +288,14 @@ function answer(
 // deno-lint-ignore no-control-regex
 export const FIELD_CONTROLS = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
 const FIELD_CONTROLS_ALL = new RegExp(FIELD_CONTROLS.source, "g");
+
+/** The upstream sent no more of a response body within the read timeout. */
+export class UpstreamReadTimeout extends Error {
+  override name = "UpstreamReadTimeout";
+  constructor(ms: number) {
+    super(`the upstream sent no more of the response body within ${ms} ms`);
+  }
+}
 
 /** Raised for an upstream that answers something that is not HTTP/1.x. */
 export class UpstreamProtocolError extends Error {
@@ -511,10 +525,30 @@ export class Http1Client {
       init.onBodyEnd?.(end, error);
     };
     const source = stream[Symbol.asyncIterator]();
+    const readTimeoutMs = init.readTimeoutMs;
+    // An upstream that sends a head and then stalls would hold the client's
+    // connection (and a concurrency slot) for ever.
+    const nextWithin = (): Promise<IteratorResult<Uint8Array>> => {
+      const reading = source.next();
+      if (readTimeoutMs === undefined) return reading;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      // The read is left behind when the timer wins: its later failure (the
+      // connection closed under it) is nobody's to handle.
+      reading.catch(() => {});
+      return Promise.race([
+        reading,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new UpstreamReadTimeout(readTimeoutMs)),
+            readTimeoutMs,
+          );
+        }),
+      ]).finally(() => clearTimeout(timer));
+    };
     const readable = new ReadableStream<Uint8Array>({
       async pull(controller) {
         try {
-          const next = await source.next();
+          const next = await nextWithin();
           if (next.done) {
             finish(!untilClose && (length !== undefined || chunked), "complete");
             controller.close();

@@ -147,6 +147,7 @@ export async function buildPipeline(
           targets: Object.freeze(route.upstream.targets ?? [route.upstream.url!]),
           balance: route.upstream.balance,
           timeoutMs: route.upstream.timeout,
+          readTimeoutMs: route.upstream.read_timeout,
         })
         : undefined,
     });

@@ -65,6 +65,8 @@ export interface UpstreamInfo {
   readonly balance: "round_robin" | "least_inflight";
   /** The longest wait for the response headers, in milliseconds. */
   readonly timeoutMs: number;
+  /** The longest pause between two reads of a response body, in milliseconds. */
+  readonly readTimeoutMs: number;
 }
 
 /** What a handler sees of one request. */

@@ -193,6 +193,12 @@ const routeSchema = z.strictObject({
     targets: z.array(httpUrl).min(1).optional(),
     balance: z.enum(["round_robin", "least_inflight"]).default("round_robin"),
     timeout: duration().default(30_000),
+    /**
+     * The longest pause between two reads of a response body; a body that
+     * stalls longer is cut (5m: a quiet stream that sends nothing for
+     * longer needs a larger one).
+     */
+    read_timeout: duration({ timer: true }).default(300_000),
   }).superRefine((upstream, ctx) => {
     if ((upstream.url === undefined) === (upstream.targets === undefined)) {
       ctx.addIssue({

@@ -209,6 +209,7 @@ export default definePlugin({
     const stripPrefix = route.stripPrefix ? route.pathPrefix : undefined;
     const preserveHost = route.preserveHost;
     const timeoutMs = upstream.timeoutMs;
+    const readTimeoutMs = upstream.readTimeoutMs;
     // A pool's in-flight counts outlive a reload (requests started before it
     // still end against them), for as long as its targets and balance stay.
     const pools = keep(() => new Map<string, TargetPool>());
@@ -249,6 +250,7 @@ export default definePlugin({
           if (onEnd) onEnd(end, error);
           else ended = { end, error };
         },
+        readTimeoutMs,
       };
       try {
         const response = await gateway.fetch(

@@ -1846,3 +1846,73 @@ Deno.test("proxy: after a 204 that announces a body, the upstream connection is 
     await serving.catch(() => {});
   }
 });
+
+Deno.test("proxy: a response body that stalls longer than upstream.read_timeout is cut, and its connection closed; one that trickles passes", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const closed: string[] = [];
+  const serving = (async () => {
+    for await (const conn of listener) {
+      (async () => {
+        const buffer = new Uint8Array(4096);
+        const n = await conn.read(buffer);
+        const path = new TextDecoder().decode(buffer.subarray(0, n ?? 0)).split(" ")[1]!;
+        const piece = new Uint8Array(10).fill(120);
+        try {
+          await conn.write(new TextEncoder().encode(
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+          ));
+          if (path === "/stall") {
+            // One piece, then silence: the gateway gives up and closes, which a read sees.
+            await conn.write(piece);
+            await conn.read(buffer);
+          } else {
+            // Pauses within the read timeout between pieces.
+            for (let sent = 0; sent < 100; sent += 10) {
+              await conn.write(piece);
+              await delay(150);
+            }
+          }
+          closed.push(path);
+        } catch {
+          closed.push(path);
+        } finally {
+          try {
+            conn.close();
+          } catch {
+            // Already closed.
+          }
+        }
+      })();
+    }
+  })();
+  const port = (listener.addr as Deno.NetAddr).port;
+  try {
+    await using gw = await startGateway(`routes:
+  - name: api
+    upstream: { url: http://127.0.0.1:${port}, read_timeout: 400ms }
+    pipeline:
+      - proxy: {}
+`);
+    const trickle = await fetch(`${gw.url}/trickle`);
+    assert.equal((await trickle.bytes()).length, 100, "150 ms pauses are within 400 ms");
+    const stall = await fetch(`${gw.url}/stall`);
+    assert.equal(stall.status, 200);
+    // Cut within the read timeout (not left waiting for the upstream for ever).
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const outcome = await Promise.race([
+      stall.bytes().then(() => "complete", () => "cut"),
+      new Promise((resolve) => timer = setTimeout(() => resolve("still waiting"), 5_000)),
+    ]);
+    clearTimeout(timer);
+    assert.equal(outcome, "cut");
+    assert.ok(
+      await waitFor(() => closed.includes("/stall"), 2_000),
+      "the upstream connection was closed",
+    );
+    const cut = gw.logs.find("upstream cut the answer short");
+    assert.match(JSON.stringify(cut?.error), /no more of the response body within 400 ms/);
+  } finally {
+    listener.close();
+    await serving.catch(() => {});
+  }
+});
