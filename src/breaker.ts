@@ -148,9 +148,11 @@ export class Breaker {
    * was cut short by the upstream after its head came. It counts where its
    * success was counted (the request is not counted again), while that bucket
    * is still in the window; a probe's late failure opens the breaker again,
-   * also when the probes had closed it.
+   * also when the probes had closed it. `stalled`: the upstream stopped
+   * sending (the read timeout), which says it fails now: once the head's
+   * bucket has left the window, that counts as a failed request now.
    */
-  recordLateFailure(counted: Counted | undefined, now = Date.now()): void {
+  recordLateFailure(counted: Counted | undefined, now = Date.now(), stalled = false): void {
     if (!counted) return;
     const state = this.state(now);
     if ("probeOf" in counted) {
@@ -163,12 +165,17 @@ export class Breaker {
       if (sameEpisode) this.#open(now);
       return;
     }
+    if (state !== "closed") return;
     if (
-      state !== "closed" || counted.epoch !== this.#epoch ||
-      this.#starts[counted.index] !== counted.bucket ||
-      counted.bucket <= now - this.#options.windowMs
-    ) return;
-    this.#failures[counted.index]!++;
+      counted.epoch === this.#epoch && this.#starts[counted.index] === counted.bucket &&
+      counted.bucket > now - this.#options.windowMs
+    ) {
+      this.#failures[counted.index]!++;
+    } else if (stalled) {
+      this.#count(now, true);
+    } else {
+      return;
+    }
     this.#openIfFailing(now);
   }
 

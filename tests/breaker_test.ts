@@ -62,11 +62,16 @@ Deno.test("a late failure (a body cut short) counts where its head was counted, 
   for (const head of counted.slice(0, 4)) half.recordLateFailure(head, 300);
   assert.equal(half.state(301), "closed");
 
-  // A head whose bucket left the window counts nothing more.
+  // A head whose bucket left the window counts nothing more...
   const old = new Breaker({ ...opts, minRequests: 1, failureRatio: 0.1 });
   const gone = old.record(true, 0, 0);
   old.recordLateFailure(gone, 5_000);
   assert.equal(old.state(5_001), "closed");
+  // ...unless the upstream stalled (the read timeout): it fails now, and counts now.
+  const stalled = new Breaker({ ...opts, minRequests: 1, failureRatio: 0.5 });
+  const head = stalled.record(true, 0, 0);
+  stalled.recordLateFailure(head, 300_000, true);
+  assert.equal(stalled.state(300_001), "open");
 });
 
 Deno.test("a probe whose body is cut after the probes closed the breaker opens it again", () => {

@@ -334,7 +334,7 @@ Deno.test("a rate of 0, a window of 0 and a wait beyond a timer's reach are erro
 shutdown: { grace: 30d }
 routes:
   - name: api
-    upstream: { url: http://127.0.0.1:9001, timeout: 99999999999999999999d }
+    upstream: { url: http://127.0.0.1:9001, timeout: 99999999999999999999d, read_timeout: 0s }
     pipeline:
       - token-bucket: { rate: 0/s }
       - sliding-window: { limits: [10/s, 0.0/h] }
@@ -348,6 +348,8 @@ routes:
     ["tiers.free.window", 2, /Invalid window "0ms": a window must be at least 1ms/],
     ["shutdown.grace", 3, /Invalid duration "30d": a wait can be at most 24d/],
     ["routes[0].upstream.timeout", 6, /too long to count in milliseconds/],
+    // 0 would cut every body not already in hand.
+    ["routes[0].upstream.read_timeout", 6, /Invalid duration "0s": it must be at least 1ms/],
     [
       "routes[0].pipeline[0].token-bucket.rate",
       8,

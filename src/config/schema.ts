@@ -19,6 +19,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 export interface DurationUse {
   /** A window or period: it must be longer than 0. */
   window?: boolean;
+  /** Any other duration that must be longer than 0 (0 would fire at once). */
+  positive?: boolean;
   /** A wait run on a timer: at most 24d. */
   timer?: boolean;
 }
@@ -40,11 +42,13 @@ export function duration(use: DurationUse = {}) {
     })
     .transform((text, ctx) => {
       const ms = parseDuration(text);
-      if (use.window && ms < 1) {
+      if ((use.window || use.positive) && ms < 1) {
         ctx.issues.push({
           code: "custom",
           input: text,
-          message: `Invalid window "${text}": a window must be at least 1ms`,
+          message: use.window
+            ? `Invalid window "${text}": a window must be at least 1ms`
+            : `Invalid duration "${text}": it must be at least 1ms`,
         });
       } else if (use.timer && ms > MAX_TIMER_MS) {
         ctx.issues.push({
@@ -198,7 +202,7 @@ const routeSchema = z.strictObject({
      * stalls longer is cut (5m: a quiet stream that sends nothing for
      * longer needs a larger one).
      */
-    read_timeout: duration({ timer: true }).default(300_000),
+    read_timeout: duration({ timer: true, positive: true }).default(300_000),
   }).superRefine((upstream, ctx) => {
     if ((upstream.url === undefined) === (upstream.targets === undefined)) {
       ctx.addIssue({

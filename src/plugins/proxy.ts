@@ -17,6 +17,7 @@ import {
   isClientResponse,
   needsNoDecoding,
   UpstreamProtocolError,
+  UpstreamReadTimeout,
 } from "../http1_client.ts";
 import { addGatewayHeaders, seal, waitPastSpentQuota } from "../response_headers.ts";
 import { dropHopByHop } from "../hop_by_hop.ts";
@@ -170,7 +171,9 @@ function followAnswer(
   if (!isClientResponse(result.response) || isBodyComplete(result.response)) return;
   result.whenBodyEnds((end, error) => {
     if (end !== "failed") return;
-    if (breaker && ok) breaker.recordLateFailure(counted);
+    if (breaker && ok) {
+      breaker.recordLateFailure(counted, Date.now(), error instanceof UpstreamReadTimeout);
+    }
     log.warn("upstream cut the answer short", {
       upstream: target,
       status: result.response.status,

@@ -1847,7 +1847,7 @@ Deno.test("proxy: after a 204 that announces a body, the upstream connection is 
   }
 });
 
-Deno.test("proxy: a response body that stalls longer than upstream.read_timeout is cut, and its connection closed; one that trickles passes", async () => {
+Deno.test("proxy: a response body that stalls longer than upstream.read_timeout is cut, its connection closed and the breaker told; one that trickles passes", async () => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const closed: string[] = [];
   const serving = (async () => {
@@ -1891,6 +1891,8 @@ Deno.test("proxy: a response body that stalls longer than upstream.read_timeout 
   - name: api
     upstream: { url: http://127.0.0.1:${port}, read_timeout: 400ms }
     pipeline:
+      # A window shorter than the read timeout: the stalled answer's head has left it by the cut.
+      - circuit-breaker: { failure_ratio: 0.5, min_requests: 1, window: 200ms, open_for: 30s }
       - proxy: {}
 `);
     const trickle = await fetch(`${gw.url}/trickle`);
@@ -1911,6 +1913,10 @@ Deno.test("proxy: a response body that stalls longer than upstream.read_timeout 
     );
     const cut = gw.logs.find("upstream cut the answer short");
     assert.match(JSON.stringify(cut?.error), /no more of the response body within 400 ms/);
+    // The stall is the upstream failing now: the breaker counts it, and opens.
+    const after = await fetch(`${gw.url}/trickle`);
+    await after.body?.cancel();
+    assert.equal(after.status, 503);
   } finally {
     listener.close();
     await serving.catch(() => {});
