@@ -319,10 +319,14 @@ export class Gateway {
     return this.#closing !== undefined;
   }
 
-  /** Requests being handled now (until their response headers). */
+  /** Requests being handled now, until their answer is sent (bodies too). */
   get inflight(): number {
     return this.#inflight;
   }
+
+  #done = (): void => {
+    this.#inflight--;
+  };
 
   /** When the gateway started. */
   get startedAt(): Date {
@@ -482,7 +486,10 @@ export class Gateway {
       }
       return response;
     } finally {
-      this.#inflight--;
+      // Until the answer is sent (a download streams long after its head), when
+      // the server says when that is.
+      if (completed) completed.then(this.#done, this.#done);
+      else this.#inflight--;
       this.#count(routeName, outcomeOf(response, upstreamAnswered), started);
       // Every answer is logged at debug, the gateway's own 400, 404 and 501 too.
       if (this.log.enabled("debug")) {

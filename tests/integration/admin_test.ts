@@ -326,3 +326,34 @@ Deno.test("an admin listener beyond loopback without a token is warned about at 
     assert.ok(!quiet.logs.lines.some((line) => line.level === "warn"), admin);
   }
 });
+
+Deno.test("/status counts a request in flight until its answer is sent, a streamed body too", async () => {
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => release = resolve);
+  await using upstream = startUpstream(() =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        async start(controller) {
+          controller.enqueue(new Uint8Array(10));
+          await held;
+          controller.enqueue(new Uint8Array(10));
+          controller.close();
+        },
+      }),
+    )
+  );
+  await using gw = await startGateway(`routes:
+  - name: api
+    upstream: { url: ${upstream.url} }
+    pipeline: [ { proxy: {} } ]
+`);
+  const inflight = async () => (await (await fetch(`${gw.adminUrl}/status`)).json()).inflight;
+  const response = await fetch(`${gw.url}/download`);
+  const reader = response.body!.getReader();
+  assert.equal((await reader.read()).value?.length, 10);
+  // Its head went out long ago; its body is still on its way.
+  assert.equal(await inflight(), 1);
+  release();
+  while (!(await reader.read()).done) { /* the rest */ }
+  assert.ok(await waitFor(async () => await inflight() === 0, 2_000));
+});
