@@ -76,8 +76,6 @@ const NOT_WRITABLE = /^(READONLY|MASTERDOWN)\b/;
 /** One node through {@linkcode RespClient}. */
 class NodeCommands implements Commands {
   #client: RespClient;
-  /** The node refused a write: the probe must see a write pass before the store is up. */
-  #notWritable = false;
 
   constructor(client: RespClient) {
     this.#client = client;
@@ -104,10 +102,10 @@ class NodeCommands implements Commands {
   }
 
   failed(error: unknown): void {
-    if (this.#notWritable || !NOT_WRITABLE.test((error as Error)?.message ?? "")) return;
+    if (!NOT_WRITABLE.test((error as Error)?.message ?? "")) return;
     // A failover made this node a replica. A new connection finds the primary
-    // where the URL's host name now points (DNS, a proxy, Sentinel's address).
-    this.#notWritable = true;
+    // where the URL's host name now points (DNS, a proxy, Sentinel's address);
+    // until one takes writes, the probe's decision (a write) fails the same way.
     this.#client.reset(`it answered ${(error as Error).message.split(" ")[0]}`);
   }
 
@@ -116,16 +114,7 @@ class NodeCommands implements Commands {
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       await Promise.race([
-        // A replica answers PING: after a refused write, only a write proves the node is back.
-        this.#notWritable
-          // In the keys' namespace, which an ACL for sluice allows (~{sluice:*).
-          ? this.#client.send(["SET", "{sluice:probe}", "1", "PX", "1000"]).catch((error) => {
-            if (NOT_WRITABLE.test((error as Error)?.message ?? "")) {
-              this.#client.reset("it still refuses writes");
-            }
-            throw error;
-          }).then(() => this.#notWritable = false)
-          : this.#client.send(["PING"]),
+        this.#client.send(["PING"]),
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new PingTimeout()), PING_TIMEOUT_MS);
         }),
