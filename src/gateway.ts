@@ -186,8 +186,7 @@ export class Gateway {
     });
     metrics.configReloads.inc({ result: "ok" });
     metrics.readRouteGauges(() => routeGauges(gateway.#pipeline));
-    gateway.#liveRoutes = new Set(pipeline.routes.map((route) => route.info.name));
-    metrics.readLiveRoutes(() => gateway.#liveRoutes);
+    metrics.readLiveRoutes(() => gateway.#pipeline.routeNames);
     gateway.#listen(loaded, options);
     gateway.#bound = boundSettings(loaded);
     if (options.watch ?? true) {
@@ -510,8 +509,6 @@ export class Gateway {
   // Label lookups cost on every request: each route's and outcome's metric
   // children are looked up once. Both label sets are bounded (routes, outcomes).
   #counters = new Map<string, { inc(): void }>();
-  /** The names of the routes serving now, for the metrics. */
-  #liveRoutes: ReadonlySet<string> = new Set();
   #durations = new Map<string, { observe(seconds: number): void }>();
 
   /**
@@ -520,8 +517,7 @@ export class Gateway {
    * pipeline may count one again: a scrape drops it (see readLiveRoutes).
    */
   #forgetRemovedRoutes(pipeline: Pipeline): void {
-    const routes = new Set(pipeline.routes.map((route) => route.info.name));
-    this.#liveRoutes = routes;
+    const routes = pipeline.routeNames;
     for (const key of this.#counters.keys()) {
       const route = key.slice(0, key.indexOf("\u0000"));
       if (route !== "" && !routes.has(route)) this.#counters.delete(key);

@@ -188,8 +188,8 @@ export class Metrics {
     this.upstreamDuration.removeWhere(gone);
     this.limitDecisions.removeWhere(gone);
     const delays = await this.shaperDelay.get();
-    const stale = new Set(delays.values.map((value) => value.labels).filter(gone));
-    for (const route of new Set([...stale].map((labels) => String(labels.route)))) {
+    const stale = delays.values.filter((value) => gone(value.labels));
+    for (const route of new Set(stale.map((value) => String(value.labels.route)))) {
       this.shaperDelay.remove({ route });
     }
   }

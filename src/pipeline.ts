@@ -58,6 +58,8 @@ export interface Pipeline {
   readonly trusted: CidrSet;
   /** The routes in match order. */
   readonly routes: readonly CompiledRoute[];
+  /** The routes' names. */
+  readonly routeNames: ReadonlySet<string>;
   /** The first route that matches, if any. */
   match(method: string, host: string | null, path: string): CompiledRoute | undefined;
 }
@@ -254,6 +256,7 @@ export async function buildPipeline(
     loaded,
     trusted: options.trusted,
     routes,
+    routeNames: new Set(routes.map((route) => route.info.name)),
     match(method, host, path) {
       for (const route of routes) {
         if (route.matches(method, host, path)) return route;
