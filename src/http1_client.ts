@@ -880,17 +880,24 @@ function latin1Bytes(text: string): Uint8Array {
 }
 
 /**
+ * The transfer codings a Transfer-Encoding value applies, in order, without
+ * `identity` (no coding at all, which legacy servers still send); undefined
+ * for a value that names no coding, not even identity: no value one can read.
+ */
+function appliedCodings(codings: string): string[] | undefined {
+  const named = codings.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean);
+  return named.length === 0 ? undefined : named.filter((coding) => coding !== "identity");
+}
+
+/**
  * True when a Transfer-Encoding value leaves nothing to decode beyond
  * chunked, the one transfer coding the gateway undoes (it decodes no gzip,
- * deflate or compress); `identity`, which legacy servers still send, is no
- * coding at all.
+ * deflate or compress).
  */
 export function needsNoDecoding(codings: string): boolean {
-  const list = codings.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean);
-  const applied = list.filter((coding) => coding !== "identity");
-  // A value naming no coding at all is no Transfer-Encoding one can read.
-  if (list.length === 0) return false;
-  return applied.length === 0 || (applied.length === 1 && applied[0] === "chunked");
+  const applied = appliedCodings(codings);
+  return applied !== undefined &&
+    (applied.length === 0 || (applied.length === 1 && applied[0] === "chunked"));
 }
 
 /**
@@ -927,20 +934,19 @@ export function bodyFraming(
     const tokens = connection.toLowerCase().split(",").map((token) => token.trim());
     close = tokens.includes("close") || (http10 && !tokens.includes("keep-alive"));
   }
-  const named = codings?.split(",").map((coding) => coding.trim().toLowerCase()).filter(Boolean);
-  // identity is no coding at all: servers of RFC 2616's day send it beside a
+  // identity alone frames nothing: servers of RFC 2616's day send it beside a
   // Content-Length, which then frames the body.
-  const applied = named?.filter((coding) => coding !== "identity");
-  if (named !== undefined && applied !== undefined && (named.length === 0 || applied.length > 0)) {
+  const applied = codings === undefined ? [] : appliedCodings(codings);
+  if (applied === undefined || applied.length > 0) {
     // Transfer-Encoding wins over Content-Length; a body not chunked last runs to the close.
-    const chunked = applied.at(-1) === "chunked";
+    const chunked = applied?.at(-1) === "chunked";
     if (!chunked) close = true;
     return {
       length: undefined,
       chunked,
       untilClose: !chunked,
       close,
-      coded: !(chunked && applied.length === 1),
+      coded: !(chunked && applied?.length === 1),
     };
   }
   let length: number | undefined;
